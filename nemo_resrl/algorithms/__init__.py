@@ -1,0 +1,90 @@
+"""Pure-torch RL algorithm core: no distributed state, no model code.
+
+advantages  outcome advantage estimators (grpo, dr_grpo, psr, nsr, w_reinforce), registry ADVANTAGE_ESTIMATORS
+resrl       ResRL token weights and token-wise advantages (SPEC 3-6)
+subspace    positive subspace fit (exact / gram / randomized SVD) and residual energy
+losses      policy losses (registry POLICY_LOSSES), KL, the single aggregation point
+shaping     length-scaled reward, DAPO overlong penalty and dynamic-sampling filter
+metrics     Avg@k, unbiased pass@k, maj@k
+"""
+
+from nemo_resrl.algorithms.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    AdvantageConfig,
+    broadcast_to_tokens,
+    compute_advantages,
+)
+from nemo_resrl.algorithms.losses import (
+    POLICY_LOSSES,
+    GlobalCounts,
+    PolicyLossConfig,
+    aggregate,
+    compute_policy_loss,
+    kl_penalty,
+    local_counts,
+)
+from nemo_resrl.algorithms.metrics import avg_at_k, maj_at_k, mean_pass_at_k, pass_at_k
+from nemo_resrl.algorithms.resrl import (
+    ResRLConfig,
+    ResRLStats,
+    ResRLWeights,
+    compute_resrl_weights,
+    group_sample_seed,
+    group_skip_reason,
+    normalize_hidden,
+    quantile_gate,
+    resrl_token_advantages,
+    sample_row_indices,
+    token_advantages,
+)
+from nemo_resrl.algorithms.shaping import (
+    DynamicSamplingCounter,
+    DynamicSamplingExhausted,
+    length_scaled_reward,
+    nonzero_variance_groups,
+    overlong_penalty,
+)
+from nemo_resrl.algorithms.subspace import (
+    PositiveSubspace,
+    fit_positive_subspace,
+    principal_angles,
+    residual_energy,
+)
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "AdvantageConfig",
+    "broadcast_to_tokens",
+    "compute_advantages",
+    "POLICY_LOSSES",
+    "GlobalCounts",
+    "PolicyLossConfig",
+    "aggregate",
+    "compute_policy_loss",
+    "kl_penalty",
+    "local_counts",
+    "avg_at_k",
+    "maj_at_k",
+    "mean_pass_at_k",
+    "pass_at_k",
+    "ResRLConfig",
+    "ResRLStats",
+    "ResRLWeights",
+    "compute_resrl_weights",
+    "group_sample_seed",
+    "group_skip_reason",
+    "normalize_hidden",
+    "quantile_gate",
+    "resrl_token_advantages",
+    "sample_row_indices",
+    "token_advantages",
+    "DynamicSamplingCounter",
+    "DynamicSamplingExhausted",
+    "length_scaled_reward",
+    "nonzero_variance_groups",
+    "overlong_penalty",
+    "PositiveSubspace",
+    "fit_positive_subspace",
+    "principal_angles",
+    "residual_energy",
+]

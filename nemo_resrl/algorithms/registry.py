@@ -1,0 +1,47 @@
+"""A tiny name -> function registry (as verl's ``core_algos`` registers advantage estimators and losses).
+
+Algorithms are picked from config strings; registering a second, different function under a name that
+is already taken raises instead of silently replacing the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+
+class Registry(Generic[F]):
+    """Maps names to functions of one kind (``kind`` is only used in error messages)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, F] = {}
+
+    def register(self, name: str) -> Callable[[F], F]:
+        """Decorator: ``@REG.register("grpo")``. Re-registering the same function is a no-op."""
+
+        def deco(fn: F) -> F:
+            existing = self._entries.get(name)
+            if existing is not None and existing is not fn:
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered to "
+                    f"{existing.__module__}.{existing.__qualname__}"
+                )
+            self._entries[name] = fn
+            return fn
+
+        return deco
+
+    def get(self, name: str) -> F:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise KeyError(f"unknown {self.kind} {name!r}; registered: {sorted(self._entries)}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries

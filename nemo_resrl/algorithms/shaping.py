@@ -1,0 +1,89 @@
+"""Reward shaping and batch filtering: SPEC section 7 (length-scaled reward) and DAPO (section 8)."""
+
+from __future__ import annotations
+
+import torch
+
+from nemo_resrl.algorithms.checks import require, require_finite, require_shape
+from nemo_resrl.algorithms.grouping import group_minmax, index_groups
+
+
+def length_scaled_reward(
+    rewards: torch.Tensor,
+    lengths: torch.Tensor,
+    start: int = 3500,
+    max_length: int = 4096,
+    end_scale: float = 0.7,
+) -> torch.Tensor:
+    """The released ResRL code's length penalty on POSITIVE rewards; [B], [B] -> [B].
+
+    r if L <= start; r * (1 - (1 - s)(L - start) / (max_length - start)) if start < L <= max_length;
+    r * s beyond. Non-positive rewards are unchanged.
+    """
+    require(0 < start < max_length, f"need 0 < start ({start}) < max_length ({max_length})")
+    require(0 <= end_scale <= 1, f"end_scale must be in [0, 1], got {end_scale}")
+    require(rewards.dim() == 1, f"rewards must be [B], got {tuple(rewards.shape)}")
+    require_shape(lengths, (rewards.shape[0],), "lengths")
+    require_finite(rewards, "rewards")
+    require(bool((lengths >= 0).all()), "lengths must be >= 0")
+    length = lengths.to(torch.float64)
+    frac = ((length - start) / (max_length - start)).clamp(0.0, 1.0)
+    scale = 1.0 - (1.0 - end_scale) * frac
+    scaled = rewards.to(torch.float64) * scale
+    return torch.where(rewards > 0, scaled, rewards.to(torch.float64)).to(rewards.dtype)
+
+
+def overlong_penalty(
+    lengths: torch.Tensor, max_length: int, buffer: int, factor: float = 1.0
+) -> torch.Tensor:
+    """DAPO's soft overlong punishment ``factor * min(-(L - (max_length - buffer)) / buffer, 0)``; [B] -> [B].
+
+    Added to the task reward by the caller. 0 for L <= max_length - buffer, -factor at L = max_length.
+    """
+    require(0 < buffer <= max_length, f"need 0 < buffer ({buffer}) <= max_length ({max_length})")
+    require(factor >= 0, f"factor must be >= 0, got {factor}")
+    exceed = lengths.to(torch.float32) - (max_length - buffer)
+    return factor * torch.clamp(-exceed / buffer, max=0.0)
+
+
+def nonzero_variance_groups(rewards: torch.Tensor, group_ids: torch.Tensor, tol: float = 0.0) -> torch.Tensor:
+    """DAPO dynamic sampling: keep mask [B], True for responses whose group's rewards are not all equal
+    (max - min > tol). Comparing max and min (not a float32 std) keeps exactly-equal groups out."""
+    require_shape(group_ids, (rewards.shape[0],), "group_ids")
+    require_finite(rewards, "rewards")
+    idx = index_groups(group_ids)
+    lo, hi = group_minmax(rewards.double(), idx)
+    return ((hi - lo) > tol)[idx.inverse]
+
+
+class DynamicSamplingExhausted(RuntimeError):
+    """Raised when dynamic sampling could not fill the batch within the allowed generation rounds."""
+
+
+class DynamicSamplingCounter:
+    """Counts DAPO's generation rounds: ``add(kept_groups)`` after each round; ``full`` tells when the
+    batch has ``target_groups``; more than ``max_rounds`` rounds raise ``DynamicSamplingExhausted``."""
+
+    def __init__(self, target_groups: int, max_rounds: int) -> None:
+        require(target_groups >= 1, f"target_groups must be >= 1, got {target_groups}")
+        require(max_rounds >= 1, f"max_rounds must be >= 1, got {max_rounds}")
+        self.target_groups = target_groups
+        self.max_rounds = max_rounds
+        self.rounds = 0
+        self.kept_groups = 0
+        self.dropped_groups = 0
+
+    def add(self, kept_groups: int, dropped_groups: int) -> None:
+        self.rounds += 1
+        self.kept_groups += kept_groups
+        self.dropped_groups += dropped_groups
+        if not self.full and self.rounds >= self.max_rounds:
+            raise DynamicSamplingExhausted(
+                f"dynamic sampling kept {self.kept_groups} of the {self.target_groups} groups needed after "
+                f"{self.rounds} generation rounds ({self.dropped_groups} groups had zero reward variance); "
+                "raise algorithm.dynamic_sampling.max_rounds or use easier prompts"
+            )
+
+    @property
+    def full(self) -> bool:
+        return self.kept_groups >= self.target_groups

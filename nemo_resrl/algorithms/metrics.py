@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections import Counter
 from collections.abc import Hashable, Sequence
 
@@ -24,7 +25,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def mean_pass_at_k(correct_counts: Sequence[int], n: int | Sequence[int], k: int) -> float:
     """Mean of ``pass_at_k`` over problems; ``n`` per problem or one for all."""
     require(len(correct_counts) > 0, "no problems")
-    ns = [n] * len(correct_counts) if isinstance(n, int) else list(n)
+    ns = [int(n)] * len(correct_counts) if isinstance(n, numbers.Integral) else list(n)
     require(len(ns) == len(correct_counts), "n and correct_counts differ in length")
     return sum(pass_at_k(ni, ci, k) for ni, ci in zip(ns, correct_counts)) / len(correct_counts)
 

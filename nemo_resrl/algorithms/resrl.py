@@ -81,7 +81,7 @@ class ResRLConfig:
     min_positive_tokens: int = 4
     svd_method: str = "randomized"
     svd_max_iter: int = 32
-    svd_oversample: int = 16
+    svd_oversample: int = 64
     svd_tol: float = 1e-4
     seed: int = 0
     residual_chunk_tokens: int = 4096

@@ -15,7 +15,8 @@ def length_scaled_reward(
     max_length: int = 4096,
     end_scale: float = 0.7,
 ) -> torch.Tensor:
-    """The released ResRL code's length penalty on POSITIVE rewards; [B], [B] -> [B].
+    """The released ResRL code's length penalty on POSITIVE rewards; [B], [B] -> [B] (floating point:
+    integer rewards come back as float32, never truncated).
 
     r if L <= start; r * (1 - (1 - s)(L - start) / (max_length - start)) if start < L <= max_length;
     r * s beyond. Non-positive rewards are unchanged.
@@ -30,7 +31,8 @@ def length_scaled_reward(
     frac = ((length - start) / (max_length - start)).clamp(0.0, 1.0)
     scale = 1.0 - (1.0 - end_scale) * frac
     scaled = rewards.to(torch.float64) * scale
-    return torch.where(rewards > 0, scaled, rewards.to(torch.float64)).to(rewards.dtype)
+    out_dtype = rewards.dtype if torch.is_floating_point(rewards) else torch.float32
+    return torch.where(rewards > 0, scaled, rewards.to(torch.float64)).to(out_dtype)
 
 
 def overlong_penalty(
@@ -38,12 +40,13 @@ def overlong_penalty(
 ) -> torch.Tensor:
     """DAPO's soft overlong punishment ``factor * min(-(L - (max_length - buffer)) / buffer, 0)``; [B] -> [B].
 
-    Added to the task reward by the caller. 0 for L <= max_length - buffer, -factor at L = max_length.
+    Added to the task reward by the caller. 0 for L <= max_length - buffer, -factor at L = max_length,
+    and -factor beyond (the DAPO paper's cap; generation never exceeds max_length anyway).
     """
     require(0 < buffer <= max_length, f"need 0 < buffer ({buffer}) <= max_length ({max_length})")
     require(factor >= 0, f"factor must be >= 0, got {factor}")
     exceed = lengths.to(torch.float32) - (max_length - buffer)
-    return factor * torch.clamp(-exceed / buffer, max=0.0)
+    return factor * torch.clamp(-exceed / buffer, min=-1.0, max=0.0)
 
 
 def nonzero_variance_groups(rewards: torch.Tensor, group_ids: torch.Tensor, tol: float = 0.0) -> torch.Tensor:
@@ -61,8 +64,9 @@ class DynamicSamplingExhausted(RuntimeError):
 
 
 class DynamicSamplingCounter:
-    """Counts DAPO's generation rounds: ``add(kept_groups)`` after each round; ``full`` tells when the
-    batch has ``target_groups``; more than ``max_rounds`` rounds raise ``DynamicSamplingExhausted``."""
+    """Counts DAPO's generation rounds: ``add(kept_groups, dropped_groups)`` after each round; ``full``
+    tells when the batch has ``target_groups``; a ``max_rounds``-th round that leaves the batch short
+    raises ``DynamicSamplingExhausted``."""
 
     def __init__(self, target_groups: int, max_rounds: int) -> None:
         require(target_groups >= 1, f"target_groups must be >= 1, got {target_groups}")

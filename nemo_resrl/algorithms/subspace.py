@@ -109,7 +109,7 @@ def fit_positive_subspace(
     *,
     method: str = "randomized",
     max_iter: int = 32,
-    oversample: int = 16,
+    oversample: int = 64,
     tol: float = 1e-4,
     seed: int = 0,
     exact_fallback: bool = True,

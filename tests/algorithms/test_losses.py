@@ -230,7 +230,7 @@ def run_loss(lp, olp, adv, mask, cfg, counts=None, **kw):
     kw = {k: (to_t(v) if v is not None else None) for k, v in kw.items()}
     loss, metrics = compute_policy_loss(lp_t, to_t(olp), to_t(adv), mask_t, cfg, counts, **kw)
     loss.backward()
-    return loss, metrics, lp_t.grad
+    return loss.detach(), metrics, lp_t.grad
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -388,7 +388,7 @@ def test_log_ratio_clamp_applies_before_exp():
     )
     assert_close(loss, exp_loss)
     assert_grad_close(lp.grad, exp_grad)
-    assert float(loss) == pytest.approx((math.e + math.exp(-1.0) * -1.0 + math.exp(0.5)) / 3, rel=1e-12)
+    assert loss.item() == pytest.approx((math.e + math.exp(-1.0) * -1.0 + math.exp(0.5)) / 3, rel=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -615,6 +615,7 @@ def test_all_masked_gives_exact_zero(mode):
     assert (counts.tokens, counts.sequences) == (0.0, 0.0)
     loss, metrics, grad = run_loss(nan, nan, nan, mask, cfg, ref_logp=nan, entropy=nan)
     assert float(loss) == 0.0
+    assert np.all(grad.numpy() == 0.0)
     for k, v in metrics.items():
         assert float(v) == 0.0, k
     assert float(aggregate(to_t(nan), to_t(mask), mode, counts)) == 0.0
@@ -647,6 +648,9 @@ def test_nan_padding_does_not_leak_into_gradient(where):
     Expected: the gradient is finite, zero at padding and equal to the clean batch's gradient."""
     lp, olp, adv, mask = branch_batch(seed=4)
     ref = lp + np.random.default_rng(0).normal(scale=0.3, size=lp.shape)
+    # Ordinary padding first (ratio 1, inside every clamp), so no clamp can hide a leaking NaN.
+    pad = mask == 0
+    lp[pad], olp[pad], adv[pad], ref[pad] = -1.0, -1.0, 0.5, -1.3
     cfg = PolicyLossConfig(kl_coef=0.1).validate()
     _, _, grad_c = run_loss(lp, olp, adv, mask, cfg, ref_logp=ref)
     d = {"logp": lp.copy(), "old_logp": olp.copy(), "advantages": adv.copy(), "ref_logp": ref.copy()}

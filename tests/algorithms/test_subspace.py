@@ -46,7 +46,7 @@ def test_exact_matches_numpy_float64_reference(m, d):
 
 
 @pytest.mark.parametrize("method", SVD_METHODS)
-@pytest.mark.parametrize("m,d", [(300, 64), (48, 128)])
+@pytest.mark.parametrize("m,d", [(300, 64), (48, 128), (600, 200)])  # the last: q = k + 64 < min(m, d)
 def test_every_method_matches_exact_subspace(method, m, d):
     """The requirement of SPEC 4.4: any method must reproduce exact SVD's subspace (principal angles)."""
     x = _decaying(m, d, seed=2, gap_at=16)
@@ -79,8 +79,10 @@ def test_randomized_falls_back_to_exact_when_it_does_not_settle():
 
 def test_randomized_converges_early_with_a_gap():
     x = _decaying(300, 64, seed=2, gap_at=16)
-    sub = fit_positive_subspace(x, 16, method="randomized")
+    sub = fit_positive_subspace(x, 16, method="randomized", oversample=8)  # q = 24 < d: a real iteration
     assert sub.converged and 0 < sub.iterations < 32
+    exact = fit_positive_subspace(x, 16, method="exact")
+    assert principal_angles(sub.basis, exact.basis).max() < 1e-3
 
 
 def test_rank_is_capped_by_m_minus_one_and_d():

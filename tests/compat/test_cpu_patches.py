@@ -1,0 +1,101 @@
+"""Each CPU patch, shown necessary: the operation fails without it and works with it.
+
+The patches are process-wide, so every case runs megatron-core in a fresh subprocess
+(``tests/compat/mcore_probe.py``), with one patch left out.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nemo_resrl.compat import te_stub
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.distributed
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _probe(op: str, *extra: str, nproc: int = 1) -> subprocess.CompletedProcess:
+    port = _free_port()
+    env = dict(os.environ, PROBE_PORT=port, PYTHONPATH=str(ROOT))
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "tests.compat.mcore_probe", op, *extra]
+    else:
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+        cmd = [*torchrun, "--master_port", port, "-m", "tests.compat.mcore_probe", op, *extra]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _ok(res: subprocess.CompletedProcess, times: int = 1) -> None:
+    assert res.returncode == 0 and res.stdout.count("PROBE OK") == times, (
+        res.stdout[-2000:] + res.stderr[-4000:]
+    )
+
+
+def _fails(res: subprocess.CompletedProcess, needle: str) -> None:
+    assert res.returncode != 0, res.stdout[-2000:]
+    assert needle in res.stderr, res.stderr[-4000:]
+
+
+def test_forward_and_train_step_work_with_all_patches():
+    _ok(_probe("forward"))
+    _ok(_probe("train_clip"))
+
+
+@pytest.mark.parametrize("part", ["rng", "device"])
+def test_model_build_needs_rng_and_device_patches(part):
+    _fails(_probe("forward", "--skip", part), "Torch not compiled with CUDA enabled")
+
+
+def test_schedule_and_grad_clipping_need_the_cuda_to_cpu_mode():
+    _fails(_probe("train", "--skip", "mode"), "Torch not compiled with CUDA enabled")
+    _fails(_probe("train_clip", "--skip", "mode"), "Torch not compiled with CUDA enabled")
+
+
+def test_pipeline_parallel_needs_the_synchronize_patch():
+    _ok(_probe("pp2", nproc=2), times=2)
+    _fails(_probe("pp2", "--skip", "sync", nproc=2), "Torch not compiled with CUDA enabled")
+
+
+def test_gloo_scatter_of_non_contiguous_views_needs_the_contiguous_patch():
+    _ok(_probe("scatter", nproc=2), times=2)
+    _fails(_probe("scatter", "--no-scatter-fix", nproc=2), "want")
+
+
+def test_megatron_bridge_imports_with_a_scoped_te_stub():
+    code = (
+        "import sys; from nemo_resrl.compat import import_megatron_bridge, transformer_engine_available\n"
+        "assert not transformer_engine_available()\n"
+        "mb = import_megatron_bridge(); from megatron.bridge import AutoBridge\n"
+        "assert 'transformer_engine' not in sys.modules  # the stub is gone after the import\n"
+        "print('BRIDGE OK', mb.__name__)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0 and "BRIDGE OK megatron.bridge" in res.stdout, res.stderr[-3000:]
+    # without the stub the import fails: the reason the stub exists
+    res = subprocess.run(
+        [sys.executable, "-c", "import megatron.bridge"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert res.returncode != 0 and "transformer_engine" in res.stderr
+
+
+def test_te_stub_modules_refuse_to_build():
+    with te_stub.stubbed_transformer_engine():
+        import transformer_engine.pytorch as te
+
+        with pytest.raises(RuntimeError, match="TransformerEngine is not installed"):
+            te.Linear(4, 4)
+    assert "transformer_engine" not in sys.modules

@@ -1,8 +1,8 @@
-"""Patches that let megatron-core (0.16.x, tested up to 0.19) run on a CPU-only torch with gloo.
+"""Patches that let megatron-core (0.16.x) run on a CPU-only torch with gloo.
 
 Apply with ``install()`` after ``torch.distributed.init_process_group("gloo")`` and before building a
 model or seeding megatron's RNG tracker. Only for processes that use no GPU: ``nemo_resrl.compat``
-calls it only then. Each part fixes a failure that ``tests/compat/test_megatron_cpu.py`` reproduces:
+calls it only then. Each part fixes a failure that ``tests/compat/test_cpu_patches.py`` reproduces:
 
 ``device``   ``torch.cuda.current_device()`` -> "cpu" (GlobalMemoryBuffer, TP mappings, p2p and rope
              allocate on it).
@@ -136,7 +136,3 @@ def install(parts: tuple[str, ...] = PARTS) -> None:
         elif part == "rng":
             _install_cpu_rng_tracker()
         _installed.add(part)
-
-
-def installed_parts() -> frozenset[str]:
-    return frozenset(_installed)

@@ -36,9 +36,14 @@ def _log_sum_exp(x: torch.Tensor, group) -> torch.Tensor:
     return m + torch.log(s)
 
 
-def _target_logit(x: torch.Tensor, labels: torch.Tensor, vocab_start: int, group) -> torch.Tensor:
+def _local_targets(labels: torch.Tensor, vocab_start: int, v_local: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets as column indices of this shard, and whether each target lies in the shard at all."""
     local = labels - vocab_start
-    inside = (local >= 0) & (local < x.shape[-1])
+    return local, (local >= 0) & (local < v_local)
+
+
+def _target_logit(x: torch.Tensor, labels: torch.Tensor, vocab_start: int, group) -> torch.Tensor:
+    local, inside = _local_targets(labels, vocab_start, x.shape[-1])
     picked = x.gather(-1, local.clamp(0, x.shape[-1] - 1)[:, None]).squeeze(-1)
     picked = torch.where(inside, picked, torch.zeros_like(picked))
     return _all_reduce(picked, dist.ReduceOp.SUM, group)
@@ -64,7 +69,7 @@ class _VocabParallelLogProbs(torch.autograd.Function):
                 _all_reduce(ex, dist.ReduceOp.SUM, group)
                 mean_x[a : a + chunk_rows] = ex
                 ent[a : a + chunk_rows] = chunk_lse - ex
-        ctx.save_for_backward(logits, labels, lse, mean_x if with_entropy else lse)
+        ctx.save_for_backward(logits, labels, lse, mean_x if with_entropy else lse.new_empty(0))
         ctx.vocab_start, ctx.chunk_rows, ctx.with_entropy = vocab_start, chunk_rows, with_entropy
         if with_entropy:
             return logp, ent
@@ -82,8 +87,7 @@ class _VocabParallelLogProbs(torch.autograd.Function):
             g_lp = grad_logp[a : a + ctx.chunk_rows, None] if grad_logp is not None else 0.0
             g = -p * g_lp
             if grad_logp is not None:
-                local = labels[a : a + ctx.chunk_rows] - ctx.vocab_start
-                inside = (local >= 0) & (local < v_local)
+                local, inside = _local_targets(labels[a : a + ctx.chunk_rows], ctx.vocab_start, v_local)
                 rows = torch.nonzero(inside).flatten()
                 g[rows, local[rows]] += grad_logp[a : a + ctx.chunk_rows][rows]
             if use_ent:

@@ -30,8 +30,16 @@ def _probe(op: str, *extra: str, nproc: int = 1) -> subprocess.CompletedProcess:
     if nproc == 1:
         cmd = [sys.executable, "-m", "tests.compat.mcore_probe", op, *extra]
     else:
-        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
-        cmd = [*torchrun, "--master_port", port, "-m", "tests.compat.mcore_probe", op, *extra]
+        # --standalone: torchrun picks a free rendezvous port itself (no race with other tests)
+        torchrun = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+        ]
+        cmd = [*torchrun, "-m", "tests.compat.mcore_probe", op, *extra]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -1,0 +1,201 @@
+"""Sequences (prompt + response token ids) laid out as Megatron micro-batches, padded or packed.
+
+Input: ``B`` sequences, sequence ``i`` of ``n_i`` tokens whose first ``p_i`` are the prompt. The actor
+returns one value per RESPONSE token, response-aligned as ``[B, T]`` with ``T = max_i (n_i - p_i)``:
+entry ``[i, t]`` belongs to token ``p_i + t`` of sequence ``i`` and is computed from the logits (and
+the hidden states) at position ``p_i + t - 1``, the position that predicts it.
+
+Layouts (every micro-batch has the same ``[rows, S]`` shape, as the pipeline schedule's fixed-shape
+point-to-point transfers require):
+- padded: one sequence per row, right-padded to the longest sequence; plain causal attention.
+- packed: sequences first-fit into rows of ``max_tokens_per_row`` tokens, each attending only to
+  itself (block-diagonal causal mask). Rotary attention depends only on relative positions, so a
+  sequence's outputs do not depend on where in the row it sits (tests check this against padded).
+Filler rows (to complete the last micro-batch) and the padding tail of a row attend causally among
+themselves, so no attention row is empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nemo_resrl.algorithms.checks import require
+
+
+@dataclass
+class Sequences:
+    """B token sequences with their prompt lengths. tokens[i]: int64 [n_i]; 1 <= p_i <= n_i."""
+
+    tokens: list[torch.Tensor]
+    prompt_lens: list[int]
+
+    def __post_init__(self) -> None:
+        require(len(self.tokens) == len(self.prompt_lens), "tokens and prompt_lens differ in length")
+        for i, (t, p) in enumerate(zip(self.tokens, self.prompt_lens)):
+            require(t.dim() == 1 and t.numel() >= 1, f"sequence {i}: tokens must be a non-empty 1-d tensor")
+            require(not t.is_floating_point(), f"sequence {i}: tokens must be integer ids, got {t.dtype}")
+            require(1 <= p <= t.numel(), f"sequence {i}: prompt length {p} not in [1, {t.numel()}]")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def response_lens(self) -> list[int]:
+        return [t.numel() - p for t, p in zip(self.tokens, self.prompt_lens)]
+
+    def response_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids [B, T] (0 at padding), mask [B, T] bool) of the response tokens."""
+        lens = self.response_lens
+        width = max(lens, default=0)
+        ids = torch.zeros(len(self), width, dtype=torch.long)
+        mask = torch.zeros(len(self), width, dtype=torch.bool)
+        for i, (t, p) in enumerate(zip(self.tokens, self.prompt_lens)):
+            ids[i, : lens[i]] = t[p:]
+            mask[i, : lens[i]] = True
+        return ids, mask
+
+    def check_vocab(self, vocab_size: int) -> None:
+        for i, t in enumerate(self.tokens):
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= vocab_size):
+                bad = int(t.max()) if int(t.max()) >= vocab_size else int(t.min())
+                raise ValueError(f"sequence {i}: token id {bad} outside the vocabulary [0, {vocab_size})")
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch. rows x S tokens; the response-token map says where each output comes from.
+
+    tokens / position_ids: int64 [rows, S]. attention_mask: bool [rows, 1, S, S], True = masked
+    (None: plain causal). labels: int64 [rows, S], the next token of the same sequence (0 elsewhere).
+    flat_pos: int64 [n], index into the row-major ``rows * S`` positions of the logits predicting each
+    response token; seq_index / resp_pos: int64 [n], its sequence (global index) and response position.
+    seq_ids: the sequences in this micro-batch (global indices, ascending).
+    placement: sequence (global index) -> (row, offset of its first token in the row).
+    """
+
+    tokens: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    labels: torch.Tensor
+    flat_pos: torch.Tensor
+    seq_index: torch.Tensor
+    resp_pos: torch.Tensor
+    seq_ids: torch.Tensor
+    placement: dict[int, tuple[int, int]]
+
+    def to(self, device: torch.device | str) -> MicroBatch:
+        kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return MicroBatch(**kw)
+
+
+@dataclass
+class Layout:
+    micro_batches: list[MicroBatch]
+    rows: int  # rows per micro-batch
+    seq_len: int  # S
+    batch_size: int  # B
+    width: int  # T, the response-aligned width
+
+
+def _first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing bin packing of sequence indices (deterministic; ties by index)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    fill: list[int] = []
+    for i in order:
+        for b, used in enumerate(fill):
+            if used + lengths[i] <= capacity:
+                bins[b].append(i)
+                fill[b] += lengths[i]
+                break
+        else:
+            bins.append([i])
+            fill.append(lengths[i])
+    return [sorted(b) for b in bins]
+
+
+def make_layout(
+    seqs: Sequences,
+    micro_batch_size: int,
+    *,
+    pack: bool = False,
+    max_tokens_per_row: int = 4096,
+    pad_id: int = 0,
+    seq_len_multiple: int = 1,
+) -> Layout:
+    """Lay ``seqs`` out as micro-batches of ``micro_batch_size`` rows (see the module docstring)."""
+    require(len(seqs) >= 1, "an empty batch has no micro-batches")
+    require(micro_batch_size >= 1, "micro_batch_size must be >= 1")
+    lengths = [t.numel() for t in seqs.tokens]
+    longest = max(lengths)
+    if pack:
+        require(
+            longest <= max_tokens_per_row,
+            f"a sequence of {longest} tokens does not fit in max_tokens_per_row={max_tokens_per_row}",
+        )
+        rows_of = _first_fit(lengths, max_tokens_per_row)
+        rows_of.sort(key=lambda r: r[0])
+        seq_len = max(sum(lengths[i] for i in r) for r in rows_of)
+    else:
+        rows_of = [[i] for i in range(len(seqs))]
+        seq_len = longest
+    seq_len = -(-seq_len // seq_len_multiple) * seq_len_multiple
+    n_rows = -(-len(rows_of) // micro_batch_size) * micro_batch_size
+    rows_of = rows_of + [[] for _ in range(n_rows - len(rows_of))]
+
+    mbs = []
+    for start in range(0, n_rows, micro_batch_size):
+        mbs.append(_build_micro_batch(seqs, rows_of[start : start + micro_batch_size], seq_len, pack, pad_id))
+    width = max(seqs.response_lens)
+    return Layout(
+        micro_batches=mbs, rows=micro_batch_size, seq_len=seq_len, batch_size=len(seqs), width=width
+    )
+
+
+def _build_micro_batch(
+    seqs: Sequences, rows_of: list[list[int]], seq_len: int, pack: bool, pad_id: int
+) -> MicroBatch:
+    rows = len(rows_of)
+    tokens = torch.full((rows, seq_len), pad_id, dtype=torch.long)
+    labels = torch.zeros(rows, seq_len, dtype=torch.long)
+    segment = torch.full((rows, seq_len), -1, dtype=torch.long)
+    flat_pos, seq_index, resp_pos = [], [], []
+    placement: dict[int, tuple[int, int]] = {}
+    for r, members in enumerate(rows_of):
+        offset = 0
+        for i in members:
+            t, p = seqs.tokens[i], seqs.prompt_lens[i]
+            n = t.numel()
+            tokens[r, offset : offset + n] = t
+            placement[i] = (r, offset)
+            labels[r, offset : offset + n - 1] = t[1:]
+            segment[r, offset : offset + n] = i
+            m = n - p
+            flat_pos.append(r * seq_len + offset + p - 1 + torch.arange(m))
+            seq_index.append(torch.full((m,), i, dtype=torch.long))
+            resp_pos.append(torch.arange(m))
+            offset += n
+    position_ids = torch.arange(seq_len).unsqueeze(0).expand(rows, seq_len).contiguous()
+    attention_mask = None
+    if pack:
+        # each padding tail is its own segment (-2 - row), so it attends causally to itself
+        pad_seg = (-2 - torch.arange(rows)).unsqueeze(1).expand(rows, seq_len)
+        segment = torch.where(segment >= 0, segment, pad_seg)
+        same = segment.unsqueeze(2) == segment.unsqueeze(1)  # [rows, S, S]
+        causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
+        attention_mask = (~(same & causal)).unsqueeze(1)
+    cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731
+    seq_ids = sorted(i for members in rows_of for i in members)
+    return MicroBatch(
+        tokens=tokens,
+        position_ids=position_ids,
+        attention_mask=attention_mask,
+        labels=labels,
+        flat_pos=cat(flat_pos),
+        seq_index=cat(seq_index),
+        resp_pos=cat(resp_pos),
+        seq_ids=torch.tensor(seq_ids, dtype=torch.long),
+        placement=placement,
+    )

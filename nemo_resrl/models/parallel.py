@@ -1,0 +1,103 @@
+"""Process groups for the actor: torch.distributed, megatron-core's model-parallel state, RNG seeds.
+
+``init_parallel`` is idempotent per layout. Under torchrun (RANK / WORLD_SIZE in the environment) it
+joins the launched job; a plain single process gets a world of one over an in-memory store (no port
+to pick, so no race with other jobs). The backend is NCCL on GPU and gloo on CPU, where the CPU
+patches of ``nemo_resrl.compat`` are applied first.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from nemo_resrl.compat import apply_cpu_patches, running_on_cpu
+from nemo_resrl.models.config import ActorConfigError
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """This rank's place in the tensor x pipeline x data-parallel grid."""
+
+    world_size: int
+    tp: int
+    pp: int
+    dp: int
+    tp_rank: int
+    pp_rank: int
+    dp_rank: int
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp - 1
+
+
+def init_distributed(timeout_s: float = 1800.0) -> None:
+    """Start torch.distributed if nothing has yet (torchrun job, or a world of one)."""
+    if dist.is_initialized():
+        return
+    backend = "gloo" if running_on_cpu() else "nccl"
+    timeout = timedelta(seconds=timeout_s)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, timeout=timeout)
+    else:
+        if backend == "nccl":
+            torch.cuda.set_device(0)
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+
+
+def init_parallel(tp: int, pp: int, seed: int) -> ParallelLayout:
+    """Initialise (or check) megatron's model-parallel state for a tp x pp layout; seed its RNGs."""
+    init_distributed()
+    apply_cpu_patches()
+    from megatron.core import parallel_state as ps
+    from megatron.core import tensor_parallel
+
+    world = dist.get_world_size()
+    if world % (tp * pp) != 0:
+        raise ActorConfigError(
+            f"world size {world} is not divisible by actor.tensor_parallel x pipeline_parallel = {tp * pp}"
+        )
+    if ps.model_parallel_is_initialized():
+        have = (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size())
+        if have != (tp, pp):
+            raise ActorConfigError(
+                f"model parallel state already initialised as tp x pp = {have}, not {(tp, pp)}"
+            )
+    else:
+        ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    return current_layout()
+
+
+def current_layout() -> ParallelLayout:
+    from megatron.core import parallel_state as ps
+
+    return ParallelLayout(
+        world_size=dist.get_world_size(),
+        tp=ps.get_tensor_model_parallel_world_size(),
+        pp=ps.get_pipeline_model_parallel_world_size(),
+        dp=ps.get_data_parallel_world_size(),
+        tp_rank=ps.get_tensor_model_parallel_rank(),
+        pp_rank=ps.get_pipeline_model_parallel_rank(),
+        dp_rank=ps.get_data_parallel_rank(),
+    )
+
+
+def destroy_parallel() -> None:
+    """Tear down megatron's groups and torch.distributed (tests and scripts that rebuild a layout)."""
+    from megatron.core import parallel_state as ps
+
+    ps.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

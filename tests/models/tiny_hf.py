@@ -1,0 +1,54 @@
+"""Tiny random Hugging Face checkpoints (Qwen3, Llama) for the actor tests, written offline.
+
+head_dim 32 (vLLM's CPU attention needs >= 32, so the same models serve the rollout tests); norms
+drawn away from 1 and weights with std 0.2 so that a missed mapping or a wrong norm shows up in the
+logits. Qwen3 has 2 layers (with pipeline parallel 2 its layer L-2 sits on the FIRST stage), Llama 4
+(layer L-2 on the last stage).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+VOCAB = 256
+
+
+def make_tiny(path: str | Path, family: str = "qwen3", seed: int = 0) -> Path:
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    if family == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(num_hidden_layers=2, **common))
+    elif family == "llama":
+        model = LlamaForCausalLM(
+            LlamaConfig(num_hidden_layers=4, attention_bias=False, mlp_bias=False, **common)
+        )
+    else:
+        raise ValueError(family)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+            elif p.dim() >= 2:
+                p.normal_(0.0, 0.2)
+    model.generation_config = GenerationConfig(eos_token_id=2, pad_token_id=0, do_sample=False)
+    path = Path(path)
+    model.save_pretrained(path, safe_serialization=True)
+    return path

@@ -33,7 +33,10 @@ from nemo_resrl.models.batch import Layout, MicroBatch, Sequences, make_layout
 from nemo_resrl.models.config import ActorConfig, ActorConfigError
 from nemo_resrl.models.logprobs import vocab_parallel_logprobs
 from nemo_resrl.models.parallel import ParallelLayout, init_parallel
+from nemo_resrl.models.tp_attributes import mark_tensor_parallel_params
 
+ACTOR_META = "nemo_resrl_actor.json"
+OPTIM_SHARDINGS = ("dp_reshardable",)
 SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM", "LlamaForCausalLM")
 CPU_OFF_FUSIONS = (
     "gradient_accumulation_fusion",
@@ -175,6 +178,8 @@ class MegatronActor:
             bf16=bf16,
             mixed_precision_wrapper=Float16Module if bf16 else None,
         )
+        for c in chunks:
+            mark_tensor_parallel_params(c, cfg.tensor_parallel)
         self.model = [
             DistributedDataParallel(config=get_model_config(c), ddp_config=ddp_config, module=c)
             for c in chunks
@@ -484,40 +489,105 @@ class MegatronActor:
 
     # ------------------------------------------------------------------ weights out / checkpoints
     def export_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Stream the current weights as (HF name, full tensor on CPU); collective over all ranks."""
+        """Stream the current weights as (HF name, full tensor on CPU); collective over all ranks.
+
+        A yielded tensor may share storage with a live parameter (when no gather or concatenation was
+        needed): consume it, or copy it, before the next optimizer step.
+        """
         yield from self.bridge.export_hf_weights(self.model, cpu=True, show_progress=False)
 
     def save_hf(self, path: str | os.PathLike) -> None:
         """Write an HF directory (config, tokenizer if any, safetensors) that transformers loads."""
         self.bridge.save_hf_pretrained(self.model, str(path), show_progress=False)
 
-    def _sharded_state(self, is_loading: bool, with_optimizer: bool) -> dict:
-        state = {"model": self.model[0].sharded_state_dict()}
+    def _sharded_state(self, is_loading: bool, with_optimizer: bool, optim_sharding: str) -> dict:
+        state = {"model": self.gpt.sharded_state_dict()}
         if with_optimizer:
-            state["optimizer"] = self.optimizer.sharded_state_dict(state["model"], is_loading=is_loading)
+            meta = {"distrib_optim_sharding_type": optim_sharding}
+            state["optimizer"] = self.optimizer.sharded_state_dict(
+                state["model"], is_loading=is_loading, metadata=meta
+            )
             state["scheduler"] = self.scheduler.state_dict()
             state["step"] = self.step
         return state
 
-    def save_checkpoint(self, path: str | os.PathLike, *, with_optimizer: bool = True) -> None:
-        """Megatron dist-checkpoint of the model (and optimizer + schedule); collective."""
+    def save_checkpoint(
+        self, path: str | os.PathLike, *, with_optimizer: bool = True, optim_sharding: str = "dp_reshardable"
+    ) -> None:
+        """Megatron dist-checkpoint of the model (and optimizer + LR schedule + step); collective.
+
+        The model part loads at any TP / PP layout. ``optim_sharding``: ``dp_reshardable`` (each rank
+        writes its own shard, no gather); the optimizer state then loads at the same TP x PP. (megatron-
+        core 0.16's ``fully_reshardable`` loader fails on torch's Adam ``step`` state, so it is not
+        offered.)
+        """
         from megatron.core import dist_checkpointing
 
-        os.makedirs(path, exist_ok=True)
+        if optim_sharding not in OPTIM_SHARDINGS:
+            raise ValueError(f"optim_sharding must be one of {OPTIM_SHARDINGS}, got {optim_sharding!r}")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
         dist.barrier()
-        dist_checkpointing.save(
-            self._sharded_state(False, with_optimizer), str(path), sharded_strategy=("torch_dist", 1)
-        )
+        state = self._sharded_state(False, with_optimizer, optim_sharding)
+        dist_checkpointing.save(state, str(path), sharded_strategy=("torch_dist", 1))
+        if dist.get_rank() == 0:
+            meta = {
+                "with_optimizer": with_optimizer,
+                "optim_sharding": optim_sharding,
+                "tensor_parallel": self.layout.tp,
+                "pipeline_parallel": self.layout.pp,
+                "step": self.step,
+            }
+            (path / ACTOR_META).write_text(json.dumps(meta, indent=1))
         dist.barrier()
+
+    def _restore_adam_step(self, loaded: dict) -> None:
+        """Put the saved Adam step count back into torch Adam's per-parameter state.
+
+        With torch's Adam (no Apex / TE fused Adam), megatron-core 0.16's distributed optimizer keeps the
+        step in ``param_groups`` and restores it, then overwrites it with the step of the optimizer being
+        loaded INTO (a non-persistent local value). The bias correction would then use the wrong step.
+        """
+        groups = (loaded.get("optimizer") or {}).get("param_groups") or []
+        steps = {g["step"] for g in groups if "step" in g}
+        if len(steps) != 1:
+            return
+        step = float(steps.pop())
+        for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            inner = getattr(opt, "optimizer", None)
+            if isinstance(inner, torch.optim.Adam | torch.optim.AdamW):
+                for st in inner.state.values():
+                    if "step" in st:
+                        st["step"] = torch.tensor(step, dtype=torch.float32)
 
     def load_checkpoint(self, path: str | os.PathLike, *, with_optimizer: bool = True) -> None:
-        """Load a dist-checkpoint saved at any TP / PP layout (model); the optimizer at the same layout."""
+        """Load a dist-checkpoint written by ``save_checkpoint`` (model: any TP / PP layout)."""
         from megatron.core import dist_checkpointing
 
-        state = dist_checkpointing.load(self._sharded_state(True, with_optimizer), str(path))
-        self.model[0].load_state_dict(state["model"], strict=True)
+        path = Path(path)
+        meta_file = path / ACTOR_META
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{path} is not an actor checkpoint (no {ACTOR_META})")
+        meta = json.loads(meta_file.read_text())
         if with_optimizer:
-            self.optimizer.load_state_dict(state["optimizer"])
+            if not meta["with_optimizer"]:
+                raise ValueError(f"{path} holds no optimizer state (saved with with_optimizer=False)")
+            same = (meta["tensor_parallel"], meta["pipeline_parallel"]) == (self.layout.tp, self.layout.pp)
+            if meta["optim_sharding"] == "dp_reshardable" and not same:
+                raise ValueError(
+                    f"{path}: optimizer state saved at tp x pp = {meta['tensor_parallel']} x "
+                    f"{meta['pipeline_parallel']} (dp_reshardable) cannot load at {self.layout.tp} x "
+                    f"{self.layout.pp}; load with with_optimizer=False or save with fully_reshardable"
+                )
+        state = self._sharded_state(True, with_optimizer, meta["optim_sharding"])
+        state = dist_checkpointing.load(state, str(path))
+        self.gpt.load_state_dict(state["model"], strict=True)
+        if with_optimizer:
+            # no_grad: megatron-core 0.16's dp_reshardable loader copies into fp32 model params in place
+            # without it (its fs_model_space loader has the decorator), which autograd rejects
+            with torch.no_grad():
+                self.optimizer.load_state_dict(state["optimizer"])
+            self._restore_adam_step(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.step = int(state["step"])
         dist.barrier()

@@ -1,7 +1,7 @@
 """Tiny random Hugging Face checkpoints (Qwen3, Llama) for the actor tests, written offline.
 
 head_dim 32 (vLLM's CPU attention needs >= 32, so the same models serve the rollout tests); norms
-drawn away from 1 and weights with std 0.2 so that a missed mapping or a wrong norm shows up in the
+drawn away from 1 and weights with std 0.1 so that a missed mapping or a wrong norm shows up in the
 logits. Qwen3 has 2 layers (with pipeline parallel 2 its layer L-2 sits on the FIRST stage), Llama 4
 (layer L-2 on the last stage).
 """
@@ -47,7 +47,7 @@ def make_tiny(path: str | Path, family: str = "qwen3", seed: int = 0) -> Path:
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
             elif p.dim() >= 2:
-                p.normal_(0.0, 0.2)
+                p.normal_(0.0, 0.1)
     model.generation_config = GenerationConfig(eos_token_id=2, pad_token_id=0, do_sample=False)
     path = Path(path)
     model.save_pretrained(path, safe_serialization=True)

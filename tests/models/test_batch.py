@@ -1,0 +1,79 @@
+"""Micro-batch layout: where each response token's output comes from, padded and packed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nemo_resrl.models.batch import Sequences, _first_fit, make_layout
+
+
+def _seqs():
+    g = torch.Generator().manual_seed(0)
+    lens, prompts = [5, 3, 7, 4, 6], [2, 1, 3, 4, 1]
+    return Sequences([torch.randint(1, 50, (n,), generator=g) for n in lens], prompts)
+
+
+@pytest.mark.parametrize("pack", [False, True])
+@pytest.mark.parametrize("mbs", [1, 2, 3])
+def test_every_response_token_is_mapped_once_to_the_position_that_predicts_it(pack, mbs):
+    seqs = _seqs()
+    layout = make_layout(seqs, mbs, pack=pack, max_tokens_per_row=10)
+    seen = []
+    for mb in layout.micro_batches:
+        assert mb.tokens.shape == (layout.rows, layout.seq_len)
+        flat_tokens = mb.tokens.reshape(-1)
+        flat_labels = mb.labels.reshape(-1)
+        for f, s, r in zip(mb.flat_pos.tolist(), mb.seq_index.tolist(), mb.resp_pos.tolist()):
+            p = seqs.prompt_lens[s]
+            # the logits at f predict response token r of sequence s ...
+            assert flat_labels[f] == seqs.tokens[s][p + r]
+            # ... and position f holds the token just before it
+            assert flat_tokens[f] == seqs.tokens[s][p + r - 1]
+            seen.append((s, r))
+    expected = [(s, r) for s in range(len(seqs)) for r in range(seqs.response_lens[s])]
+    assert sorted(seen) == sorted(expected)
+    assert layout.width == max(seqs.response_lens)
+
+
+def test_packed_mask_is_block_diagonal_causal():
+    seqs = _seqs()
+    layout = make_layout(seqs, 1, pack=True, max_tokens_per_row=10)
+    assert len(layout.micro_batches) < len(seqs)  # something was packed together
+    for mb in layout.micro_batches:
+        allowed = ~mb.attention_mask[0, 0]
+        (row, start), *_ = [mb.placement[i] for i in mb.seq_ids.tolist()]
+        for i in mb.seq_ids.tolist():
+            r, off = mb.placement[i]
+            n = seqs.tokens[i].numel()
+            block = allowed[off : off + n, off : off + n]
+            assert torch.equal(block, torch.ones(n, n, dtype=torch.bool).tril())
+            # nothing outside its own block
+            assert allowed[off : off + n].sum() == block.sum()
+        assert allowed.any(dim=-1).all()  # padding rows still attend to themselves
+
+
+def test_padded_layout_uses_causal_default_and_same_shape_for_all_micro_batches():
+    layout = make_layout(_seqs(), 2)
+    assert all(mb.attention_mask is None for mb in layout.micro_batches)
+    assert len(layout.micro_batches) == 3  # 5 sequences, 2 rows each: the last one gets a filler row
+    assert layout.micro_batches[-1].seq_ids.tolist() == [4]
+
+
+def test_first_fit_respects_capacity_and_keeps_everything():
+    lengths = [7, 3, 5, 2, 9, 1]
+    bins = _first_fit(lengths, 10)
+    assert sorted(i for b in bins for i in b) == list(range(6))
+    assert all(sum(lengths[i] for i in b) <= 10 for b in bins)
+
+
+def test_bad_sequences_are_rejected_with_their_index():
+    with pytest.raises(ValueError, match="sequence 1: prompt length 0"):
+        Sequences([torch.tensor([1, 2]), torch.tensor([3])], [1, 0])
+    with pytest.raises(ValueError, match="sequence 0: tokens must be integer"):
+        Sequences([torch.tensor([1.0, 2.0])], [1])
+    seqs = Sequences([torch.tensor([1, 2]), torch.tensor([3, 300])], [1, 1])
+    with pytest.raises(ValueError, match="sequence 1: token id 300 outside the vocabulary"):
+        seqs.check_vocab(256)
+    with pytest.raises(ValueError, match="does not fit in max_tokens_per_row=4"):
+        make_layout(Sequences([torch.arange(6)], [1]), 1, pack=True, max_tokens_per_row=4)

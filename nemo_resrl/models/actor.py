@@ -30,7 +30,7 @@ import torch.distributed as dist
 from nemo_resrl.algorithms.losses import GlobalCounts, PolicyLossConfig, compute_policy_loss
 from nemo_resrl.compat import import_megatron_bridge, running_on_cpu, transformer_engine_available
 from nemo_resrl.models.batch import Layout, MicroBatch, Sequences, make_layout
-from nemo_resrl.models.config import ActorConfig, ActorConfigError
+from nemo_resrl.models.config import ActorConfig, ActorConfigError, OptimConfig
 from nemo_resrl.models.logprobs import vocab_parallel_logprobs
 from nemo_resrl.models.parallel import ParallelLayout, init_parallel
 from nemo_resrl.models.tp_attributes import mark_tensor_parallel_params
@@ -109,6 +109,28 @@ def _check_divisibility(hf: dict, cfg: ActorConfig) -> None:
         raise ActorConfigError(
             f"actor.pipeline_parallel={pp} does not divide num_hidden_layers={hf['num_hidden_layers']}"
         )
+
+
+def make_lr_scheduler(optimizer, o: OptimConfig):
+    """megatron's OptimizerParamScheduler: linear warmup from lr / warmup_steps (so the first step is
+    not wasted at lr 0) to lr over ``warmup_steps`` optimizer steps, then ``decay_style`` from lr to
+    min_lr over ``decay_steps`` (constant lr when decay_steps is None)."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    decay = o.decay_steps is not None
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=o.lr / o.warmup_steps if o.warmup_steps > 0 else o.lr,
+        max_lr=o.lr,
+        min_lr=o.min_lr if decay else o.lr,
+        lr_warmup_steps=o.warmup_steps,
+        lr_decay_steps=o.warmup_steps + (o.decay_steps if decay else 1),
+        lr_decay_style=o.decay_style if decay else "constant",
+        start_wd=o.weight_decay,
+        end_wd=o.weight_decay,
+        wd_incr_steps=1,
+        wd_incr_style="constant",
+    )
 
 
 class MegatronActor:
@@ -196,7 +218,6 @@ class MegatronActor:
     def _build_optimizer(self) -> None:
         from megatron.core.distributed import finalize_model_grads
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
         o = self.cfg.optim
         bf16 = self.cfg.dtype == "bf16"
@@ -215,21 +236,7 @@ class MegatronActor:
             use_distributed_optimizer=o.use_distributed_optimizer,
         )
         self.optimizer = get_megatron_optimizer(opt_cfg, self.model)
-        decay_steps = o.decay_steps if o.decay_steps is not None else 1
-        style = o.decay_style if o.decay_steps is not None else "constant"
-        self.scheduler = OptimizerParamScheduler(
-            self.optimizer,
-            init_lr=0.0 if o.warmup_steps > 0 else o.lr,
-            max_lr=o.lr,
-            min_lr=o.min_lr,
-            lr_warmup_steps=o.warmup_steps,
-            lr_decay_steps=o.warmup_steps + decay_steps,
-            lr_decay_style=style,
-            start_wd=o.weight_decay,
-            end_wd=o.weight_decay,
-            wd_incr_steps=1,
-            wd_incr_style="constant",
-        )
+        self.scheduler = make_lr_scheduler(self.optimizer, o)
         mc = self.model_config
         mc.finalize_model_grads_func = finalize_model_grads
         mc.no_sync_func = self.model[0].no_sync

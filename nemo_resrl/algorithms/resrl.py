@@ -15,6 +15,7 @@ blocks across ranks so both paths give identical weights):
     fit_positive_subspace    x+ [M, d] -> (mu [d], V_k [d, k])            (subspace.py)
     residual_energy          x- [T, d], (mu, V_k) -> R [T]                 (subspace.py)
     quantile_gate            R [n] (ALL negative tokens of a group) -> w [n] in [xi, 1]
+                             (= quantile_bounds over the whole group, then gate per token)
     token_advantages         A [B], w [B, T] -> A~ [B, T]
 
 and one batch-level entry point, ``compute_resrl_weights``, for a single process holding whole groups.
@@ -160,19 +161,34 @@ def linear_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     return s[lo] + (s[hi] - s[lo]) * frac
 
 
-def quantile_gate(residuals: torch.Tensor, alpha: float, beta: float, xi: float) -> torch.Tensor:
-    """Token weights from ALL of one group's negative residuals [n] -> [n] in [xi, 1] (SPEC 5)."""
-    require(residuals.dim() == 1 and residuals.numel() > 0, "quantile_gate needs a non-empty 1-D tensor")
+def quantile_bounds(residuals: torch.Tensor, alpha: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q_lo, q_hi): the alpha and beta quantiles of ALL of one group's negative residuals [n] (SPEC 5).
+
+    Split from ``gate`` so that a group spread over ranks gathers only its residual scalars, computes
+    the bounds once, and gates each rank's own tokens.
+    """
+    require(residuals.dim() == 1 and residuals.numel() > 0, "quantile bounds need a non-empty 1-D tensor")
     require_finite(residuals, "residual energies")
     r = residuals.float()
-    q_lo = linear_quantile(r, alpha)
-    q_hi = linear_quantile(r, beta)
+    return linear_quantile(r, alpha), linear_quantile(r, beta)
+
+
+def gate(residuals: torch.Tensor, q_lo: torch.Tensor, q_hi: torch.Tensor, xi: float) -> torch.Tensor:
+    """Weights ``xi + (1 - xi) z``, ``z = clamp((R - q_lo) / (q_hi - q_lo), 0, 1)`` (SPEC 5): [n] -> [n]."""
+    r = residuals.float()
     span = q_hi - q_lo
     if float(span) < QUANTILE_SPAN_FLAT:
         z = torch.full_like(r, 0.5)
     else:
         z = ((r - q_lo) / span.clamp_min(QUANTILE_SPAN_FLOOR)).clamp(0.0, 1.0)
     return xi + (1.0 - xi) * z
+
+
+def quantile_gate(residuals: torch.Tensor, alpha: float, beta: float, xi: float) -> torch.Tensor:
+    """Token weights from ALL of one group's negative residuals [n] -> [n] in [xi, 1] (SPEC 5)."""
+    require(residuals.dim() == 1 and residuals.numel() > 0, "quantile_gate needs a non-empty 1-D tensor")
+    q_lo, q_hi = quantile_bounds(residuals, alpha, beta)
+    return gate(residuals, q_lo, q_hi, xi)
 
 
 def token_advantages(advantages: torch.Tensor, weights: torch.Tensor, lambda_pos: float) -> torch.Tensor:

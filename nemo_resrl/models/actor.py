@@ -149,6 +149,7 @@ class MegatronActor:
         self.layout: ParallelLayout = init_parallel(cfg.tensor_parallel, cfg.pipeline_parallel, cfg.seed)
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
         self.vocab_size = int(self.hf_config["vocab_size"])
+        self.hidden_size = int(self.hf_config["hidden_size"])
         self.num_layers = int(self.hf_config["num_hidden_layers"])
         self.step = 0
         self._build_model(cuda)
@@ -263,6 +264,40 @@ class MegatronActor:
             if layer.layer_number == target:
                 return layer
         return None
+
+    def owns_penultimate_layer(self) -> bool:
+        """Whether this pipeline stage holds decoder layer L-2 (where penultimate consumers run)."""
+        return self._penultimate_layer() is not None
+
+    def penultimate_stage(self) -> int:
+        """The pipeline rank that owns decoder layer L-2 (collective over the pipeline group once)."""
+        if getattr(self, "_pen_stage", None) is None:
+            if self.layout.pp == 1:
+                self._pen_stage = 0
+            else:
+                from megatron.core import parallel_state as ps
+
+                flag = torch.tensor([self.layout.pp_rank if self.owns_penultimate_layer() else -1])
+                flag = flag.to(self.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=ps.get_pipeline_model_parallel_group())
+                self._pen_stage = int(flag)
+        return self._pen_stage
+
+    def broadcast_from_penultimate_owner(self, t: torch.Tensor) -> torch.Tensor:
+        """Copy ``t`` from tensor rank 0 of the stage owning layer L-2 to every tensor / pipeline rank
+        of this data-parallel replica; returns it on the CPU."""
+        from megatron.core import parallel_state as ps
+
+        stage = self.penultimate_stage()
+        t = t.to(self.device).contiguous()
+        if self.layout.tp > 1 and self.layout.pp_rank == stage:
+            dist.broadcast(
+                t, src=ps.get_tensor_model_parallel_src_rank(), group=ps.get_tensor_model_parallel_group()
+            )
+        if self.layout.pp > 1:
+            group = ps.get_pipeline_model_parallel_group()
+            dist.broadcast(t, src=dist.get_process_group_ranks(group)[stage], group=group)
+        return t.cpu()
 
     def _token_logprobs(
         self, logits: torch.Tensor, mb: MicroBatch, with_entropy: bool

@@ -38,9 +38,9 @@ def _require(cond: bool, msg: str) -> None:
 class OptimConfig:
     """Adam(W) through megatron-core's optimizer, with warmup then decay.
 
-    lr / min_lr: peak and final learning rate; warmup_steps: linear warmup from lr / warmup_steps to lr (steps are
-    optimizer steps); decay_steps: steps of decay after which min_lr holds (None: constant after
-    warmup). clip_grad: global gradient-norm clip (0 disables).
+    lr / min_lr: peak and final learning rate; warmup_steps: linear warmup from lr / warmup_steps to
+    lr (steps are optimizer steps); decay_steps: steps of decay after which min_lr holds (None:
+    constant after warmup). clip_grad: global gradient-norm clip (0 disables).
     """
 
     lr: float = 1e-6

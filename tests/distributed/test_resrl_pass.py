@@ -1,0 +1,157 @@
+"""ResRL inside the old-log-prob pass, groups spread over ranks, against a single-process computation.
+
+Each layout runs ``resrl_probe.py`` once (tiny Qwen3 actor, 7 groups of 4 responses; data-parallel
+rank r takes responses r, r + dp, ...: every group is split over the data-parallel ranks). Inside the
+job the reference is ``compute_resrl_weights`` on the same hidden states with whole groups.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nemo_resrl.algorithms.resrl import (
+    SKIP_FEW_POSITIVE_TOKENS,
+    SKIP_NO_NEGATIVE,
+    SKIP_NO_POSITIVE,
+    ResRLConfig,
+    group_sample_seed,
+    sample_row_indices,
+)
+from nemo_resrl.distributed.resrl_pass import plan_groups
+from tests.models.tiny_hf import make_tiny
+
+ROOT = Path(__file__).resolve().parents[2]
+LAYOUTS = {"tp1pp1dp1": (1, 1, 1), "tp1pp1dp2": (1, 1, 2), "tp2pp1dp1": (2, 1, 2), "tp1pp2dp1": (1, 2, 2)}
+SLOW_LAYOUTS = {"tp2pp1dp2": (2, 1, 4)}
+TOL = 1e-5
+
+
+def _run(work: Path, tp: int, pp: int, nproc: int) -> dict:
+    args = ["-m", "tests.distributed.resrl_probe", "--work", str(work), "--tp", str(tp), "--pp", str(pp)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        *args,
+    ]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    name = f"tp{tp}pp{pp}dp{nproc // (tp * pp)}"
+    assert res.returncode == 0 and f"PROBE OK {name}" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
+    return json.loads((work / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    w = tmp_path_factory.mktemp("resrl")
+    make_tiny(w / "qwen3", "qwen3")
+    return w
+
+
+@pytest.fixture(scope="module")
+def runs(work) -> dict[str, dict]:
+    return {name: _run(work, *spec) for name, spec in LAYOUTS.items()}
+
+
+def _check(result: dict) -> None:
+    for label in ("default", "m_below_k"):
+        e = result[label]
+        assert e["max_diff_vs_single_process"] < TOL, (label, e["max_diff_vs_single_process"])
+        assert e["stats"] == e["ref_stats"], label
+        assert e["ranks_agree"], label  # every tensor / pipeline / data rank holds the same weights
+        assert e["logp_vs_plain"] < TOL  # the two-phase pass still returns the plain old log-probs
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_weights_equal_single_process_computation(runs, layout):
+    _check(runs[layout])
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_tp2_x_dp2_equals_single_process(work):
+    _check(_run(work, *SLOW_LAYOUTS["tp2pp1dp2"]))
+
+
+@pytest.mark.distributed
+def test_every_negative_of_a_mixed_group_is_weighted_from_its_whole_group(runs, work):
+    runs["tp1pp1dp2"]  # the data-parallel run wrote the tensors
+    t = torch.load(work / "tp1pp1dp2_default.pt")
+    w, mask, adv, gids = t["weights"], t["mask"], t["adv"], t["group_ids"]
+    stats = runs["tp1pp1dp2"]["default"]["stats"]
+    xi = ResRLConfig().xi
+    for g in gids.unique().tolist():
+        rows = gids == g
+        neg = rows & (adv < 0)
+        pos = rows & (adv > 0)
+        tok = w[neg][mask[neg]]
+        if g in (0, 1, 2, 6):  # mixed groups with enough positive tokens: all negatives weighted
+            assert ((tok >= xi - 1e-6) & (tok <= 1 + 1e-6)).all()
+            assert tok.min() < 0.5 < tok.max()  # a real spread: light and full penalties both occur
+        else:  # skipped groups keep weight 1
+            assert (tok == 1).all()
+        assert (w[pos][mask[pos]] == 1).all()  # positives are never gated
+    # negatives of groups 0, 1, 2, 6 over all negative tokens: exactly what the stats report
+    mixed = torch.isin(gids, torch.tensor([0, 1, 2, 6])) & (adv < 0)
+    frac = float(mask[mixed].sum() / mask[adv < 0].sum())
+    assert stats["resrl/frac_negative_tokens_weighted"] == pytest.approx(frac)
+
+
+@pytest.mark.distributed
+def test_degenerate_groups_are_skipped_and_counted(runs):
+    s = runs["tp1pp1dp2"]["default"]["stats"]
+    # group 3 all correct (GRPO advantages all 0, so no positive), group 4 all wrong, group 5 one
+    # correct response of 3 tokens (< 4)
+    assert s[f"resrl/groups_skipped/{SKIP_NO_POSITIVE}"] == 2
+    assert s[f"resrl/groups_skipped/{SKIP_FEW_POSITIVE_TOKENS}"] == 1
+    assert s["resrl/groups_active"] == 4
+    # M < k: k is cut to M - 1 (or the numerical rank), never above it
+    ranks = runs["tp1pp1dp2"]["m_below_k"]["subspace_ranks"]
+    assert all(1 <= k <= 15 for k in ranks) and max(ranks) > 4
+
+
+def _table(rows):
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def test_plan_pools_positives_in_response_id_order_and_spreads_owners():
+    # (group, response id, valid tokens, positive, penalised)
+    table = _table(
+        [
+            [7, 30, 5, 1, 0],
+            [7, 10, 6, 1, 0],
+            [7, 20, 4, 0, 1],
+            [9, 11, 8, 1, 0],
+            [9, 12, 3, 0, 1],
+            [4, 1, 9, 1, 0],
+            [4, 2, 9, 1, 0],
+            [5, 3, 2, 1, 0],
+            [5, 5, 7, 0, 1],
+            [8, 6, 7, 0, 1],
+        ]
+    )
+    cfg = ResRLConfig(max_rows=8)
+    plans = {g.gid: g for g in plan_groups(table, 64, cfg, step=3, dp=2)}
+    assert plans[7].pool_offset == {10: 0, 30: 6}  # by response id, not by table order
+    assert plans[7].n_pos_tokens == 11 and plans[7].n_neg_tokens == 4
+    assert plans[4].reason == SKIP_NO_NEGATIVE
+    assert plans[5].reason == SKIP_FEW_POSITIVE_TOKENS
+    assert plans[8].reason == SKIP_NO_POSITIVE
+    active = sorted((g for g in plans.values() if g.reason is None), key=lambda g: g.active)
+    assert [g.gid for g in active] == [7, 9] and [g.owner for g in active] == [0, 1]
+    expected = sample_row_indices(11, 8, group_sample_seed(cfg.seed, 3, 7))
+    assert torch.equal(plans[7].sample, expected) and plans[7].sample.numel() == 8
+
+
+def test_plan_rejects_duplicate_response_ids():
+    with pytest.raises(ValueError, match="response_ids must be unique"):
+        plan_groups(_table([[1, 5, 3, 1, 0], [1, 5, 3, 0, 1]]), 64, ResRLConfig(), step=0, dp=1)

@@ -80,7 +80,7 @@ class ResRLConfig:
     lambda_pos: float = 0.1
     ln_eps: float = 1e-5
     min_positive_tokens: int = 4
-    svd_method: str = "randomized"
+    svd_method: str = "auto"
     svd_max_iter: int = 32
     svd_oversample: int = 64
     svd_tol: float = 1e-4

@@ -7,11 +7,14 @@ The old-log-prob pass (forward only, at the rollout weights) runs anyway for GRP
    its skip reason (SPEC 4.5), its owner (active groups round-robin over the data-parallel ranks) and
    its sampled pool indices, drawn with the same seed as the single-process ``compute_resrl_weights``:
    the sample is uniform over the WHOLE group, whichever rank holds which response.
-2. Phase 1, positive responses: the layer L-2 consumer keeps only the sampled rows (LayerNorm-ed,
+2. One forward pass with the positive responses first (phase 0) and the negative ones after
+   (phase 1). For positives, the layer L-2 consumer keeps only the sampled rows (LayerNorm-ed,
    float32) of this rank's positive tokens.
-3. The rows go to their group's owner (all-to-all), which fits (mu, V_k) and broadcasts it.
-4. Phase 2, negative responses: the consumer turns each negative token's hidden state into its
-   residual energy at once; one float per negative token is kept.
+3. In the micro-batch that holds this rank's last positive response (before its negatives), the rows
+   go to their group's owner (all-to-all), which fits (mu, V_k) and broadcasts it. (A collective
+   inside the forward-only pass is safe: nothing else in it talks across data-parallel ranks.)
+4. For negatives, the consumer turns each token's hidden state into its residual energy at once;
+   one float per negative token is kept.
 5. The residuals of each group are all-gathered (scalars only); every rank computes the group's
    quantile bounds over ALL its negative tokens and gates its own tokens.
 6. The weights go from the rank that computed them to the other tensor / pipeline ranks of its
@@ -123,10 +126,6 @@ def plan_groups(
     return out
 
 
-def _subset(seqs: Sequences, idx: list[int]) -> Sequences:
-    return Sequences([seqs.tokens[i] for i in idx], [seqs.prompt_lens[i] for i in idx])
-
-
 def _pack(sub: PositiveSubspace, width: int) -> torch.Tensor:
     d, k = sub.basis.shape
     out = torch.zeros(d + d * width + 2, dtype=torch.float32, device=sub.mean.device)
@@ -197,53 +196,41 @@ def old_logprobs_with_resrl(
     computes = actor.owns_penultimate_layer() and lay.tp_rank == 0
 
     # sampled pool index of each local positive token (-1: not sampled)
-    sample_pool = torch.full((len(pos_idx), T), -1, dtype=torch.long)
-    for j, i in enumerate(pos_idx):
+    sample_pool = torch.full((B, T), -1, dtype=torch.long)
+    for i in pos_idx:
         g = by_gid[int(meta.group_ids[i])]
         if g.reason is not None:
             continue
         o, n = g.pool_offset[int(meta.response_ids[i])], int(n_valid[i])
         picked = g.sample[(g.sample >= o) & (g.sample < o + n)]
         positions = mask[i].nonzero().squeeze(1)[picked - o]
-        sample_pool[j, positions] = picked
+        sample_pool[i, positions] = picked
 
-    # 2. phase 1: positive responses, keep the sampled rows
-    kept_rows, kept_keys = [], []
-
-    def collect(chunk: PenultimateChunk) -> None:
-        if not computes:
-            return
-        s, r = chunk.seq_index.cpu(), chunk.resp_pos.cpu()
-        pool = sample_pool[s, r]
-        sel = pool >= 0
-        if bool(sel.any()):
-            kept_rows.append(normalize_hidden(chunk.hidden[sel.to(chunk.hidden.device)], cfg.ln_eps))
-            kept_keys.append(torch.stack([seq_group[torch.tensor(pos_idx)[s[sel]]], pool[sel]], dim=1))
-
-    out_pos = (
-        actor.forward_logprobs(
-            _subset(seqs, pos_idx), with_entropy=with_entropy, penultimate_consumer=collect
-        )
-        if pos_idx
-        else None
-    )
-
-    # 3. rows to owners, subspaces, broadcast
     subspaces: dict[int, PositiveSubspace] = {}
     width = min(cfg.rank, d)
     info = torch.zeros(len(active), 2)  # (k, converged) per active group
-    if computes and active:
+    resid = torch.full((B, T), float("nan"))
+    kept_rows, kept_keys = [], []
+    # positives with response tokens: once all of them went by, the subspaces can be fitted
+    lens = seqs.response_lens
+    pos_left = {i for i in pos_idx if lens[i] > 0}
+    fitted = False
+
+    def fit_and_share() -> None:
+        """Rows to owners (all-to-all), SVD on the owner, projectors broadcast (collective over dp)."""
+        if not active:
+            return
         rows = torch.cat(kept_rows).to(dev) if kept_rows else torch.zeros(0, d, device=dev)
         keys = torch.cat(kept_keys) if kept_keys else torch.zeros(0, 2, dtype=torch.long)
         owners = torch.tensor([active[a].owner for a in keys[:, 0].tolist()], dtype=torch.long)
         payload = torch.cat([keys.to(torch.float64).to(dev), rows.double()], dim=1)  # exact ids in fp64
+        kept_rows.clear()
+        kept_keys.clear()
         got, _ = exchange_rows(payload, owners.to(dev), dp_group)
         got = got.cpu()
-        mine = [g for g in active if g.owner == lay.dp_rank]
         packed = []
-        for g in mine:
-            sel = got[:, 0].long() == g.active
-            part = got[sel]
+        for g in (g for g in active if g.owner == lay.dp_rank):
+            part = got[got[:, 0].long() == g.active]
             part = part[torch.argsort(part[:, 1].long())]
             require(
                 part.shape[0] == g.sample.numel() and torch.equal(part[:, 1].long(), g.sample),
@@ -269,34 +256,45 @@ def old_logprobs_with_resrl(
             if lay.dp > 1:
                 dist.broadcast(buf, src=group_global_rank(dp_group, src), group=dp_group)
             for g, b in zip(owned, buf):
-                subspaces[g.active] = _unpack(b, d, width)
-                info[g.active] = torch.tensor(
-                    [subspaces[g.active].rank, float(subspaces[g.active].converged)]
-                )
+                sub = _unpack(b, d, width)
+                subspaces[g.active] = sub
+                info[g.active] = torch.tensor([sub.rank, float(sub.converged)])
 
-    # 4. phase 2: negative responses, one residual per token
-    resid = torch.full((len(neg_idx), T), float("nan"))
-    neg_group = seq_group[torch.tensor(neg_idx, dtype=torch.long)] if neg_idx else seq_group[:0]
-    neg_mask = mask[neg_idx] if neg_idx else mask[:0]
-
-    def residuals(chunk: PenultimateChunk) -> None:
+    def consume(chunk: PenultimateChunk) -> None:
+        """Layer L-2 output of one micro-batch: positives first (phase 0), then negatives (phase 1)."""
+        nonlocal fitted
         if not computes:
             return
         s, r = chunk.seq_index.cpu(), chunk.resp_pos.cpu()
-        grp = neg_group[s]
-        use = (grp >= 0) & neg_mask[s, r]
+        pool = sample_pool[s, r]
+        sel = pool >= 0
+        if bool(sel.any()):
+            kept_rows.append(normalize_hidden(chunk.hidden[sel.to(chunk.hidden.device)], cfg.ln_eps))
+            kept_keys.append(torch.stack([seq_group[s[sel]], pool[sel]], dim=1))
+        pos_left.difference_update(s[is_pos[s]].unique().tolist())
+        if not fitted and not pos_left:
+            fit_and_share()  # within the micro-batch holding the last positive, before its negatives
+            fitted = True
+        grp = seq_group[s]
+        use = (grp >= 0) & ~is_pos[s] & mask[s, r]
         for a in torch.unique(grp[use]).tolist():
-            sel = use & (grp == a)
-            x = normalize_hidden(chunk.hidden[sel.to(chunk.hidden.device)], cfg.ln_eps)
-            resid[s[sel], r[sel]] = residual_energy(x, subspaces[a], cfg.residual_chunk_tokens).float().cpu()
+            pick = use & (grp == a)
+            x = normalize_hidden(chunk.hidden[pick.to(chunk.hidden.device)], cfg.ln_eps)
+            resid[s[pick], r[pick]] = (
+                residual_energy(x, subspaces[a], cfg.residual_chunk_tokens).float().cpu()
+            )
 
-    out_neg = (
-        actor.forward_logprobs(
-            _subset(seqs, neg_idx), with_entropy=with_entropy, penultimate_consumer=residuals
-        )
-        if neg_idx
-        else None
+    # 2-4. one pass: positives first, negatives after
+    phases = [0 if bool(p) else 1 for p in is_pos]
+    outputs = actor.forward_logprobs(
+        seqs, with_entropy=with_entropy, penultimate_consumer=consume, phases=phases
     )
+    if computes and not fitted:
+        raise RuntimeError("internal error: the positive subspaces were never fitted during the pass")
+    neg_idx_t = torch.tensor(neg_idx, dtype=torch.long)
+    neg_group = seq_group[neg_idx_t]
+    neg_mask = mask[neg_idx_t]
+    resid = resid[neg_idx_t]
 
     # 5. quantile bounds per group over all its negative tokens (all ranks), gate own tokens
     w_neg = torch.ones(len(neg_idx), T)
@@ -323,7 +321,6 @@ def old_logprobs_with_resrl(
     weights = torch.ones(B, T)
     if neg_idx:
         weights[neg_idx] = w_neg
-    outputs = _merge(B, T, pos_idx, out_pos, neg_idx, out_neg, resp_mask, with_entropy)
     stats = ResRLStats(num_groups=len(plans), num_active=len(active), skipped=Counter())
     for g in plans:
         stats.num_negative_tokens += g.n_penalised_tokens
@@ -334,16 +331,3 @@ def old_logprobs_with_resrl(
     stats.subspace_ranks = [int(k) for k in info[:, 0].tolist()]
     stats.svd_fallbacks = int((info[:, 1] < 0.5).sum()) if len(active) else 0
     return ResRLPassResult(outputs=outputs, weights=weights, stats=stats)
-
-
-def _merge(B, T, pos_idx, out_pos, neg_idx, out_neg, mask, with_entropy) -> TokenOutputs:
-    logp = torch.zeros(B, T)
-    ent = torch.zeros(B, T) if with_entropy else None
-    for idx, out in ((pos_idx, out_pos), (neg_idx, out_neg)):
-        if out is None:
-            continue
-        w = out.logprobs.shape[1]
-        logp[idx, :w] = out.logprobs
-        if ent is not None:
-            ent[idx, :w] = out.entropy
-    return TokenOutputs(logprobs=logp, entropy=ent, mask=mask)

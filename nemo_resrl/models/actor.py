@@ -244,7 +244,7 @@ class MegatronActor:
         mc.grad_scale_func = self.optimizer.scale_loss
 
     # ------------------------------------------------------------------ helpers
-    def _layout(self, seqs: Sequences) -> Layout:
+    def _layout(self, seqs: Sequences, phases: list[int] | None = None) -> Layout:
         seqs.check_vocab(self.vocab_size)
         max_pos = int(self.hf_config.get("max_position_embeddings", 1 << 30))
         longest = max(t.numel() for t in seqs.tokens)
@@ -255,6 +255,8 @@ class MegatronActor:
             self.cfg.micro_batch_size,
             pack=self.cfg.pack_sequences,
             max_tokens_per_row=self.cfg.max_tokens_per_row,
+            uniform_shape=self.layout.pp > 1,
+            phases=phases,
         )
 
     def _penultimate_layer(self) -> torch.nn.Module | None:
@@ -361,14 +363,16 @@ class MegatronActor:
         *,
         with_entropy: bool = False,
         penultimate_consumer: PenultimateConsumer | None = None,
+        phases: list[int] | None = None,
     ) -> TokenOutputs:
         """Per-response-token log-probs [B, T] (and entropy) of ``seqs`` under the current weights.
 
         ``penultimate_consumer``, if given, is called once per micro-batch, on the ranks of the stage that
         owns decoder layer L-2, with that layer's output at the positions that predict the response
-        tokens (the same shift as the log-probs). Nothing else keeps hidden states.
+        tokens (the same shift as the log-probs). Nothing else keeps hidden states. ``phases`` (one int
+        per sequence) makes every sequence of phase p reach the consumer before any of phase p + 1.
         """
-        layout = self._layout(seqs)
+        layout = self._layout(seqs, phases)
         _, mask = seqs.response_tokens()
         B, T = mask.shape
         logp = torch.zeros(B, T, dtype=torch.float32, device=self.device)

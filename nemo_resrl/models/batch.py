@@ -5,8 +5,9 @@ returns one value per RESPONSE token, response-aligned as ``[B, T]`` with ``T = 
 entry ``[i, t]`` belongs to token ``p_i + t`` of sequence ``i`` and is computed from the logits (and
 the hidden states) at position ``p_i + t - 1``, the position that predicts it.
 
-Layouts (every micro-batch has the same ``[rows, S]`` shape, as the pipeline schedule's fixed-shape
-point-to-point transfers require):
+Layouts (with pipeline parallelism every micro-batch has the same ``[rows, S]`` shape, as the
+schedule's fixed-shape point-to-point transfers require; without it, ``uniform_shape=False`` sorts
+rows longest first and sizes each micro-batch to its own rows):
 - padded: one sequence per row, right-padded to the longest sequence; plain causal attention.
 - packed: sequences first-fit into rows of ``max_tokens_per_row`` tokens, each attending only to
   itself (block-diagonal causal mask). Rotary attention depends only on relative positions, so a
@@ -93,8 +94,8 @@ class MicroBatch:
 @dataclass
 class Layout:
     micro_batches: list[MicroBatch]
-    rows: int  # rows per micro-batch
-    seq_len: int  # S
+    rows: int  # rows per micro-batch (at most)
+    seq_len: int  # S (the longest micro-batch)
     batch_size: int  # B
     width: int  # T, the response-aligned width
 
@@ -124,30 +125,51 @@ def make_layout(
     max_tokens_per_row: int = 4096,
     pad_id: int = 0,
     seq_len_multiple: int = 1,
+    uniform_shape: bool = True,
+    phases: list[int] | None = None,
 ) -> Layout:
-    """Lay ``seqs`` out as micro-batches of ``micro_batch_size`` rows (see the module docstring)."""
+    """Lay ``seqs`` out as micro-batches of ``micro_batch_size`` rows (see the module docstring).
+
+    uniform_shape: every micro-batch ``[micro_batch_size, S]`` with one S (filler rows complete the last
+    one), as pipeline parallelism's fixed-shape transfers need. False (no pipeline parallelism): rows are
+    ordered longest first, each micro-batch is only as long as its longest row and the last one may
+    have fewer rows, so padding and filler rows cost almost nothing.
+    phases: optional phase (0, 1, ...) per sequence: every row of phase p comes before any row of phase
+    p + 1 (a micro-batch may straddle two phases; a row never does).
+    """
     require(len(seqs) >= 1, "an empty batch has no micro-batches")
     require(micro_batch_size >= 1, "micro_batch_size must be >= 1")
     lengths = [t.numel() for t in seqs.tokens]
     longest = max(lengths)
-    if pack:
-        require(
-            longest <= max_tokens_per_row,
-            f"a sequence of {longest} tokens does not fit in max_tokens_per_row={max_tokens_per_row}",
-        )
-        rows_of = _first_fit(lengths, max_tokens_per_row)
-        rows_of.sort(key=lambda r: r[0])
-        seq_len = max(sum(lengths[i] for i in r) for r in rows_of)
+    phase = list(phases) if phases is not None else [0] * len(seqs)
+    require(len(phase) == len(seqs), f"phases has {len(phase)} entries for {len(seqs)} sequences")
+    rows_of = []
+    for p in sorted(set(phase)):
+        members = [i for i in range(len(seqs)) if phase[i] == p]
+        if pack:
+            require(
+                longest <= max_tokens_per_row,
+                f"a sequence of {longest} tokens does not fit in max_tokens_per_row={max_tokens_per_row}",
+            )
+            bins = [
+                [members[j] for j in b] for b in _first_fit([lengths[i] for i in members], max_tokens_per_row)
+            ]
+            rows_of += sorted(bins, key=lambda r: r[0])
+        else:
+            rows_of += [[i] for i in members]
+    fill = lambda r: sum(lengths[i] for i in r)  # noqa: E731
+    round_up = lambda n: -(-n // seq_len_multiple) * seq_len_multiple  # noqa: E731
+    if uniform_shape:
+        seq_len = round_up(max(fill(r) for r in rows_of))
+        n_rows = -(-len(rows_of) // micro_batch_size) * micro_batch_size
+        rows_of = rows_of + [[] for _ in range(n_rows - len(rows_of))]
+        groups = [rows_of[s : s + micro_batch_size] for s in range(0, n_rows, micro_batch_size)]
+        mbs = [_build_micro_batch(seqs, g, seq_len, pack, pad_id) for g in groups]
     else:
-        rows_of = [[i] for i in range(len(seqs))]
-        seq_len = longest
-    seq_len = -(-seq_len // seq_len_multiple) * seq_len_multiple
-    n_rows = -(-len(rows_of) // micro_batch_size) * micro_batch_size
-    rows_of = rows_of + [[] for _ in range(n_rows - len(rows_of))]
-
-    mbs = []
-    for start in range(0, n_rows, micro_batch_size):
-        mbs.append(_build_micro_batch(seqs, rows_of[start : start + micro_batch_size], seq_len, pack, pad_id))
+        rows_of.sort(key=lambda r: (phase[r[0]], -fill(r), r[0]))
+        groups = [rows_of[s : s + micro_batch_size] for s in range(0, len(rows_of), micro_batch_size)]
+        mbs = [_build_micro_batch(seqs, g, round_up(max(fill(r) for r in g)), pack, pad_id) for g in groups]
+        seq_len = max(mb.tokens.shape[1] for mb in mbs)
     width = max(seqs.response_lens)
     return Layout(
         micro_batches=mbs, rows=micro_batch_size, seq_len=seq_len, batch_size=len(seqs), width=width

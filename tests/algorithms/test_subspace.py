@@ -132,3 +132,17 @@ def test_bad_inputs():
     sub = fit_positive_subspace(torch.randn(6, 8), 2)
     with pytest.raises(ValueError, match="width"):
         residual_energy(torch.randn(3, 9), sub)
+
+
+def test_auto_picks_exact_for_small_shapes_and_randomized_for_large_ones():
+    g = torch.Generator().manual_seed(0)
+    small = fit_positive_subspace(torch.randn(200, 64, generator=g), 8)  # min(M, d) = 64 <= 8 * 72
+    assert small.iterations == 0
+    # a clear gap at k = 4 so the randomised iteration settles: min(M, d) = 600 > 8 * (4 + 64)
+    x = torch.randn(600, 4, generator=g) @ torch.randn(4, 600, generator=g) * 10 + torch.randn(
+        600, 600, generator=g
+    )
+    big = fit_positive_subspace(x, 4)
+    assert big.iterations > 0 and big.converged
+    exact = fit_positive_subspace(x, 4, method="exact")
+    assert principal_angles(big.basis, exact.basis).max() < 1e-2

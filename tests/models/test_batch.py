@@ -14,14 +14,16 @@ def _seqs():
     return Sequences([torch.randint(1, 50, (n,), generator=g) for n in lens], prompts)
 
 
+@pytest.mark.parametrize("uniform", [True, False])
 @pytest.mark.parametrize("pack", [False, True])
 @pytest.mark.parametrize("mbs", [1, 2, 3])
-def test_every_response_token_is_mapped_once_to_the_position_that_predicts_it(pack, mbs):
+def test_every_response_token_is_mapped_once_to_the_position_that_predicts_it(pack, mbs, uniform):
     seqs = _seqs()
-    layout = make_layout(seqs, mbs, pack=pack, max_tokens_per_row=10)
+    layout = make_layout(seqs, mbs, pack=pack, max_tokens_per_row=10, uniform_shape=uniform)
     seen = []
     for mb in layout.micro_batches:
-        assert mb.tokens.shape == (layout.rows, layout.seq_len)
+        if uniform:
+            assert mb.tokens.shape == (layout.rows, layout.seq_len)
         flat_tokens = mb.tokens.reshape(-1)
         flat_labels = mb.labels.reshape(-1)
         for f, s, r in zip(mb.flat_pos.tolist(), mb.seq_index.tolist(), mb.resp_pos.tolist()):
@@ -58,6 +60,14 @@ def test_padded_layout_uses_causal_default_and_same_shape_for_all_micro_batches(
     assert all(mb.attention_mask is None for mb in layout.micro_batches)
     assert len(layout.micro_batches) == 3  # 5 sequences, 2 rows each: the last one gets a filler row
     assert layout.micro_batches[-1].seq_ids.tolist() == [4]
+
+
+def test_non_uniform_layout_sorts_longest_first_without_filler_rows():
+    seqs = _seqs()  # lengths 5, 3, 7, 4, 6
+    layout = make_layout(seqs, 2, uniform_shape=False)
+    assert [mb.seq_ids.tolist() for mb in layout.micro_batches] == [[2, 4], [0, 3], [1]]
+    assert [tuple(mb.tokens.shape) for mb in layout.micro_batches] == [(2, 7), (2, 5), (1, 3)]
+    assert layout.seq_len == 7
 
 
 def test_first_fit_respects_capacity_and_keeps_everything():

@@ -1,0 +1,215 @@
+"""Old-log-prob pass: plain GRPO vs ResRL riding on it vs the released code's approach, side by side.
+
+    PYTHONPATH=. .venv/bin/python bench/bench_resrl_pass.py [--layers 4 --hidden 512 --groups 8 ...]
+
+Each variant runs in a fresh process on the same random Qwen3-shaped model and batch (world of one,
+CPU or GPU, whichever this machine has):
+  grpo      ``actor.forward_logprobs`` over the batch (what GRPO needs anyway)
+  resrl     ``old_logprobs_with_resrl``: the same pass in two phases with the layer L-2 consumer,
+            sampled rows, SVD per group, residuals, quantile gating
+  released  the released code's approach: keep every decoder layer's output for every token
+            (``output_hidden_states=True``), then compute the weights from layer L-2 in one process
+Reported: median wall time of the pass over ``--repeats`` runs after one warm-up, and the peak extra
+resident memory during a pass (RSS sampled every 2 ms above the RSS before the pass; on GPU, peak
+allocated CUDA memory above the allocation before the pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+
+def make_model(path: Path, args) -> None:
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=3 * args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=max(1, args.hidden // 128),
+        head_dim=64,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    )
+    Qwen3ForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
+
+
+def make_batch(args):
+    from nemo_resrl.algorithms.advantages import compute_advantages
+    from nemo_resrl.models.batch import Sequences
+
+    g = torch.Generator().manual_seed(1)
+    toks, prompts, gids, correct = [], [], [], []
+    for gid in range(args.groups):
+        prompt = torch.randint(3, args.vocab, (args.prompt_len,), generator=g)
+        n_ok = int(torch.randint(1, args.group_size, (1,), generator=g))  # mixed groups
+        for j in range(args.group_size):
+            n = int(torch.randint(args.resp_min, args.resp_max + 1, (1,), generator=g))
+            toks.append(torch.cat([prompt, torch.randint(3, args.vocab, (n,), generator=g)]))
+            prompts.append(args.prompt_len)
+            gids.append(gid)
+            correct.append(j < n_ok)
+    gids_t, ok = torch.tensor(gids), torch.tensor(correct)
+    return Sequences(toks, prompts), gids_t, compute_advantages("grpo", ok.float(), ok, gids_t)
+
+
+class PeakMemory:
+    """Peak extra memory of a block: CUDA allocator stats on GPU, sampled RSS on CPU."""
+
+    def __enter__(self):
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
+        import psutil
+
+        self.proc = psutil.Process()
+        self.base = self.peak = self.proc.memory_info().rss
+        self.stop = False
+
+        def sample():
+            while not self.stop:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+                time.sleep(0.002)
+
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.extra = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.stop = True
+            self.thread.join()
+            self.extra = max(self.peak, self.proc.memory_info().rss) - self.base
+
+
+def run_variant(args) -> dict:
+    from nemo_resrl.algorithms.resrl import ResRLConfig, compute_resrl_weights
+    from nemo_resrl.distributed.resrl_pass import ResponseMeta, old_logprobs_with_resrl
+    from nemo_resrl.models.actor import MegatronActor
+    from nemo_resrl.models.config import ActorConfig
+
+    dtype = "bf16" if torch.cuda.is_available() else "fp32"
+    actor = MegatronActor(ActorConfig(hf_path=args.model, micro_batch_size=args.micro_batch, dtype=dtype))
+    seqs, gids, adv = make_batch(args)
+    B = len(seqs)
+    meta = ResponseMeta(group_ids=gids, response_ids=torch.arange(B), advantages=adv)
+    cfg = ResRLConfig()
+    _, mask = seqs.response_tokens()
+    T = mask.shape[1]
+
+    def grpo():
+        actor.forward_logprobs(seqs)
+
+    def resrl():
+        old_logprobs_with_resrl(actor, seqs, meta, cfg, step=0)
+
+    def released():
+        layers = list(actor.gpt.decoder.layers)
+        kept: dict[int, list] = {i: [] for i in range(len(layers))}
+        handles = []
+        for i, layer in enumerate(layers):
+
+            def hook(mod, inp, out, i=i):
+                h = out[0] if isinstance(out, tuple) else out  # [S, rows, d]: every token, every layer
+                kept[i].append(h.detach().transpose(0, 1).clone())
+
+            handles.append(layer.register_forward_hook(hook))
+        try:
+            actor.forward_logprobs(seqs)
+        finally:
+            for h in handles:
+                h.remove()
+        # re-pad layer L-2 to [B, T, d] response-aligned, as the released code re-pads its hidden states
+        hidden = torch.zeros(B, T, actor.hidden_size)
+        layout = actor._layout(seqs)
+        for mb, h in zip(layout.micro_batches, kept[len(layers) - 2]):
+            flat = h.reshape(-1, h.shape[-1]).float().cpu()
+            hidden[mb.seq_index, mb.resp_pos] = flat[mb.flat_pos]
+        compute_resrl_weights(hidden, mask, gids, adv, cfg, step=0)
+
+    fn = {"grpo": grpo, "resrl": resrl, "released": released}[args.variant]
+    fn()  # warm-up
+    times, peaks = [], []
+    for _ in range(args.repeats):
+        with PeakMemory() as pm:
+            t0 = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        peaks.append(pm.extra)
+    return {
+        "variant": args.variant,
+        "time_s": statistics.median(times),
+        "times": times,
+        "peak_extra_MiB": max(peaks) / 2**20,
+        "tokens": int(sum(t.numel() for t in seqs.tokens)),
+        "response_tokens": int(mask.sum()),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--vocab", type=int, default=32768)
+    ap.add_argument("--groups", type=int, default=8)
+    ap.add_argument("--group-size", type=int, default=8)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--resp-min", type=int, default=64)
+    ap.add_argument("--resp-max", type=int, default=192)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--variant", default=None)
+    ap.add_argument("--model", default=None)
+    args = ap.parse_args()
+    if args.variant:
+        print("RESULT " + json.dumps(run_variant(args)), flush=True)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "model"
+        make_model(model, args)
+        results = []
+        for variant in ("grpo", "resrl", "released"):
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant, "--model", str(model)]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+            line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+            if not line:
+                raise SystemExit(f"{variant} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+            results.append(json.loads(line[0][7:]))
+    base = results[0]
+    print(
+        f"model: {args.layers} layers, d={args.hidden}, vocab {args.vocab}; batch: {args.groups} groups x "
+        f"{args.group_size} responses, {base['tokens']} tokens ({base['response_tokens']} response tokens)"
+    )
+    print(f"{'variant':<10} {'time s':>8} {'x grpo':>7} {'peak extra MiB':>15}")
+    for r in results:
+        ratio = r["time_s"] / base["time_s"]
+        print(f"{r['variant']:<10} {r['time_s']:8.3f} {ratio:7.3f} {r['peak_extra_MiB']:15.1f}")
+
+
+if __name__ == "__main__":
+    main()

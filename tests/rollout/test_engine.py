@@ -113,3 +113,17 @@ def test_cpu_head_dim_is_checked_before_vllm(tmp_path):
     with pytest.raises(ValueError, match="head_dim=16: vLLM's CPU attention supports"):
         check_model_for_rollout(tmp_path, cpu=True)
     assert check_model_for_rollout(tmp_path, cpu=False)["head_dim"] == 16
+
+
+@pytest.mark.distributed
+def test_colocated_tensor_parallel_engine_refits_from_a_tp2_actor(tmp_path):
+    """vLLM (external_launcher, TP=2) and the Megatron actor (TP=2) share two torchrun ranks."""
+    make_tiny(tmp_path / "qwen3", "qwen3")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd = [*torchrun, "-m", "tests.rollout.colocated_probe", "--work", str(tmp_path)]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0 and res.stdout.count("PROBE OK") == 2, res.stdout[-3000:] + res.stderr[-6000:]
+    r = json.loads((tmp_path / "colocated.json").read_text())
+    assert r["world"] == 2 and r["ranks_agree"]
+    assert r["token_mult_prob_error"] < 1.05
+    assert r["greedy_equal_before"] and r["greedy_changed"] and r["greedy_equal_after_refit"]

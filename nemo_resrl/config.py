@@ -1,0 +1,186 @@
+"""The run configuration: one typed schema, loaded from the Hydra configs in ``conf/`` with overrides,
+validated before any model is built. A bad key or value gets a ``ConfigError`` naming it.
+
+``load_config(overrides)`` composes ``conf/config.yaml`` (groups ``algorithm``, ``model``,
+``precision``) with command-line style overrides (``algorithm=grpo trainer.steps=20``), merges the
+result into the dataclass schema (unknown keys and wrong types are refused by OmegaConf's structured
+configs) and runs every section's ``validate()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nemo_resrl.algorithms.checks import require
+from nemo_resrl.models.config import ActorConfig
+from nemo_resrl.rollout.config import RolloutConfig
+from nemo_resrl.trainer import AlgorithmConfig
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+DATA_SOURCES = ("reasoning_gym", "jsonl", "parquet")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot run; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    """Prompts. reasoning_gym: ``task`` generated offline (``size`` problems, ``seed``); jsonl / parquet:
+    ``path`` with ``prompt_key`` / ``answer_key``. Prompts longer than ``max_prompt_tokens`` after the
+    chat template are dropped and counted."""
+
+    source: str = "reasoning_gym"
+    path: str = ""
+    task: str = "basic_arithmetic"
+    task_kwargs: dict = field(default_factory=dict)
+    size: int = 1024
+    seed: int = 0
+    prompt_key: str = "problem"
+    answer_key: str = "answer"
+    system_prompt: str = ""
+    max_prompt_tokens: int = 512
+
+    def validate(self) -> DataConfig:
+        require(
+            self.source in DATA_SOURCES, f"data.source must be one of {DATA_SOURCES}, got {self.source!r}"
+        )
+        require(
+            self.source == "reasoning_gym" or bool(self.path),
+            f"data.path is required for data.source={self.source}",
+        )
+        require(self.size >= 1, f"data.size must be >= 1, got {self.size}")
+        require(
+            self.max_prompt_tokens >= 1, f"data.max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}"
+        )
+        return self
+
+
+@dataclass
+class RewardConfig:
+    """name: math (math-verify on the last boxed answer) | reasoning_gym (the task's own scorer).
+    Grading runs in ``workers`` processes with a per-answer ``timeout_s``; crashes and timeouts score 0
+    and are counted."""
+
+    name: str = "reasoning_gym"
+    workers: int = 2
+    timeout_s: float = 5.0
+
+    def validate(self) -> RewardConfig:
+        require(
+            self.name in ("math", "reasoning_gym"),
+            f"reward.name must be math or reasoning_gym, got {self.name!r}",
+        )
+        require(self.workers >= 1, f"reward.workers must be >= 1, got {self.workers}")
+        require(self.timeout_s > 0, f"reward.timeout_s must be > 0, got {self.timeout_s}")
+        return self
+
+
+@dataclass
+class TrainerConfig:
+    """steps: RL steps; prompts_per_step (each sampled rollout.sampling.n times); mini_batches: updates
+    per step; eval_every: steps between evaluations (0: never)."""
+
+    steps: int = 10
+    prompts_per_step: int = 8
+    mini_batches: int = 1
+    seed: int = 0
+    eval_every: int = 0
+
+    def validate(self) -> TrainerConfig:
+        require(self.steps >= 1, f"trainer.steps must be >= 1, got {self.steps}")
+        require(
+            self.prompts_per_step >= 1, f"trainer.prompts_per_step must be >= 1, got {self.prompts_per_step}"
+        )
+        require(self.mini_batches >= 1, f"trainer.mini_batches must be >= 1, got {self.mini_batches}")
+        require(self.eval_every >= 0, f"trainer.eval_every must be >= 0, got {self.eval_every}")
+        return self
+
+
+@dataclass
+class CheckpointConfig:
+    """Every ``every`` steps (0: never) into ``<run dir>/checkpoints``, keeping the last ``keep_last``;
+    ``resume``: continue from the latest complete checkpoint if there is one."""
+
+    every: int = 5
+    keep_last: int = 2
+    resume: bool = True
+
+    def validate(self) -> CheckpointConfig:
+        require(self.every >= 0, f"checkpoint.every must be >= 0, got {self.every}")
+        require(self.keep_last >= 1, f"checkpoint.keep_last must be >= 1, got {self.keep_last}")
+        return self
+
+
+@dataclass
+class LoggingConfig:
+    """The metrics jsonl is always written; TensorBoard and Weights & Biases when enabled."""
+
+    run_dir: str = "runs/default"
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "nemo_resrl"
+    progress: bool = True
+
+    def validate(self) -> LoggingConfig:
+        require(bool(self.run_dir), "logging.run_dir must not be empty")
+        return self
+
+
+@dataclass
+class RunConfig:
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> RunConfig:
+        """Every section, plus the rules that span sections."""
+        self.actor.validate()
+        for section in (self.rollout, self.algorithm, self.trainer, self.data, self.reward, self.checkpoint):
+            section.validate()
+        self.logging.validate()
+        require(
+            self.rollout.tensor_parallel == self.actor.tensor_parallel,
+            f"rollout.tensor_parallel ({self.rollout.tensor_parallel}) must equal actor.tensor_parallel "
+            f"({self.actor.tensor_parallel}): the engine runs colocated in the actor's ranks",
+        )
+        require(
+            self.rollout.sampling.n >= 2 or self.algorithm.name in ("psr", "nsr", "w_reinforce"),
+            f"rollout.sampling.n must be >= 2 for group-normalised algorithms ({self.algorithm.name})",
+        )
+        return self
+
+
+def load_config(
+    overrides: list[str] | None = None, config_dir: str | Path = CONF_DIR, name: str = "config"
+) -> RunConfig:
+    """Compose ``conf/<name>.yaml`` with Hydra ``overrides``, merge into the schema, validate."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
+            composed = compose(config_name=name, overrides=list(overrides or []))
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), composed)
+        cfg: RunConfig = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"config key {key!r}: {e.msg if hasattr(e, 'msg') else e}") from None
+    except Exception as e:  # hydra's override parser / missing config group option
+        if type(e).__module__.startswith("hydra"):
+            raise ConfigError(str(e)) from None
+        raise
+    try:
+        return cfg.validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

@@ -88,6 +88,15 @@ def _read_hf_config(path: str) -> dict:
     return json.loads(cfg_file.read_text())
 
 
+def rope_theta(hf: dict) -> float | None:
+    """The rotary base of an HF config dict: ``rope_theta`` (transformers 4) or
+    ``rope_parameters["rope_theta"]`` (transformers 5)."""
+    theta = hf.get("rope_theta")
+    if theta is None:
+        theta = (hf.get("rope_parameters") or {}).get("rope_theta")
+    return float(theta) if theta is not None else None
+
+
 def _check_divisibility(hf: dict, cfg: ActorConfig) -> None:
     arch = (hf.get("architectures") or ["?"])[0]
     if arch not in SUPPORTED_ARCHITECTURES:
@@ -167,6 +176,12 @@ class MegatronActor:
         cfg = self.cfg
         self.bridge = bridge_mod.AutoBridge.from_hf_pretrained(cfg.hf_path, torch_dtype=cfg.torch_dtype)
         provider = self.bridge.to_megatron_provider(load_weights=True)
+        # transformers 5 keeps rope_theta only in config.rope_parameters; megatron-bridge 0.3.1 reads
+        # config.rope_theta, finds nothing and keeps its default base 10000 (Qwen3 needs 1e6, Llama 3
+        # 5e5, SmolLM2 1e5): the model would run with the wrong rotary frequencies.
+        theta = rope_theta(self.hf_config)
+        if theta is not None:
+            provider.rotary_base = theta
         provider.tensor_model_parallel_size = cfg.tensor_parallel
         provider.pipeline_model_parallel_size = cfg.pipeline_parallel
         provider.sequence_parallel = False
@@ -587,6 +602,31 @@ class MegatronActor:
             (path / ACTOR_META).write_text(json.dumps(meta, indent=1))
         dist.barrier()
 
+    def _inner_adams(self) -> list[torch.optim.Optimizer]:
+        out = []
+        for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            inner = getattr(opt, "optimizer", None)
+            if isinstance(inner, torch.optim.Adam | torch.optim.AdamW):
+                out.append(inner)
+        return out
+
+    @torch.no_grad()
+    def _ensure_optimizer_state(self) -> None:
+        """Give a fresh optimizer its state tensors (and step) before a checkpoint is loaded into it.
+
+        megatron-core 0.16's distributed optimizer builds its loading template from the CURRENT state,
+        and with torch's Adam a fresh optimizer has none (``state_dict`` then asserts on the step). A
+        step on zero gradients creates the state, as megatron's own dummy-state initialiser does; every
+        value it touches (parameters, moments, step) is then overwritten by the checkpoint.
+        """
+        for inner in self._inner_adams():
+            params = [p for g in inner.param_groups for p in g["params"]]
+            if params and any(len(inner.state[p]) == 0 for p in params):
+                for p in params:
+                    p.grad = torch.zeros_like(p)
+                inner.step()
+                inner.zero_grad(set_to_none=True)
+
     def _restore_adam_step(self, loaded: dict) -> None:
         """Put the saved Adam step count back into torch Adam's per-parameter state.
 
@@ -599,12 +639,10 @@ class MegatronActor:
         if len(steps) != 1:
             return
         step = float(steps.pop())
-        for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
-            inner = getattr(opt, "optimizer", None)
-            if isinstance(inner, torch.optim.Adam | torch.optim.AdamW):
-                for st in inner.state.values():
-                    if "step" in st:
-                        st["step"] = torch.tensor(step, dtype=torch.float32)
+        for inner in self._inner_adams():
+            for st in inner.state.values():
+                if "step" in st:
+                    st["step"] = torch.tensor(step, dtype=torch.float32)
 
     def load_checkpoint(self, path: str | os.PathLike, *, with_optimizer: bool = True) -> None:
         """Load a dist-checkpoint written by ``save_checkpoint`` (model: any TP / PP layout)."""
@@ -625,6 +663,8 @@ class MegatronActor:
                     f"{meta['pipeline_parallel']} (dp_reshardable) cannot load at {self.layout.tp} x "
                     f"{self.layout.pp}; load with with_optimizer=False or save with fully_reshardable"
                 )
+        if with_optimizer:
+            self._ensure_optimizer_state()
         state = self._sharded_state(True, with_optimizer, meta["optim_sharding"])
         state = dist_checkpointing.load(state, str(path))
         self.gpt.load_state_dict(state["model"], strict=True)

@@ -27,7 +27,7 @@ def make_tiny(path: str | Path, family: str = "qwen3", seed: int = 0) -> Path:
         head_dim=32,
         max_position_embeddings=512,
         tie_word_embeddings=False,
-        rope_theta=10000.0,
+        rope_theta=1_000_000.0,  # Qwen3's base: the actor must read it (transformers 5 moved it)
         rms_norm_eps=1e-6,
         bos_token_id=1,
         eos_token_id=2,

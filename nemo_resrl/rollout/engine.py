@@ -6,8 +6,8 @@ runs colocated with the actor in the same processes (``distributed_executor_back
 "external_launcher"``, vLLM tensor parallel = the actor's) and can sleep (free its weights and KV
 cache) while the actor trains. Prompts are token ids; the tokenizer is not loaded.
 
-``refit`` streams HF-named tensors (``MegatronActor.export_hf_weights``) into vLLM's model in buckets of
-about ``refit_bucket_bytes`` through ``reload_weights``, then resets the prefix cache: KV blocks cached
+``refit`` streams HF-named tensors (``MegatronActor.export_hf_weights``) into vLLM's model through one
+``reload_weights`` call fed lazily by the export iterator, then resets the prefix cache: KV blocks cached
 for a prompt prefix were computed with the old weights and would otherwise be reused.
 """
 
@@ -74,7 +74,7 @@ class RolloutBatch:
 class RefitStats:
     tensors: int
     bytes: int
-    buckets: int
+    calls: int  # reload_weights calls (one: see ``RolloutEngine.refit``)
     seconds: float
 
 
@@ -214,30 +214,28 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------ weights
     def refit(self, weights: Iterable[tuple[str, torch.Tensor]]) -> RefitStats:
-        """Load HF-named tensors into vLLM in buckets, then drop the prefix cache."""
+        """Stream HF-named tensors into vLLM in ONE ``reload_weights`` call, then drop the prefix cache.
+
+        One call, fed by the (lazy) iterator: vLLM consumes the stream tensor by tensor, so memory stays
+        bounded without splitting the refit. Several partial calls are NOT equivalent in vLLM 0.32: each
+        call is a full layer-wise reload cycle, and layers absent from a call are put back from stale
+        copies (measured: greedy log-probs off by 1.09 after 5 partial calls, exact after one call).
+        """
         require(not self.asleep, "the rollout engine is asleep: call wake_up() before refit()")
         t0 = time.perf_counter()
-        bucket: list[tuple[str, torch.Tensor]] = []
-        size = total = count = buckets = 0
+        counted = {"tensors": 0, "bytes": 0}
 
-        def flush() -> None:
-            nonlocal bucket, size, buckets
-            if bucket:
-                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": bucket})
-                buckets += 1
-            bucket, size = [], 0
+        def stream():
+            for name, tensor in weights:
+                counted["tensors"] += 1
+                counted["bytes"] += tensor.numel() * tensor.element_size()
+                yield name, tensor
 
-        for name, tensor in weights:
-            bucket.append((name, tensor))
-            nbytes = tensor.numel() * tensor.element_size()
-            size += nbytes
-            total += nbytes
-            count += 1
-            if size >= self.cfg.refit_bucket_bytes:
-                flush()
-        flush()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
         self.llm.reset_prefix_cache()
-        return RefitStats(tensors=count, bytes=total, buckets=buckets, seconds=time.perf_counter() - t0)
+        return RefitStats(
+            tensors=counted["tensors"], bytes=counted["bytes"], calls=1, seconds=time.perf_counter() - t0
+        )
 
     def sleep(self) -> None:
         """Free weights and KV cache while the actor trains (GPU with sleep mode; a no-op on CPU)."""

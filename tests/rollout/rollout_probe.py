@@ -29,6 +29,28 @@ def actor_greedy(actor, prompts: list[list[int]], n: int) -> list[list[int]]:
     return [s[len(p) :] for s, p in zip(seqs, prompts)]
 
 
+def greedy_agreement(actor, prompts: list[list[int]], batch) -> tuple[float, float]:
+    """Teacher-forced check of vLLM greedy outputs against the actor, robust to near-ties.
+
+    Returns (max |logp_vllm - logp_actor| of the generated tokens, max over positions of
+    ``max_v logp_actor(v) - logp_actor(vllm token)``: 0 when every vLLM token is the actor's argmax,
+    up to ties). Exact token equality is too strict after training: a collapsed model has near-ties
+    that float rounding breaks either way.
+    """
+    from nemo_resrl.models.batch import Sequences
+
+    seqs = Sequences(
+        [torch.tensor(p + r) for p, r in zip(prompts, batch.responses)], [len(p) for p in prompts]
+    )
+    worst_lp, worst_gap = 0.0, 0.0
+    for p, r, vlp, logits in zip(prompts, batch.responses, batch.logprobs, actor.gather_logits(seqs)):
+        lp = torch.log_softmax(logits[len(p) - 1 : len(p) + len(r) - 1].double(), dim=-1)
+        picked = lp.gather(-1, torch.tensor(r)[:, None]).squeeze(-1)
+        worst_lp = max(worst_lp, float((picked - vlp.double()).abs().max()))
+        worst_gap = max(worst_gap, float((lp.max(dim=-1).values - picked).max()))
+    return worst_lp, worst_gap
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True)
@@ -102,21 +124,23 @@ def main() -> None:
     adv = torch.randn(out.logprobs.shape, generator=g)
     for _ in range(3):
         actor.train_step(seqs, out.logprobs, adv, out.mask, PolicyLossConfig())
-    engine.cfg.refit_bucket_bytes = 100_000  # several buckets for this 0.5 MB model
     stats = engine.refit(actor.export_hf_weights())
-    res["refit"] = {"tensors": stats.tensors, "bytes": stats.bytes, "buckets": stats.buckets}
+    res["refit"] = {"tensors": stats.tensors, "bytes": stats.bytes, "calls": stats.calls}
     g1 = engine.generate(every, greedy)
-    a1 = actor_greedy(actor, every, 12)
-    res["greedy_equal_after_refit"] = g1.responses == a1
+    res["after_refit_logp_diff"], res["after_refit_argmax_gap"] = greedy_agreement(actor, every, g1)
     res["greedy_changed_by_step"] = g1.responses != g0.responses
-    res["long_prompt_fresh_after_refit"] = g1.responses[-1] == a1[-1]
+    long_only = type(g1)(g1.prompts[-1:], g1.prompt_index[-1:] * 0, g1.responses[-1:], g1.logprobs[-1:],
+                         g1.truncated[-1:], g1.lengths[-1:])  # fmt: skip
+    res["long_prompt_logp_diff"], _ = greedy_agreement(actor, every[-1:], long_only)
 
     # 5. negative control for the prefix-cache reset: put the ORIGINAL weights back WITHOUT the reset;
     # the 160-token prompt's cached KV (from the refitted weights) is then reused
     original = load_file(str(model / "model.safetensors"))
     engine.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(original.items())})
     stale = engine.generate([long_prompt], greedy)
-    res["stale_without_reset_differs"] = stale.responses[0] != g0.responses[-1]
+    res["stale_without_reset_differs"] = stale.responses[0] != g0.responses[-1] or not torch.allclose(
+        stale.logprobs[0], g0.logprobs[-1], atol=1e-4, rtol=0
+    )
     engine.refit(original.items())  # with the reset
     g2 = engine.generate(every, greedy)
     res["restored_exactly"] = g2.responses == g0.responses and all(

@@ -62,15 +62,20 @@ def test_sampler_and_actor_log_probs_agree(probe):
 @pytest.mark.distributed
 def test_refit_after_a_megatron_step_matches_the_actor_and_restores_exactly(probe):
     assert probe["greedy_equal_before"]
-    assert probe["greedy_changed_by_step"]  # the step moved greedy outputs, so equality below means something
-    assert probe["greedy_equal_after_refit"]
-    assert probe["refit"]["tensors"] == 19 + 6 and probe["refit"]["buckets"] > 1
+    assert probe[
+        "greedy_changed_by_step"
+    ]  # the step moved greedy outputs, so agreement below means something
+    # after the refit, vLLM's greedy tokens are the actor's argmax (up to ties) with the actor's log-probs
+    assert probe["after_refit_logp_diff"] < 1e-4
+    assert probe["after_refit_argmax_gap"] < 1e-4
+    assert probe["refit"]["tensors"] == 19 + 6 and probe["refit"]["calls"] == 1
+    assert probe["refit"]["bytes"] == 131520 * 4  # every parameter, fp32
     assert probe["restored_exactly"]
 
 
 @pytest.mark.distributed
 def test_long_prompt_uses_fresh_kv_after_refit(probe):
-    assert probe["long_prompt_fresh_after_refit"]
+    assert probe["long_prompt_logp_diff"] < 1e-4
     # negative control: skipping the prefix-cache reset DOES reuse stale KV for a 160-token prompt
     assert probe["stale_without_reset_differs"]
 
@@ -126,4 +131,5 @@ def test_colocated_tensor_parallel_engine_refits_from_a_tp2_actor(tmp_path):
     r = json.loads((tmp_path / "colocated.json").read_text())
     assert r["world"] == 2 and r["ranks_agree"]
     assert r["token_mult_prob_error"] < 1.05
-    assert r["greedy_equal_before"] and r["greedy_changed"] and r["greedy_equal_after_refit"]
+    assert r["greedy_equal_before"] and r["greedy_changed"]
+    assert r["after_refit_logp_diff"] < 1e-4 and r["after_refit_argmax_gap"] < 1e-4

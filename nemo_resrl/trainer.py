@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -100,8 +100,11 @@ class Trainer:
         reward_fn: RewardFn,
         algorithm: AlgorithmConfig,
         step_cfg: StepConfig,
+        *,
+        seed: int = 0,
     ):
         self.actor, self.engine, self.reward_fn = actor, engine, reward_fn
+        self.seed = seed
         self.algo = algorithm.validate()
         self.step_cfg = step_cfg.validate()
         self.step = 0
@@ -123,7 +126,12 @@ class Trainer:
             "this data-parallel rank got no prompt: use prompts_per_step >= data-parallel size",
         )
         self.engine.wake_up()
-        rollout = self.engine.generate([r["prompt_ids"] for r in local])
+        sampling = self.engine.cfg.sampling
+        if sampling.seed is not None:  # a fresh, reproducible stream per step (resume repeats it exactly)
+            sampling = replace(
+                sampling, seed=(sampling.seed + 7919 * (self.seed + 1) * (self.step + 1)) % (1 << 30)
+            )
+        rollout = self.engine.generate([r["prompt_ids"] for r in local], sampling)
         t_gen = time.perf_counter()
         reward = self.reward_fn(rollout, local)
         n_per = self.engine.cfg.sampling.n

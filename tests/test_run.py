@@ -1,0 +1,93 @@
+"""The training run: checkpoints, SIGKILL + resume repeating the uninterrupted run, metrics files."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nemo_resrl.checkpointing import CheckpointManager
+from nemo_resrl.run import format_row, step_records
+from tests.models.tiny_hf import make_tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(work: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Run the probe in its own session; afterwards kill whatever it left behind. A SIGKILLed trainer
+    orphans the multiprocessing manager that dist-checkpoint saving spawns, which would otherwise keep
+    our output pipes open (and this test waiting) forever."""
+    cmd = [sys.executable, "-m", "tests.run_probe", "--work", str(work), "--run-dir", str(run_dir)]
+    cmd += ["--steps", "6", *extra]
+    log = run_dir.parent / f"{run_dir.name}-{len(list(run_dir.parent.glob(run_dir.name + '-*.log')))}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=900)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    return subprocess.CompletedProcess(cmd, rc, stdout=text, stderr=text[-4000:])
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_sigkill_after_step_3_then_resume_equals_an_uninterrupted_run(tmp_path):
+    make_tiny(tmp_path / "qwen3", "qwen3")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    res = _run(tmp_path, whole)
+    assert res.returncode == 0 and "PROBE OK" in res.stdout, res.stderr[-4000:]
+    res = _run(tmp_path, killed, "--kill-after", "3")
+    assert res.returncode == -9  # SIGKILL, right after the checkpoint of step 3
+    assert [s for s, _ in CheckpointManager(killed / "checkpoints").complete()] == [3, 4]
+    res = _run(tmp_path, killed)
+    assert res.returncode == 0 and "resumed from" in res.stdout and "(next step 4)" in res.stdout, res.stderr[
+        -4000:
+    ]
+    a, b = _metrics(whole), _metrics(killed)
+    assert [int(m["step"]) for m in b] == list(range(6))
+    for x, y in zip(a[4:], b[4:]):
+        same = {k: v for k, v in x.items() if not k.startswith("time/")}
+        assert same == {k: y[k] for k in same}, int(x["step"])
+    assert len({m["reward/mean"] for m in a}) > 1  # the metrics compared are not constant
+    # the last K = 2 checkpoints are kept; the reward curve is a real PNG
+    assert [s for s, _ in CheckpointManager(whole / "checkpoints").complete()] == [5, 6]
+    png = (whole / "reward_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_partial_checkpoints_are_never_latest(tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / "step_000002").mkdir(parents=True)
+    (root / "step_000002" / "trainer.json").write_text("{}")
+    (root / ".partial-step_000004").mkdir()  # a save killed midway
+    (root / "step_000003").mkdir()  # no trainer.json: not complete
+    mgr = CheckpointManager(root)
+    assert mgr.latest() == root / "step_000002"
+    assert [s for s, _ in mgr.complete()] == [2]
+
+
+def test_step_records_are_a_function_of_the_step():
+    records = [{"i": i} for i in range(5)]
+    first = [step_records(records, s, 2, seed=1) for s in range(5)]
+    assert first == [step_records(records, s, 2, seed=1) for s in range(5)]
+    seen = [r["i"] for s in range(5) for r in first[s]]
+    assert sorted(seen[:5]) == list(range(5)) and sorted(seen[5:]) == list(range(5))  # whole epochs
+    assert seen[:5] != seen[5:]  # reshuffled per epoch
+
+
+def test_table_row_formats_missing_values_as_blank():
+    head = format_row({}, header=True)
+    row = format_row({"step": 3, "reward/mean": 0.5})
+    assert len(head) == len(row) and row.split()[:2] == ["3", "0.500"]

@@ -50,10 +50,13 @@ def step_records(records: Sequence[dict], step: int, per_step: int, seed: int) -
     """The prompts of ``step``: positions ``[step * per_step, (step + 1) * per_step)`` of the shuffled
     stream of epochs, so the data position is a function of the step (what resume needs)."""
     n = len(records)
+    orders: dict[int, list[int]] = {}  # one shuffle per epoch this step touches, not one per record
     out = []
     for pos in range(step * per_step, (step + 1) * per_step):
         epoch, i = divmod(pos, n)
-        out.append(records[epoch_order(n, seed, epoch)[i]])
+        if epoch not in orders:
+            orders[epoch] = epoch_order(n, seed, epoch)
+        out.append(records[orders[epoch][i]])
     return out
 
 

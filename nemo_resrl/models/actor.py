@@ -161,6 +161,9 @@ class MegatronActor:
         self.hidden_size = int(self.hf_config["hidden_size"])
         self.num_layers = int(self.hf_config["num_hidden_layers"])
         self.step = 0
+        # the sampling temperature: log-probs (old, new, entropy) are those of softmax(logits / T), the
+        # distribution the rollout sampled from (verl and NeMo RL do the same); the trainer sets it
+        self.logits_temperature = 1.0
         self._build_model(cuda)
         self._build_optimizer()
         self._current_mb: MicroBatch | None = None
@@ -319,7 +322,8 @@ class MegatronActor:
     def _token_logprobs(
         self, logits: torch.Tensor, mb: MicroBatch, with_entropy: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """logits [rows, S, V/tp] -> (logp [n], entropy [n] or None) of the micro-batch's response tokens."""
+        """logits [rows, S, V/tp] -> (logp [n], entropy [n] or None) of the micro-batch's response tokens,
+        of the policy at ``self.logits_temperature`` (logits divided by it, as the sampler does)."""
         v_local = logits.shape[-1]
         flat = logits.reshape(-1, v_local)
         vocab_start = self.layout.tp_rank * v_local
@@ -329,6 +333,8 @@ class MegatronActor:
         from megatron.core import parallel_state as ps
 
         rows = flat.index_select(0, mb.flat_pos)
+        if self.logits_temperature != 1.0:
+            rows = rows / self.logits_temperature
         labels = mb.labels.reshape(-1).index_select(0, mb.flat_pos)
         return vocab_parallel_logprobs(
             rows,

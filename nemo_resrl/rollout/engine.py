@@ -38,9 +38,9 @@ class RolloutBatch:
     """``len(prompts) * n`` responses in (prompt, sample) order.
 
     prompt_index [N] int64; responses: token ids (EOS included when it stopped there);
-    logprobs: the sampler's log-prob of each response token (vLLM's raw log-probs: the model's
-    distribution before temperature / top-p / top-k); truncated [N] bool: hit the token budget
-    instead of stopping; lengths [N] int64.
+    logprobs: the sampler's log-prob of each response token (vLLM's processed log-probs: the
+    distribution it sampled from, after temperature, top-k and top-p); truncated [N] bool: hit the
+    token budget instead of stopping; lengths [N] int64.
     """
 
     prompts: list[list[int]]
@@ -134,6 +134,9 @@ class RolloutEngine:
             tensor_parallel_size=cfg.tensor_parallel,
             seed=cfg.sampling.seed or 0,
             enable_prefix_caching=True,
+            # the log-probs of the distribution sampled from (after temperature / top-k / top-p), which the
+            # actor reproduces with ``logits_temperature`` (exactly when top_p = 1 and top_k = 0)
+            logprobs_mode="processed_logprobs",
         )
         if self.cpu:
             kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
@@ -141,6 +144,17 @@ class RolloutEngine:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
             kwargs["enable_sleep_mode"] = cfg.sleep_while_training
         if multi_rank:
+            # vLLM builds its groups over the torch.distributed world (layout: external DP x TP); left
+            # to itself it would start that world with world_size = TP, which fails for data-parallel
+            # ranks (RANK >= TP). Join the whole torchrun job first, as the actor does.
+            from nemo_resrl.models.parallel import init_distributed
+
+            init_distributed()
+            world = dist.get_world_size()
+            require(
+                world % cfg.tensor_parallel == 0,
+                f"world size {world} is not divisible by rollout.tensor_parallel = {cfg.tensor_parallel}",
+            )
             kwargs["distributed_executor_backend"] = "external_launcher"
         self.llm = LLM(**kwargs)
         self.asleep = False
@@ -184,16 +198,26 @@ class RolloutEngine:
             raise ValueError(f"rollout.sampling rejected by vLLM: {e}") from None
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig | None = None
+        self,
+        prompts: Sequence[Sequence[int]],
+        sampling: SamplingConfig | None = None,
+        *,
+        first_index: int = 0,
     ) -> RolloutBatch:
-        """``n`` responses for every prompt (token-id lists)."""
+        """``n`` responses for every prompt (token-id lists).
+
+        With a sampling seed, prompt ``i`` samples from its own stream, seeded by the seed and its index
+        ``first_index + i``; a data-parallel rank passes the global index of its first prompt so that its
+        samples do not depend on how the step's prompts are split over ranks (nor on what else is in the
+        batch)."""
         from vllm.inputs import TokensPrompt
 
         s = (sampling or self.cfg.sampling).validate()
         prompts = [[int(t) for t in p] for p in prompts]
         self._check_prompts(prompts)
+        require(first_index >= 0, f"first_index must be >= 0, got {first_index}")
         require(not self.asleep, "the rollout engine is asleep: call wake_up() before generate()")
-        params = [self._params(s, len(p), i) for i, p in enumerate(prompts)]
+        params = [self._params(s, len(p), first_index + i) for i, p in enumerate(prompts)]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         idx, resp, lps, trunc = [], [], [], []
         for i, out in enumerate(outs):

@@ -115,6 +115,16 @@ def main() -> None:
     out = actor.forward_logprobs(seqs)
     res["token_mult_prob_error"] = token_mult_prob_error(a.response_logprobs(), out.logprobs, out.mask)
     res["max_abs_logp_diff"] = float((a.response_logprobs() - out.logprobs)[out.mask].abs().max())
+    # at temperature 0.6 the sampler's log-probs are those of softmax(logits / 0.6); the actor matches them
+    # with logits_temperature, and does NOT without it (negative control)
+    hot = engine.generate(prompts, SamplingConfig(n=4, temperature=0.6, max_tokens=16, seed=3))
+    hot_seqs = hot.to_sequences()
+    plain = actor.forward_logprobs(hot_seqs)
+    actor.logits_temperature = 0.6
+    scaled = actor.forward_logprobs(hot_seqs)
+    actor.logits_temperature = 1.0
+    res["tmpe_t06_scaled"] = token_mult_prob_error(hot.response_logprobs(), scaled.logprobs, scaled.mask)
+    res["tmpe_t06_unscaled"] = token_mult_prob_error(hot.response_logprobs(), plain.logprobs, plain.mask)
 
     # 4. greedy before, after a Megatron step + refit, and after restoring the original weights
     greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=12, stop_on_eos=False)

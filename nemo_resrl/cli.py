@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs="?", default="train", choices=COMMANDS)
     parser.add_argument("--print-config", action="store_true", help="print the validated config and exit")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (key=value)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.command in NOT_YET:
         print(f"nemo-resrl {args.command}: not implemented yet; it arrives with {NOT_YET[args.command]}.")
         return 2

@@ -51,13 +51,17 @@ class RewardConfig:
 @dataclass
 class TrainerConfig:
     """steps: RL steps; prompts_per_step (each sampled rollout.sampling.n times); mini_batches: updates
-    per step; eval_every: steps between evaluations (0: never)."""
+    per step; eval_every: steps between greedy evaluations on ``eval_prompts`` held-out prompts (0:
+    never; reasoning-gym: generated with another seed, files: ``data.eval_path``); lld_every: steps
+    between measurements of the positive log-likelihood displacement (0: never)."""
 
     steps: int = 10
     prompts_per_step: int = 8
     mini_batches: int = 1
     seed: int = 0
     eval_every: int = 0
+    eval_prompts: int = 32
+    lld_every: int = 1
 
     def validate(self) -> TrainerConfig:
         require(self.steps >= 1, f"trainer.steps must be >= 1, got {self.steps}")
@@ -66,6 +70,8 @@ class TrainerConfig:
         )
         require(self.mini_batches >= 1, f"trainer.mini_batches must be >= 1, got {self.mini_batches}")
         require(self.eval_every >= 0, f"trainer.eval_every must be >= 0, got {self.eval_every}")
+        require(self.eval_prompts >= 1, f"trainer.eval_prompts must be >= 1, got {self.eval_prompts}")
+        require(self.lld_every >= 0, f"trainer.lld_every must be >= 0, got {self.lld_every}")
         return self
 
 
@@ -125,6 +131,30 @@ class RunConfig:
             self.rollout.sampling.n >= 2 or self.algorithm.name in ("psr", "nsr", "w_reinforce"),
             f"rollout.sampling.n must be >= 2 for group-normalised algorithms ({self.algorithm.name})",
         )
+        sampling = self.rollout.sampling
+        require(
+            sampling.temperature > 0,
+            f"rollout.sampling.temperature must be > 0 for training, got {sampling.temperature}",
+        )
+        require(
+            self.data.max_prompt_tokens + sampling.max_tokens <= self.rollout.max_model_len,
+            f"data.max_prompt_tokens ({self.data.max_prompt_tokens}) + rollout.sampling.max_tokens "
+            f"({sampling.max_tokens}) must be <= rollout.max_model_len ({self.rollout.max_model_len})",
+        )
+        require(
+            self.reward.name != "reasoning_gym" or self.data.source == "reasoning_gym",
+            "reward.name=reasoning_gym grades with the task's own scorer and needs "
+            "data.source=reasoning_gym; use reward.name=math for jsonl / parquet answers",
+        )
+        require(
+            self.algorithm.overlong.buffer <= sampling.max_tokens,
+            f"algorithm.overlong.buffer ({self.algorithm.overlong.buffer}) must be <= "
+            f"rollout.sampling.max_tokens ({sampling.max_tokens})",
+        )
+        require(
+            self.trainer.eval_every == 0 or self.data.source == "reasoning_gym" or bool(self.data.eval_path),
+            "trainer.eval_every > 0 with a jsonl / parquet dataset needs data.eval_path",
+        )
         return self
 
 
@@ -133,8 +163,12 @@ def load_config(
 ) -> RunConfig:
     """Compose ``conf/<name>.yaml`` with Hydra ``overrides``, merge into the schema, validate."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
     from hydra.core.global_hydra import GlobalHydra
 
+    # the schema is the first default of config.yaml: every key exists (overridable without '+') and
+    # Hydra refuses unknown keys and wrong types while composing
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):

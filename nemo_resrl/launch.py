@@ -49,15 +49,19 @@ def train(cfg: RunConfig) -> list[dict]:
     import torch.distributed as dist
     from transformers import AutoTokenizer
 
-    from nemo_resrl.data import load_prompts
+    from nemo_resrl.data.prompts import load_eval_prompts, load_prompts
     from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.rollout.engine import RolloutEngine
-    from nemo_resrl.run import run_training
+    from nemo_resrl.run import require_logging_backends, run_training
 
     path = resolve_model_path(cfg.actor.hf_path, cfg.actor.dtype)
     cfg = replace(cfg, actor=replace(cfg.actor, hf_path=path))
     tokenizer = AutoTokenizer.from_pretrained(path)
     prompts = load_prompts(cfg.data, tokenizer)  # before the model: a bad dataset fails fast
+    held_out = (
+        load_eval_prompts(cfg.data, tokenizer, cfg.trainer.eval_prompts) if cfg.trainer.eval_every else None
+    )
+    require_logging_backends(cfg)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     if rank0:
         print(f"prompts: {json.dumps(prompts.stats)}", flush=True)
@@ -68,6 +72,8 @@ def train(cfg: RunConfig) -> list[dict]:
     engine = RolloutEngine(path, cfg.rollout)
     reward = build_reward(cfg, tokenizer)
     try:
-        return run_training(cfg, actor, engine, reward, prompts.records)
+        return run_training(
+            cfg, actor, engine, reward, prompts.records, eval_records=held_out.records if held_out else None
+        )
     finally:
         reward.close()

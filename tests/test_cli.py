@@ -1,14 +1,80 @@
+"""``nemo-resrl``: config errors and bad datasets exit 2 with the key / row named; the train default runs."""
+
+import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from nemo_resrl.cli import main
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_unimplemented_commands_say_so_and_fail(capsys):
-    assert main(["train"]) == 2
+    assert main(["eval"]) == 2
     assert "not implemented yet" in capsys.readouterr().out
 
 
 def test_console_script_entry_point_resolves():
-    out = subprocess.run([sys.executable, "-m", "nemo_resrl.cli", "eval"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "nemo_resrl.cli", "convert"], capture_output=True, text=True)
     assert out.returncode == 2 and "issue 8" in out.stdout
+
+
+def test_print_config_applies_overrides(capsys):
+    assert main(["train", "--print-config", "algorithm=grpo", "trainer.steps=3"]) == 0
+    out = capsys.readouterr().out
+    assert "name: grpo" in out and "steps: 3" in out
+
+
+def test_a_bad_override_exits_2_naming_the_key(capsys):
+    assert main(["train", "trainer.steps=0"]) == 2
+    assert "trainer.steps must be >= 1" in capsys.readouterr().err
+    assert main(["train", "trainer.stepz=3"]) == 2
+    assert "stepz" in capsys.readouterr().err
+
+
+def test_a_bad_dataset_exits_2_naming_the_row_before_any_model_is_built(tmp_path, capsys):
+    data = tmp_path / "bad.jsonl"
+    data.write_text(
+        '{"problem": "1 + 1", "answer": "2"}\n{"problem": "2 + 2"\n{"problem": "", "answer": "0"}\n'
+    )
+    run_dir = tmp_path / "run"
+    rc = main(
+        ["train", "data.source=jsonl", f"data.path={data}", "reward.name=math", f"logging.run_dir={run_dir}"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "DatasetError" in err and "row 2: not valid JSON" in err
+    assert not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_train_default_runs_two_steps_and_writes_metrics_table_and_png(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "nemo_resrl.cli",
+        "train",
+        "trainer.steps=2",
+        "trainer.prompts_per_step=2",
+        "rollout.sampling.n=4",
+        "rollout.sampling.max_tokens=24",
+        "trainer.eval_every=2",
+        "trainer.eval_prompts=4",
+        "checkpoint.every=2",
+        f"logging.run_dir={run_dir}",
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "step  reward" in out.stdout and "reward curve:" in out.stdout
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [int(m["step"]) for m in rows] == [0, 1]
+    assert all(0 <= m["reward/mean"] <= 1 and m["reward/n"] == 8 for m in rows)
+    assert 0.99 < rows[0]["rollout/token_mult_prob_error"] < 1.01  # sampler and actor agree at T=0.7
+    assert "eval/accuracy" in rows[1] and rows[1]["eval/n"] == 4
+    assert (run_dir / "reward_curve.png").stat().st_size > 5000
+    assert (run_dir / "checkpoints").is_dir() and json.loads((run_dir / "data_stats.json").read_text())[
+        "kept"
+    ] > 0

@@ -60,6 +60,13 @@ def test_defaults_are_the_spec_ones():
         ("rollout.tensor_parallel=2", "rollout.tensor_parallel"),
         ("data.source=csv", "data.source"),
         ("algorithm=ppo", "ppo"),
+        ("data.on_bad_row=ignore", "data.on_bad_row"),
+        ("data.prompt_template=no_placeholder", "data.prompt_template"),
+        ("rollout.sampling.temperature=0", "rollout.sampling.temperature"),
+        ("rollout.sampling.max_tokens=400", "data.max_prompt_tokens"),
+        ("algorithm.overlong.buffer=500", "algorithm.overlong.buffer"),
+        ("algorithm.dynamic_sampling.max_rounds=0", "dynamic_sampling.max_rounds"),
+        ("trainer.lld_every=-1", "trainer.lld_every"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(override, needle):
@@ -70,3 +77,18 @@ def test_bad_keys_and_values_name_the_key(override, needle):
 def test_gpu_presets_need_a_checkpoint_path():
     with pytest.raises(ConfigError, match="hf_path"):
         load_config(["model=qwen3_8b"])
+
+
+def test_cross_section_rules_name_both_keys():
+    with pytest.raises(ConfigError, match="reward.name=reasoning_gym.*data.source=reasoning_gym"):
+        load_config(["data.source=jsonl", "data.path=x.jsonl"])
+    with pytest.raises(ConfigError, match="data.eval_path"):
+        load_config(["data.source=jsonl", "data.path=x.jsonl", "reward.name=math", "trainer.eval_every=2"])
+    cfg = load_config(["data.source=jsonl", "data.path=x.jsonl", "reward.name=math"])
+    assert cfg.data.path == "x.jsonl"
+
+
+def test_dapo_preset_turns_on_dynamic_sampling_and_overlong_shaping():
+    cfg = load_config(["algorithm=dapo"])
+    assert cfg.algorithm.dynamic_sampling.enabled and cfg.algorithm.overlong.enabled
+    assert not load_config(["algorithm=grpo"]).algorithm.dynamic_sampling.enabled

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,14 @@ class DatasetError(ValueError):
 @dataclass
 class DataConfig:
     """Prompts. reasoning_gym: ``task`` generated offline (``size`` problems, ``seed``, ``task_kwargs``);
-    jsonl / parquet: ``path`` with ``prompt_key`` / ``answer_key``. ``prompt_template`` wraps the
-    problem (``{prompt}`` is replaced) before the chat template; ``system_prompt`` (if set) becomes the
-    system message. ``chat_template=false`` tokenizes the text as it is."""
+    jsonl / parquet: ``path`` (and ``eval_path`` for evaluation) with ``prompt_key`` / ``answer_key``.
+    ``prompt_template`` wraps the problem (``{prompt}`` is replaced) before the chat template;
+    ``system_prompt`` (if set) becomes the system message. ``chat_template=false`` tokenizes the text
+    as it is."""
 
     source: str = "reasoning_gym"
     path: str = ""
+    eval_path: str = ""
     task: str = "basic_arithmetic"
     task_kwargs: dict = field(default_factory=dict)
     size: int = 1024
@@ -242,6 +244,17 @@ def load_prompts(cfg: DataConfig, tokenizer: Any) -> PromptSet:
         )
     stats = {"rows": n_rows, "malformed_skipped": malformed, "overlong_dropped": overlong, "kept": len(kept)}
     return PromptSet(kept, stats)
+
+
+def load_eval_prompts(cfg: DataConfig, tokenizer: Any, count: int) -> PromptSet:
+    """Held-out prompts: reasoning-gym problems from another seed (``count`` of them), or the first
+    ``count`` usable rows of ``data.eval_path``."""
+    if cfg.source == "reasoning_gym":
+        held_out = replace(cfg, size=count, seed=cfg.seed + 1_000_003)
+    else:
+        held_out = replace(cfg, path=cfg.eval_path)
+    out = load_prompts(held_out, tokenizer)
+    return PromptSet(out.records[:count], out.stats)
 
 
 def record_references(records: Sequence[dict[str, Any]]) -> list[str]:

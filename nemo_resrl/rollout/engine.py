@@ -61,6 +61,20 @@ class RolloutBatch:
         ]
         return Sequences(toks, [len(self.prompts[int(p)]) for p in self.prompt_index])
 
+    def subset(self, index: torch.Tensor) -> RolloutBatch:
+        """The responses at ``index`` (in that order), keeping only the prompts they answer."""
+        idx = [int(i) for i in index]
+        used = sorted({int(self.prompt_index[i]) for i in idx})
+        remap = {p: k for k, p in enumerate(used)}
+        return RolloutBatch(
+            prompts=[self.prompts[p] for p in used],
+            prompt_index=torch.tensor([remap[int(self.prompt_index[i])] for i in idx], dtype=torch.long),
+            responses=[self.responses[i] for i in idx],
+            logprobs=[self.logprobs[i] for i in idx],
+            truncated=self.truncated[idx],
+            lengths=self.lengths[idx],
+        )
+
     def response_logprobs(self) -> torch.Tensor:
         """Sampler log-probs, response-aligned [N, T] (0 at padding)."""
         width = max((len(x) for x in self.logprobs), default=0)
@@ -68,6 +82,23 @@ class RolloutBatch:
         for i, lp in enumerate(self.logprobs):
             out[i, : lp.numel()] = lp
         return out
+
+
+def concat_rollouts(batches: Sequence[RolloutBatch]) -> RolloutBatch:
+    """One batch holding every response of ``batches`` in order (prompt indices shifted)."""
+    prompts, index, offset = [], [], 0
+    for b in batches:
+        prompts += b.prompts
+        index.append(b.prompt_index + offset)
+        offset += len(b.prompts)
+    return RolloutBatch(
+        prompts=prompts,
+        prompt_index=torch.cat(index),
+        responses=[r for b in batches for r in b.responses],
+        logprobs=[lp for b in batches for lp in b.logprobs],
+        truncated=torch.cat([b.truncated for b in batches]),
+        lengths=torch.cat([b.lengths for b in batches]),
+    )
 
 
 @dataclass

@@ -34,6 +34,29 @@ def test_resrl_steps_raise_the_reward(tmp_path):
         assert m["rollout/token_mult_prob_error"] < 1.05  # the refit keeps vLLM equal to the actor
         assert m["resrl/groups_active"] >= 1 and 0.1 <= m["weights/negative_mean"] <= 1.0
         assert all(math.isfinite(v) for k, v in m.items() if not k.startswith("weights/")), m
+        # the positive log-likelihood displacement is measured every step and the updates move it
+        assert m["lld/positives"] >= 1 and m["lld/seq_logp_delta_mean"] != 0.0
+
+
+@pytest.mark.distributed
+def test_dapo_dynamic_sampling_keeps_only_groups_with_signal_and_shapes_overlong(tmp_path):
+    make_tiny(tmp_path / "qwen3", "qwen3")
+    cmd = [sys.executable, "-m", "tests.trainer_probe", "--work", str(tmp_path), "--algorithm", "dapo"]
+    res = subprocess.run(cmd + ["--steps", "3"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0 and "PROBE OK" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
+    kept = json.loads((tmp_path / "dapo_kept.json").read_text())
+    m = kept["metrics"]
+    groups = kept["groups"]
+    assert groups and all(min(g) == 0.0 and max(g) == 1.0 and len(g) == 8 for g in groups), groups
+    assert m["dynamic_sampling/kept_groups"] == len(groups) and kept["responses"] == 8 * len(groups)
+    assert m["dynamic_sampling/dropped_groups"] >= 0
+    # a short step used every round; a full one stopped as soon as it had 8 groups
+    assert (len(groups) >= 8) or m["dynamic_sampling/rounds"] == 3
+    assert m["reward/n"] == 8 * 8 * m["dynamic_sampling/rounds"]  # reward metrics cover every response
+    history = json.loads((tmp_path / "dapo.json").read_text())
+    for h in history:
+        assert -1.0 <= h["reward/overlong_penalty_mean"] < 0.0  # 8-token responses sit in the buffer
+        assert h["train/update_skipped"] == 0.0 and math.isfinite(h["train/loss"])
 
 
 def test_algorithm_names_and_settings_are_validated():

@@ -47,7 +47,13 @@ def main() -> None:
     from nemo_resrl.models.config import ActorConfig, OptimConfig
     from nemo_resrl.rollout.config import RolloutConfig, SamplingConfig
     from nemo_resrl.rollout.engine import RolloutEngine
-    from nemo_resrl.trainer import AlgorithmConfig, StepConfig, Trainer
+    from nemo_resrl.trainer import (
+        AlgorithmConfig,
+        DynamicSamplingConfig,
+        OverlongConfig,
+        StepConfig,
+        Trainer,
+    )
 
     model = work / "qwen3"
     engine = RolloutEngine(
@@ -58,9 +64,30 @@ def main() -> None:
         ActorConfig(hf_path=str(model), micro_batch_size=8, optim=OptimConfig(lr=2e-2, weight_decay=0.0))
     )
     algo = AlgorithmConfig(name=args.algorithm, resrl=ResRLConfig(max_rows=64, rank=8))
-    trainer = Trainer(actor, engine, even_first_token, algo, StepConfig(prompts_per_step=8, mini_batches=2))
-    g = torch.Generator().manual_seed(0)
-    records = [{"prompt_ids": torch.randint(3, 256, (6,), generator=g).tolist()} for _ in range(8)]
+    if args.algorithm == "dapo":  # dynamic sampling + overlong shaping (max_tokens 8, last 2 tokens)
+        algo.dynamic_sampling = DynamicSamplingConfig(enabled=True, max_rounds=3)
+        algo.overlong = OverlongConfig(enabled=True, buffer=2, factor=1.0)
+
+    def prompts(seed: int) -> list[dict]:
+        g = torch.Generator().manual_seed(seed)
+        return [{"prompt_ids": torch.randint(3, 256, (6,), generator=g).tolist()} for _ in range(8)]
+
+    trainer = Trainer(
+        actor,
+        engine,
+        even_first_token,
+        algo,
+        StepConfig(prompts_per_step=8, mini_batches=2),
+        refill=lambda step, round_: prompts(1000 * step + round_),
+    )
+    records = prompts(0)
+    if args.algorithm == "dapo":  # what dynamic sampling keeps for one step, before any training
+        rollout, rewards, correct, gids, m = trainer._rollout(records)
+        groups = {}
+        for gid, r in zip(gids.tolist(), rewards.tolist()):
+            groups.setdefault(gid, []).append(r)
+        kept = {"groups": list(groups.values()), "metrics": m, "responses": len(rollout)}
+        (work / "dapo_kept.json").write_text(json.dumps(kept))
     history = [trainer.train_step(records) for _ in range(args.steps)]
     (work / f"{args.algorithm}.json").write_text(json.dumps(history, indent=1))
     print("PROBE OK", flush=True)

@@ -224,6 +224,8 @@ class _Progress:
             self.bar.set_postfix_str(name)
 
     def write(self, line: str) -> None:
+        if not _rank0():  # every rank runs the loop; one table
+            return
         if self.bar is not None and self.print_fn is print:
             self.bar.write(line)
         else:

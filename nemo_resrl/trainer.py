@@ -211,7 +211,7 @@ class Trainer:
             salt = 7919 * (self.seed + 1) * (self.step + 1) + 104_729 * round_
             sampling = replace(sampling, seed=(sampling.seed + salt) % (1 << 30))
         self.on_phase("generate" if round_ == 0 else f"generate (round {round_ + 1})")
-        rollout = self.engine.generate([r["prompt_ids"] for r in local], sampling)
+        rollout = self.engine.generate([r["prompt_ids"] for r in local], sampling, first_index=first)
         self.on_phase("reward")
         reward = self.reward_fn(rollout, local)
         group_ids = rollout.prompt_index + first + round_ * len(records)
@@ -387,9 +387,11 @@ class Trainer:
         return acc
 
     def _reduce_over_dp(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Means over data-parallel ranks of the rank-local metrics (train/, resrl/, lld/ and
-        dynamic_sampling/ are already global); a key only some ranks have (a reward outcome none of the
-        others saw) averages over those ranks."""
+        """The rank-local metrics over data-parallel ranks (train/, resrl/, lld/ and dynamic_sampling/
+        are already global): counts (reward/n, reward/count/*) summed, the other reward/ metrics
+        averaged over every response (weighted by each rank's reward/n: shares can differ), the rest
+        averaged over ranks; a key only some ranks have (a reward outcome none of the others saw)
+        reduces over those ranks."""
         lay = self.actor.layout
         if lay.dp == 1:
             return metrics
@@ -401,8 +403,14 @@ class Trainer:
         for k in set().union(*every):
             if k.startswith(("train/", "resrl/", "lld/", "dynamic_sampling/")) or k == "step":
                 continue
-            vals = [d[k] for d in every if k in d]
-            out[k] = sum(vals) / len(vals)
+            have = [d for d in every if k in d]
+            if k == "reward/n" or k.startswith("reward/count/"):
+                out[k] = sum(d[k] for d in have)
+            elif k.startswith("reward/") and all("reward/n" in d for d in have):
+                n = sum(d["reward/n"] for d in have)
+                out[k] = sum(d[k] * d["reward/n"] for d in have) / max(n, 1.0)
+            else:
+                out[k] = sum(d[k] for d in have) / len(have)
         return out
 
 

@@ -1,11 +1,20 @@
 """``run_training`` on the tiny Qwen3 with the token-parity reward (see ``trainer_probe.py``).
 
-python -m tests.run_probe --work DIR --run-dir RUN --steps 6 [--kill-after 3]
+One process:
+    python -m tests.run_probe --work DIR --run-dir RUN --steps 6 [--kill-after 3]
+Two ranks, tensor parallel (``--tp 2``) or data parallel (``--tp 1``: the world size gives DP):
+    python -m torch.distributed.run --standalone --nproc_per_node 2 \
+        -m tests.run_probe --work DIR --run-dir RUN --steps 4 --tp 2 --record
+
+Every rank prints ``PROBE OK rank=R world=W tp=T dp=D``. ``--record`` makes every rank write
+RUN/rank{R}.json: its layout, the history ``run_training`` returned, and per step the prompts it
+generated from with their responses and rewards (what the multi-process tests check the split with).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import warnings
 from pathlib import Path
@@ -21,9 +30,13 @@ def main() -> None:
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--kill-after", type=int, default=-1)
+    ap.add_argument("--tp", type=int, default=1, help="actor and rollout tensor parallel size")
+    ap.add_argument("--record", action="store_true", help="write RUN/rank{R}.json (see the docstring)")
     args = ap.parse_args()
     if args.kill_after >= 0:
         os.environ["NEMO_RESRL_TEST_KILL_AFTER_STEP"] = str(args.kill_after)
+    import torch.distributed as dist
+
     from nemo_resrl.config import load_config
     from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.rollout.engine import RolloutEngine
@@ -35,7 +48,10 @@ def main() -> None:
         [
             f"actor.hf_path={model}",
             "actor.optim.lr=0.02",
+            f"actor.tensor_parallel={args.tp}",
+            f"rollout.tensor_parallel={args.tp}",
             "rollout.max_model_len=128",
+            "data.max_prompt_tokens=64",  # the probe's prompts are 6 tokens; must leave room in 128
             "rollout.sampling.max_tokens=8",
             "rollout.sampling.n=4",
             "algorithm.resrl.max_rows=64",
@@ -52,8 +68,28 @@ def main() -> None:
     actor = MegatronActor(cfg.actor)
     g = torch.Generator().manual_seed(0)
     records = [{"prompt_ids": torch.randint(3, 256, (6,), generator=g).tolist()} for _ in range(10)]
-    run_training(cfg, actor, engine, even_first_token, records)
-    print("PROBE OK", flush=True)
+    steps: list[dict] = []
+
+    def reward_fn(rollout, local):
+        res = even_first_token(rollout, local)
+        steps.append(
+            {
+                "prompts": [r["prompt_ids"] for r in local],
+                "prompt_index": rollout.prompt_index.tolist(),
+                "responses": rollout.responses,
+                "rewards": res.rewards.tolist(),
+            }
+        )
+        return res
+
+    history = run_training(cfg, actor, engine, reward_fn if args.record else even_first_token, records)
+    lay = actor.layout
+    if args.record:
+        out = {"rank": dist.get_rank(), "layout": vars(lay), "history": history, "steps": steps}
+        (Path(args.run_dir) / f"rank{dist.get_rank()}.json").write_text(json.dumps(out))
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    print(f"PROBE OK rank={dist.get_rank()} world={lay.world_size} tp={lay.tp} dp={lay.dp}", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,14 @@ runs colocated with the actor in the same processes (``distributed_executor_back
 "external_launcher"``, vLLM tensor parallel = the actor's) and can sleep (free its weights and KV
 cache) while the actor trains. Prompts are token ids; the tokenizer is not loaded.
 
+Colocated layout (CPU and GPU alike): vLLM lays its groups over the torch.distributed world as
+external-DP x TP, so each ``rollout.tensor_parallel`` consecutive ranks form one engine (they must call
+``generate`` / ``refit`` together, with the same prompts), and with more ranks than that every
+data-parallel group has an engine of its own that generates its own prompts, independently of the
+others (vLLM's own ``data_parallel_size`` stays 1; it would lock the engines' steps together, which
+only expert-parallel MoE models need). The actor's Megatron grid (TP innermost) puts the same ranks in
+its tensor-parallel groups.
+
 ``refit`` streams HF-named tensors (``MegatronActor.export_hf_weights``) into vLLM's model through one
 ``reload_weights`` call fed lazily by the export iterator, then resets the prefix cache: KV blocks cached
 for a prompt prefix were computed with the old weights and would otherwise be reused.
@@ -137,7 +145,8 @@ def check_model_for_rollout(path: str | os.PathLike, cpu: bool) -> dict:
 
 
 class RolloutEngine:
-    """vLLM engine for one model; see the module docstring. Build on every rank of a colocated job."""
+    """vLLM engine for one model; see the module docstring. Build on every rank of a colocated job
+    (torchrun: tensor- or data-parallel)."""
 
     def __init__(self, model_path: str | os.PathLike, cfg: RolloutConfig):
         self.cfg = cfg.validate()

@@ -91,6 +91,10 @@ def main() -> None:
     )
     c = engine.generate(prompts, SamplingConfig(n=4, temperature=1.0, max_tokens=16, seed=2))
     res["other_seed_differs"] = c.responses != a.responses
+    # a data-parallel rank's share: prompts 1.. of the batch, sampled alone with their global index
+    tail = engine.generate(prompts[1:], first_index=1)
+    res["first_index_repeats_the_whole_batch"] = tail.responses == a.responses[4:]
+    res["first_index_0_differs"] = engine.generate(prompts[1:]).responses != a.responses[4:]
 
     # 2. bad input: clear errors naming the prompt or key
     errors = {}

@@ -45,6 +45,13 @@ def test_seeded_generation_repeats_exactly(probe):
 
 
 @pytest.mark.distributed
+def test_each_prompt_samples_from_the_stream_of_its_global_index(probe):
+    """What lets a data-parallel rank reproduce its share of a 1-process batch (``first_index``)."""
+    assert probe["first_index_repeats_the_whole_batch"]
+    assert probe["first_index_0_differs"]
+
+
+@pytest.mark.distributed
 def test_bad_input_names_the_prompt_or_key(probe):
     e = probe["errors"]
     assert e["empty"] == "prompt 1 is empty"

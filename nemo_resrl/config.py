@@ -153,7 +153,8 @@ class RunConfig:
         )
         require(
             self.trainer.eval_every == 0 or self.data.source == "reasoning_gym" or bool(self.data.eval_path),
-            "trainer.eval_every > 0 with a jsonl / parquet dataset needs data.eval_path",
+            "trainer.eval_every > 0 with a jsonl / parquet dataset needs data.eval_path (or set "
+            "trainer.eval_every=0)",
         )
         return self
 

@@ -42,7 +42,14 @@ def test_a_bad_dataset_exits_2_naming_the_row_before_any_model_is_built(tmp_path
     )
     run_dir = tmp_path / "run"
     rc = main(
-        ["train", "data.source=jsonl", f"data.path={data}", "reward.name=math", f"logging.run_dir={run_dir}"]
+        [
+            "train",
+            "data.source=jsonl",
+            f"data.path={data}",
+            "reward.name=math",
+            "trainer.eval_every=0",
+            f"logging.run_dir={run_dir}",
+        ]
     )
     err = capsys.readouterr().err
     assert rc == 2 and "DatasetError" in err and "row 2: not valid JSON" in err

@@ -296,6 +296,10 @@ class RolloutEngine:
                 yield name, tensor
 
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
+        if self.cpu and self.hf_config.get("tie_word_embeddings", False):
+            from nemo_resrl.compat.vllm_cpu import repack_tied_lm_head
+
+            self.llm.collective_rpc(repack_tied_lm_head)  # else logits keep the original lm_head
         self.llm.reset_prefix_cache()
         return RefitStats(
             tensors=counted["tensors"], bytes=counted["bytes"], calls=1, seconds=time.perf_counter() - t0

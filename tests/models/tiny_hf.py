@@ -15,7 +15,8 @@ import torch
 VOCAB = 256
 
 
-def make_tiny(path: str | Path, family: str = "qwen3", seed: int = 0) -> Path:
+def make_tiny(path: str | Path, family: str = "qwen3", seed: int = 0, tie: bool = False) -> Path:
+    """A tiny random checkpoint; ``tie``: tied input / output embeddings (SmolLM2, small Qwen3)."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     common = dict(
@@ -26,7 +27,7 @@ def make_tiny(path: str | Path, family: str = "qwen3", seed: int = 0) -> Path:
         num_key_value_heads=2,
         head_dim=32,
         max_position_embeddings=512,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
         rope_theta=1_000_000.0,  # Qwen3's base: the actor must read it (transformers 5 moved it)
         rms_norm_eps=1e-6,
         bos_token_id=1,

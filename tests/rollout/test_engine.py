@@ -146,3 +146,15 @@ def test_colocated_tensor_parallel_engine_refits_from_a_tp2_actor(tmp_path):
     assert r["token_mult_prob_error"] < 1.05
     assert r["greedy_equal_before"] and r["greedy_changed"]
     assert r["after_refit_logp_diff"] < 1e-4 and r["after_refit_argmax_gap"] < 1e-4
+
+
+@pytest.mark.distributed
+def test_refit_of_tied_embeddings_repacks_the_cpu_lm_head(tmp_path):
+    make_tiny(tmp_path / "llama_tied", "llama", tie=True)
+    cmd = [sys.executable, "-m", "tests.rollout.tied_probe", "--work", str(tmp_path)]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0 and "PROBE OK" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
+    r = json.loads((tmp_path / "tied.json").read_text())
+    assert r["tied"] and r["before"] < 1.001
+    assert r["after_refit"] < 1.001  # sampler == actor after two steps + refits
+    assert r["after_refit_without_repack"] > 1.01  # vLLM alone keeps the stale lm_head

@@ -1,15 +1,26 @@
 """The training run around ``Trainer.train_step``: resume, step loop, checkpoints, metrics files, the
 per-step table and the reward-curve PNG. ``nemo-resrl train`` builds the pieces from the config and
 calls ``run_training``.
+
+Stopping early (preemption, time limits; ``docs/slurm.md``): SIGUSR1, SIGTERM, or the file named by
+``NEMO_RESRL_STOP_FILE`` appearing, ask the run to stop. The run finishes its current step, saves a
+checkpoint of it (whatever ``checkpoint.every`` is), writes the metrics, ``<run dir>/preempted.json``
+and "preempted at step N, checkpoint saved: ..." and raises ``Preempted``: the process exits with
+status 75 (``PREEMPTED_EXIT``); the next run resumes from that checkpoint. The request is polled once
+per step and all-reduced (MAX) over the world, so every rank stops after the same step. A second
+SIGTERM kills the process at once (the default action). ``NEMO_RESRL_STOP_SIGNALS`` (default
+``USR1,TERM``; empty: none) names the signals handled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -38,6 +49,12 @@ TABLE_COLUMNS = (
 )
 # test hook: SIGKILL this process right after the checkpoint of this step (resume tests)
 KILL_AFTER_STEP_ENV = "NEMO_RESRL_TEST_KILL_AFTER_STEP"
+STOP_FILE_ENV = "NEMO_RESRL_STOP_FILE"  # a file whose appearance asks the run to stop (slurm/common.sh)
+STOP_SIGNALS_ENV = "NEMO_RESRL_STOP_SIGNALS"  # the signals that ask the run to stop (default USR1,TERM)
+PREEMPTED_FILE = "preempted.json"  # in the run dir: written when the run stopped early, removed at start
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped early with a checkpoint; run again to continue
+# why a run stops, in increasing priority (the all-reduce keeps the highest)
+STOP_REASONS = ("", "stop file", "SIGUSR1", "SIGTERM")
 
 
 def _rank0() -> bool:
@@ -240,6 +257,96 @@ class _Progress:
             self.bar.close()
 
 
+class Preempted(SystemExit):
+    """The run stopped early on request; the checkpoint of ``step`` is saved. A ``SystemExit`` with
+    status 75: ``nemo-resrl train`` exits with it unless the caller catches it."""
+
+    def __init__(self, step: int, reason: str, checkpoint: str | None):
+        super().__init__(PREEMPTED_EXIT)
+        self.step, self.reason, self.checkpoint = step, reason, checkpoint
+
+    def __str__(self) -> str:
+        return f"preempted at step {self.step} ({self.reason}), checkpoint: {self.checkpoint}"
+
+
+class StopRequest:
+    """Stop requests for the step loop: the signals in ``signals`` (handled from ``install`` to
+    ``restore``, main thread only) and the appearance of ``stop_file``. ``poll`` is collective."""
+
+    def __init__(self, stop_file: str | None = None, signals: Sequence[str] = ("USR1", "TERM")):
+        self.stop_file = Path(stop_file) if stop_file else None
+        self.signals = [getattr(signal, f"SIG{name.strip().upper().removeprefix('SIG')}") for name in signals]
+        self.reason = ""  # the signal received, if any
+        self._previous: dict[int, object] = {}
+
+    @classmethod
+    def from_env(cls) -> StopRequest:
+        names = os.environ.get(STOP_SIGNALS_ENV, "USR1,TERM")
+        return cls(os.environ.get(STOP_FILE_ENV) or None, [n for n in names.split(",") if n.strip()])
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only; the stop file still works
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    @contextlib.contextmanager
+    def ignored_by_new_processes(self):
+        """Inside, the signals are ignored, so processes started here inherit SIG_IGN for them (exec keeps
+        an ignored disposition). For the first checkpoint save, which spawns megatron's long-lived
+        write-results manager: Slurm signals every process of a job step, and a manager killed by
+        SIGTERM would fail the very save the stop asked for. A signal that arrives inside is lost (the
+        stop file is not)."""
+        if not self._previous:
+            yield
+            return
+        for sig in self._previous:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            for sig in self._previous:
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.reason == name == "SIGTERM":  # asked twice: die as an unhandled SIGTERM would
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        if STOP_REASONS.index(name) > STOP_REASONS.index(self.reason):
+            self.reason = name
+
+    def local_reason(self) -> str:
+        if self.reason:
+            return self.reason
+        if self.stop_file is not None and self.stop_file.exists():
+            return "stop file"
+        return ""
+
+    def poll(self) -> str:
+        """The reason to stop now ("" for none), the same on every rank (MAX over the world)."""
+        code = STOP_REASONS.index(self.local_reason())
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            device = "cpu"
+            if "nccl" in str(dist.get_backend()).lower():
+                device = torch.device("cuda", torch.cuda.current_device())
+            t = torch.tensor([code], dtype=torch.int64, device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            code = int(t.item())
+        return STOP_REASONS[code]
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj) + "\n")
+    os.replace(tmp, path)
+
+
 def run_training(
     cfg: RunConfig,
     actor: MegatronActor,
@@ -253,7 +360,8 @@ def run_training(
     """Train ``cfg.trainer.steps`` steps (resuming from the latest checkpoint if enabled); returns the
     per-step metrics of the whole run. With ``trainer.eval_every`` > 0 and ``eval_records``, greedy
     accuracy on them is measured after every ``eval_every``-th step and the last one (``eval/`` keys of
-    that step's row)."""
+    that step's row). A stop request (module docstring) ends the run after the current step with a
+    checkpoint of it, and raises ``Preempted``."""
     run_dir = Path(cfg.logging.run_dir)
     require_logging_backends(cfg)
     ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last)
@@ -278,9 +386,11 @@ def run_training(
     )
     history: list[dict] = []
     latest = ckpt.latest() if cfg.checkpoint.resume else None
+    saved_step = None  # the step of this run's latest checkpoint
     if latest is not None:
         state = ckpt.load(latest, actor)
         trainer.step, history = int(state["step"]), list(state["history"])
+        saved_step = trainer.step
         engine.refit(actor.export_hf_weights())  # the engine starts from the HF weights: bring it level
         progress.write(f"resumed from {latest} (next step {trainer.step})")
         if progress.bar is not None:
@@ -292,30 +402,66 @@ def run_training(
         wandb_project=cfg.logging.wandb_project if cfg.logging.wandb else None,
         config=asdict(cfg),
     )
+    preempted_file = run_dir / PREEMPTED_FILE
+    if _rank0():
+        preempted_file.unlink(missing_ok=True)  # from an earlier attempt of this run
     progress.write(format_row({}, header=True))
     for m in history:
         progress.write(format_row(m))
     kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "-1"))
     every_eval = cfg.trainer.eval_every if eval_records else 0
-    while trainer.step < cfg.trainer.steps:
-        step = trainer.step
-        m = trainer.train_step(step_records(records, step, per_step, seed))
-        last = trainer.step == cfg.trainer.steps
-        if every_eval and (trainer.step % every_eval == 0 or last):
-            progress.phase("eval")
-            m.update(evaluate(trainer, eval_records))
-        history.append(m)
-        log.write(m)
-        progress.write(format_row(m))
-        progress.advance()
-        if cfg.checkpoint.every and (trainer.step % cfg.checkpoint.every == 0 or last):
-            progress.phase("checkpoint")
+    stop = StopRequest.from_env()
+    stop.install()
+    reason, checkpoint = "", None
+    first_save = True
+
+    def save() -> None:
+        nonlocal saved_step, first_save
+        progress.phase("checkpoint")
+        with stop.ignored_by_new_processes() if first_save else contextlib.nullcontext():
             ckpt.save(trainer.step, actor, {"step": trainer.step, "history": history})
-        if step == kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+        first_save, saved_step = False, trainer.step
+
+    try:
+        while trainer.step < cfg.trainer.steps:
+            reason = stop.poll()  # once per step, before it: every rank agrees
+            if reason:
+                break
+            step = trainer.step
+            m = trainer.train_step(step_records(records, step, per_step, seed))
+            last = trainer.step == cfg.trainer.steps
+            if every_eval and (trainer.step % every_eval == 0 or last):
+                progress.phase("eval")
+                m.update(evaluate(trainer, eval_records))
+            history.append(m)
+            log.write(m)
+            progress.write(format_row(m))
+            progress.advance()
+            if cfg.checkpoint.every and (trainer.step % cfg.checkpoint.every == 0 or last):
+                save()
+            if step == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+        if reason and trainer.step > 0:
+            if saved_step != trainer.step:  # off the checkpoint.every grid: save this step now
+                save()
+            checkpoint = str(ckpt.root / f"step_{trainer.step:06d}")
+    finally:
+        stop.restore()
     progress.close()
     log.close()
     if _rank0() and history:
         png = plot_reward_curve(history, run_dir / "reward_curve.png")
         print_fn(f"reward curve: {png}")
+    if reason:
+        stopped = Preempted(trainer.step, reason, checkpoint)
+        if _rank0():
+            _write_json_atomic(
+                preempted_file, {"step": trainer.step, "reason": reason, "checkpoint": checkpoint}
+            )
+            saved = f"checkpoint saved: {checkpoint}" if checkpoint else "no step finished, nothing to save"
+            print_fn(f"preempted at step {trainer.step} ({reason}), {saved}")
+            sys.stdout.flush()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.barrier()  # rank 0 has written everything before any rank exits (srun --kill-on-bad-exit)
+        raise stopped
     return history

@@ -195,9 +195,11 @@ class Trainer:
             return values
         from megatron.core import parallel_state as ps
 
-        t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t, group=ps.get_data_parallel_group())
-        return t.tolist()
+        group = ps.get_data_parallel_group()
+        device = self.actor.device if dist.get_backend(group) == "nccl" else torch.device("cpu")
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t, group=group)
+        return t.cpu().tolist()
 
     def _round(self, records: Sequence[dict], round_: int) -> tuple[RolloutBatch, GradedBatch, torch.Tensor]:
         """Generate and grade this rank's share of ``records``: (rollout, reward, global group ids)."""

@@ -1,7 +1,7 @@
 """``run_training`` on the tiny Qwen3 with the token-parity reward (see ``trainer_probe.py``).
 
 One process:
-    python -m tests.run_probe --work DIR --run-dir RUN --steps 6 [--kill-after 3]
+    python -m tests.run_probe --work DIR --run-dir RUN --steps 6 [--kill-after 3] [--ckpt-every 1]
 Two ranks, tensor parallel (``--tp 2``) or data parallel (``--tp 1``: the world size gives DP):
     python -m torch.distributed.run --standalone --nproc_per_node 2 \
         -m tests.run_probe --work DIR --run-dir RUN --steps 4 --tp 2 --record
@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--kill-after", type=int, default=-1)
+    ap.add_argument("--ckpt-every", type=int, default=1, help="checkpoint.every")
     ap.add_argument("--tp", type=int, default=1, help="actor and rollout tensor parallel size")
     ap.add_argument("--record", action="store_true", help="write RUN/rank{R}.json (see the docstring)")
     args = ap.parse_args()
@@ -58,7 +59,7 @@ def main() -> None:
             "algorithm.resrl.rank=8",
             f"trainer.steps={args.steps}",
             "trainer.prompts_per_step=4",
-            "checkpoint.every=1",
+            f"checkpoint.every={args.ckpt_every}",
             "checkpoint.keep_last=2",
             "logging.tensorboard=false",
             f"logging.run_dir={args.run_dir}",

@@ -157,8 +157,9 @@ resrl_run() {
     case "$RESRL_STOP_SIGNAL $stopped" in
       TERM* | *'"SIGTERM"'*) ;;
       *)
+        # logged BEFORE the call: requeueing a running job ends this shell, possibly before a later line
+        [ -n "${SLURM_JOB_ID:-}" ] && resrl_log "requeueing job $SLURM_JOB_ID: the next attempt resumes from the checkpoint"
         if [ -n "${SLURM_JOB_ID:-}" ] && scontrol requeue "$SLURM_JOB_ID"; then
-          resrl_log "requeued job $SLURM_JOB_ID: the next attempt resumes from the checkpoint"
           exit 0
         fi
         resrl_log "error: could not requeue; resubmit with RUN_DIR=$RUN_DIR to resume" >&2

@@ -157,7 +157,9 @@ def test_stopped_and_preempted_job_resumes_without_losing_a_step(slurm, tmp_path
     assert "PROBE OK" in logs[2] and "preempted at step" not in logs[2]
     text = out.read_text()
     assert "got SIGUSR1" in text and "got SIGTERM" in text
-    assert text.count(f"requeued job {job}") == 1  # by the script after SIGUSR1; Slurm requeued after SIGTERM
+    assert (
+        text.count(f"requeueing job {job}") == 1
+    )  # by the script after SIGUSR1; Slurm requeued after SIGTERM
     assert not (run_dir / "preempted.json").exists()
     assert [s for s, _ in CheckpointManager(run_dir / "checkpoints").complete()] == [k2, steps]
     _same_metrics(_metrics(run_dir), _metrics(whole_dir))
@@ -201,7 +203,7 @@ def test_signal_to_one_of_two_ranks_stops_both_after_the_same_step(slurm, tmp_pa
     assert reason == "SIGUSR1" and 2 <= k < steps  # rank 0 never got the signal: the all-reduce told it
     assert info["Restarts"] == "1"
     attempt0 = out.read_text().split("(attempt 1;")[0]
-    assert "Exited with exit code 75" in attempt0 and f"requeued job {job}" in attempt0
+    assert "Exited with exit code 75" in attempt0 and f"requeueing job {job}" in attempt0
     for r in range(2):
         first = (run_dir / "logs" / "attempt0" / f"rank{r}.log").read_text()
         assert f"rank {r}/2 local {r}/2" in first  # slurm/task.sh's torch.distributed environment

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -131,14 +131,9 @@ class MetricsLog:
         with open(self.path, "w") as f:
             for m in history:
                 f.write(json.dumps(m) + "\n")
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise RuntimeError(
-                    "logging.tensorboard=true needs the tensorboard package (pip install tensorboard), "
-                    "or set logging.tensorboard=false"
-                ) from e
+        if tensorboard:  # installed: run_training checks require_logging_backends first
+            from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
         if wandb_project:
             import wandb
@@ -197,29 +192,6 @@ def plot_reward_curve(history: list[dict], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def evaluate(trainer: Trainer, records: Sequence[dict]) -> dict[str, float]:
-    """Greedy (one response per prompt) accuracy on ``records``, over all data-parallel ranks."""
-    local, _ = trainer._share(records)
-    greedy = replace(trainer.engine.cfg.sampling, n=1, temperature=0.0, seed=None)
-    trainer.engine.wake_up()
-    rollout = trainer.engine.generate([r["prompt_ids"] for r in local], greedy)
-    reward = trainer.reward_fn(rollout, local)
-    total, correct, length, n = trainer._dp_sum(
-        [
-            float(reward.rewards.sum()),
-            float(reward.correct.sum()),
-            float(rollout.lengths.sum()),
-            float(len(rollout)),
-        ]
-    )
-    return {
-        "eval/reward_mean": total / n,
-        "eval/accuracy": correct / n,
-        "eval/length_mean": length / n,
-        "eval/n": n,
-    }
 
 
 class _Progress:
@@ -386,11 +358,11 @@ def run_training(
     )
     history: list[dict] = []
     latest = ckpt.latest() if cfg.checkpoint.resume else None
-    saved_step = None  # the step of this run's latest checkpoint
+    saved: tuple[int, Path] | None = None  # (step, directory) of this run's latest checkpoint
     if latest is not None:
         state = ckpt.load(latest, actor)
         trainer.step, history = int(state["step"]), list(state["history"])
-        saved_step = trainer.step
+        saved = (trainer.step, latest)
         engine.refit(actor.export_hf_weights())  # the engine starts from the HF weights: bring it level
         progress.write(f"resumed from {latest} (next step {trainer.step})")
         if progress.bar is not None:
@@ -416,11 +388,11 @@ def run_training(
     first_save = True
 
     def save() -> None:
-        nonlocal saved_step, first_save
+        nonlocal saved, first_save
         progress.phase("checkpoint")
         with stop.ignored_by_new_processes() if first_save else contextlib.nullcontext():
-            ckpt.save(trainer.step, actor, {"step": trainer.step, "history": history})
-        first_save, saved_step = False, trainer.step
+            path = ckpt.save(trainer.step, actor, {"step": trainer.step, "history": history})
+        first_save, saved = False, (trainer.step, path)
 
     try:
         while trainer.step < cfg.trainer.steps:
@@ -432,7 +404,7 @@ def run_training(
             last = trainer.step == cfg.trainer.steps
             if every_eval and (trainer.step % every_eval == 0 or last):
                 progress.phase("eval")
-                m.update(evaluate(trainer, eval_records))
+                m.update(trainer.evaluate(eval_records))
             history.append(m)
             log.write(m)
             progress.write(format_row(m))
@@ -442,9 +414,9 @@ def run_training(
             if step == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
         if reason and trainer.step > 0:
-            if saved_step != trainer.step:  # off the checkpoint.every grid: save this step now
+            if saved is None or saved[0] != trainer.step:  # off the checkpoint.every grid: save it now
                 save()
-            checkpoint = str(ckpt.root / f"step_{trainer.step:06d}")
+            checkpoint = str(saved[1])
     finally:
         stop.restore()
     progress.close()

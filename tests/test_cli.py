@@ -12,14 +12,20 @@ from nemo_resrl.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_unimplemented_commands_say_so_and_fail(capsys):
-    assert main(["eval"]) == 2
-    assert "not implemented yet" in capsys.readouterr().out
+def test_an_unknown_command_exits_2_naming_the_choices(capsys):
+    assert main(["evaluate"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'evaluate'" in err and "convert" in err
 
 
 def test_console_script_entry_point_resolves():
-    out = subprocess.run([sys.executable, "-m", "nemo_resrl.cli", "convert"], capture_output=True, text=True)
-    assert out.returncode == 2 and "issue 8" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "nemo_resrl.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "nemo-resrl convert to-hf" in out.stdout
+
+
+def test_overrides_without_a_command_mean_train(capsys):
+    assert main(["--print-config", "trainer.steps=4"]) == 0
+    assert "steps: 4" in capsys.readouterr().out
 
 
 def test_print_config_applies_overrides(capsys):

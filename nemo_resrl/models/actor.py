@@ -29,6 +29,8 @@ import torch.distributed as dist
 
 from nemo_resrl.algorithms.losses import GlobalCounts, PolicyLossConfig, compute_policy_loss
 from nemo_resrl.compat import import_megatron_bridge, running_on_cpu, transformer_engine_available
+from nemo_resrl.convert.hf_files import copy_hf_meta_files
+from nemo_resrl.convert.mapping import SUPPORTED_ARCHITECTURES
 from nemo_resrl.models.batch import Layout, MicroBatch, Sequences, make_layout
 from nemo_resrl.models.config import ActorConfig, ActorConfigError, OptimConfig
 from nemo_resrl.models.logprobs import vocab_parallel_logprobs
@@ -36,8 +38,8 @@ from nemo_resrl.models.parallel import ParallelLayout, init_parallel
 from nemo_resrl.models.tp_attributes import mark_tensor_parallel_params
 
 ACTOR_META = "nemo_resrl_actor.json"
+HF_META_DIR = "hf"  # in an actor checkpoint: the HF config / tokenizer files of the model
 OPTIM_SHARDINGS = ("dp_reshardable",)
-SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM", "LlamaForCausalLM")
 CPU_OFF_FUSIONS = (
     "gradient_accumulation_fusion",
     "bias_activation_fusion",
@@ -598,7 +600,10 @@ class MegatronActor:
         state = self._sharded_state(False, with_optimizer, optim_sharding)
         dist_checkpointing.save(state, str(path), sharded_strategy=("torch_dist", 1))
         if dist.get_rank() == 0:
+            # the HF config and tokenizer travel with the checkpoint: ``nemo-resrl convert to-hf`` needs them
+            copy_hf_meta_files(self.cfg.hf_path, path / HF_META_DIR)
             meta = {
+                "hf_path": str(self.cfg.hf_path),
                 "with_optimizer": with_optimizer,
                 "optim_sharding": optim_sharding,
                 "tensor_parallel": self.layout.tp,
@@ -653,6 +658,7 @@ class MegatronActor:
     def load_checkpoint(self, path: str | os.PathLike, *, with_optimizer: bool = True) -> None:
         """Load a dist-checkpoint written by ``save_checkpoint`` (model: any TP / PP layout)."""
         from megatron.core import dist_checkpointing
+        from megatron.core.dist_checkpointing.validation import StrictHandling
 
         path = Path(path)
         meta_file = path / ACTOR_META
@@ -672,8 +678,21 @@ class MegatronActor:
         if with_optimizer:
             self._ensure_optimizer_state()
         state = self._sharded_state(True, with_optimizer, meta["optim_sharding"])
-        state = dist_checkpointing.load(state, str(path))
-        self.gpt.load_state_dict(state["model"], strict=True)
+        # RETURN_ALL: keys missing from the checkpoint are left out of the load and reported instead of
+        # failing deep inside DCP. Only modules' ``_extra_state`` may be missing (a checkpoint converted from
+        # HF has none; TE's FP8 metadata then starts fresh); a missing weight is an error naming it.
+        state, missing, _ = dist_checkpointing.load(state, str(path), strict=StrictHandling.RETURN_ALL)
+        lacking = sorted(k for k in missing if "_extra_state" not in k)
+        if lacking:
+            raise ValueError(
+                f"{path}: the checkpoint lacks {len(lacking)} tensors the model needs: {lacking[:4]}"
+            )
+        result = self.gpt.load_state_dict(state["model"], strict=False)
+        bad = [k for k in result.missing_keys if not k.endswith("_extra_state")] + list(
+            result.unexpected_keys
+        )
+        if bad:
+            raise ValueError(f"{path}: model state mismatch after load: {bad[:4]}")
         if with_optimizer:
             # no_grad: megatron-core 0.16's dp_reshardable loader copies into fp32 model params in place
             # without it (its fs_model_space loader has the decorator), which autograd rejects

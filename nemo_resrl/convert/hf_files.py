@@ -1,0 +1,35 @@
+"""The small non-weight files of a Hugging Face model directory (config, generation config, tokenizer,
+chat template), copied with a checkpoint so that it converts back to HF without the original directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+# Copied when present. Weights (*.safetensors, *.bin) and their index never are.
+HF_META_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def copy_hf_meta_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
+    """Copy the HF metadata files of ``src`` into ``dst`` (created); returns the names copied."""
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in HF_META_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+            copied.append(name)
+    return copied

@@ -1,0 +1,122 @@
+"""Conversion round trips against live Megatron actors at TP=2 and PP=2 (gloo, tiny random models).
+
+to HF: an actor trained one step at TP=2 (Qwen3, untied) or PP=2 (Llama, tied embeddings) saves a
+checkpoint; ``convert_to_hf`` turns it into an HF directory; transformers' logits on a fixed batch equal the
+Megatron actor's, and the tensors equal megatron-bridge's own export of the live model.
+
+from HF: ``convert_from_hf`` of the HF model is loaded by an actor of ANOTHER random model at TP=2 / PP=2;
+its logits then equal transformers' on the original model (and differed before the load).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nemo_resrl.convert.from_hf import convert_from_hf
+from nemo_resrl.convert.to_hf import convert_to_hf
+from tests.models.tiny_hf import make_tiny
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.distributed
+LAYOUTS = {"qwen3_tp2pp1": ("qwen3", 2, 1), "llama_tp1pp2": ("llama", 1, 2)}
+TOL = 1e-5
+
+
+def _load_safetensors_dir(d: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(d.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def _hf_logits(path: Path) -> list[torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    from tests.models.actor_probe import fixed_batch
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    with torch.no_grad():
+        return [model(t[None]).logits[0] for t in fixed_batch().tokens]
+
+
+def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("convert")
+    for family, tie in (("qwen3", False), ("llama", True)):
+        make_tiny(work / family, family, seed=0, tie=tie)
+        make_tiny(work / f"{family}_other", family, seed=1, tie=tie)
+        convert_from_hf(work / family, work / f"{family}_from_hf")
+    for name, (family, tp, pp) in LAYOUTS.items():
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        cmd += ["-m", "tests.convert.convert_probe", "--work", str(work), "--family", family]
+        cmd += ["--tp", str(tp), "--pp", str(pp)]
+        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0 and f"PROBE OK {name}" in res.stdout, (
+            res.stdout[-3000:] + res.stderr[-6000:]
+        )
+    return work
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_to_hf_logits_equal_the_megatron_actor(work, layout, tmp_path):
+    family = LAYOUTS[layout][0]
+    run = work / layout
+    hf = convert_to_hf(run / "ckpt", tmp_path / "hf", max_shard_bytes=100_000)  # a step dir: finds actor/
+    assert (
+        len(list(hf.glob("model-*-of-*.safetensors"))) > 1 and (hf / "model.safetensors.index.json").is_file()
+    )
+    logits = torch.load(run / "logits.pt")
+    assert _max_diff(_hf_logits(hf), logits["trained"]) < TOL
+    # the step moved the weights: the original model's logits differ (so the comparison can fail)
+    assert _max_diff(_hf_logits(work / family), logits["trained"]) > 1e-3
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_to_hf_tensors_equal_the_bridge_export_of_the_live_model(work, layout, tmp_path):
+    run = work / layout
+    hf = convert_to_hf(run / "ckpt" / "actor", tmp_path / "hf")
+    got, ref = _load_safetensors_dir(hf), _load_safetensors_dir(run / "bridge_export")
+    assert ("lm_head.weight" in got) == (LAYOUTS[layout][0] == "qwen3")  # llama: tied, no lm_head
+    assert sorted(got) == sorted(ref)
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+    cfg = json.loads((hf / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] == (LAYOUTS[layout][0] == "llama") and cfg["torch_dtype"] == "float32"
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_from_hf_checkpoint_loads_at_tp2_and_pp2_with_the_hf_logits(work, layout):
+    family = LAYOUTS[layout][0]
+    logits = torch.load(work / layout / "logits.pt")
+    ref = _hf_logits(work / family)
+    assert _max_diff(logits["other"], ref) > 1e-2  # the other model really is another model
+    assert _max_diff(logits["loaded"], ref) < TOL
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama"])
+def test_hf_to_megatron_to_hf_is_bit_exact(work, family, tmp_path):
+    back = convert_to_hf(work / f"{family}_from_hf", tmp_path / "back")
+    assert _load_safetensors_dir(back).keys() == _load_safetensors_dir(work / family).keys()
+    ref = _load_safetensors_dir(work / family)
+    for k, v in _load_safetensors_dir(back).items():
+        assert torch.equal(v, ref[k]), k
+
+
+def test_bf16_output_loads_in_transformers(work, tmp_path):
+    hf = convert_to_hf(work / "qwen3_tp2pp1" / "ckpt", tmp_path / "bf16", dtype="bf16")
+    assert json.loads((hf / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert all(t.dtype == torch.bfloat16 for t in _load_safetensors_dir(hf).values())
+    logits = torch.load(work / "qwen3_tp2pp1" / "logits.pt")["trained"]
+    assert _max_diff(_hf_logits(hf), logits) < 0.1  # bf16 rounding of the weights only

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, create_default_global_save_plan
 from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
@@ -211,6 +212,12 @@ def write_dist_checkpoint(
     writer = FileSystemWriter(str(path), single_file_per_rank=False, thread_count=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        dcp.save({}, storage_writer=writer, planner=_LazySavePlanner(tensors), no_dist=True)
+        try:
+            dcp.save({}, storage_writer=writer, planner=_LazySavePlanner(tensors), no_dist=True)
+        except CheckpointException as e:  # DCP wraps what a producer raised: surface that
+            # failures: rank -> (exception, traceback) in torch 2.13, the exception itself in older ones
+            causes = [f[0] if isinstance(f, tuple) else f for f in e.failures.values()]
+            causes = [c for c in causes if isinstance(c, Exception)]
+            raise (causes[0] if causes else e) from e
     torch.save(common or {}, path / "common.pt")
     (path / "metadata.json").write_text(json.dumps(MEGATRON_METADATA))

@@ -1,0 +1,57 @@
+"""``nemo-resrl convert`` and ``resolve_hf_model`` (no Megatron model needed: from-hf then to-hf)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nemo_resrl.cli import main
+from nemo_resrl.convert import ConversionError, resolve_hf_model
+from nemo_resrl.convert.cli import parse_size
+from tests.models.tiny_hf import make_tiny
+
+
+def test_from_hf_then_to_hf_through_the_cli_is_exact_in_bf16(tmp_path, capsys):
+    hf = make_tiny(tmp_path / "qwen3", "qwen3")
+    assert main(["convert", "from-hf", str(hf), str(tmp_path / "mg")]) == 0
+    assert "peak RSS" in capsys.readouterr().out
+    out = tmp_path / "back"
+    assert main(["convert", "to-hf", str(tmp_path / "mg"), str(out), "--dtype", "bf16"]) == 0
+    ref, got = load_file(hf / "model.safetensors"), load_file(out / "model.safetensors")
+    assert got.keys() == ref.keys()
+    assert all(torch.equal(got[k], ref[k].to(torch.bfloat16)) for k in ref)
+    # a second run does not silently replace the output
+    assert main(["convert", "to-hf", str(tmp_path / "mg"), str(out)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert main(["convert", "to-hf", str(tmp_path / "mg"), str(out), "--overwrite"]) == 0
+
+
+def test_bad_inputs_exit_2_with_the_reason(tmp_path, capsys):
+    assert main(["convert", "to-hf", str(tmp_path), str(tmp_path / "o")]) == 2
+    assert "is not a checkpoint of this project" in capsys.readouterr().err
+    assert main(["convert", "from-hf", str(tmp_path), str(tmp_path / "o")]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: unknown direction
+        main(["convert", "sideways", "a", "b"])
+
+
+def test_sizes_parse_like_transformers():
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("512MiB") == 512 * 2**20 and parse_size("100") == 100
+    for bad in ("5XB", "-1", "0", "GB"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_size(bad)
+
+
+def test_resolve_hf_model_passes_hf_dirs_and_converts_checkpoints(tmp_path):
+    hf = make_tiny(tmp_path / "llama", "llama", tie=True)
+    assert resolve_hf_model(hf, tmp_path / "work") == hf
+    main(["convert", "from-hf", str(hf), str(tmp_path / "ck" / "actor")])
+    got = resolve_hf_model(tmp_path / "ck", tmp_path / "work")  # a step-style dir: finds actor/
+    assert got == tmp_path / "work" / "hf_model" and (got / "config.json").is_file()
+    ref, back = load_file(hf / "model.safetensors"), load_file(got / "model.safetensors")
+    assert back.keys() == ref.keys() and all(torch.equal(back[k], ref[k]) for k in ref)
+    with pytest.raises(ConversionError, match="neither a Hugging Face model directory"):
+        resolve_hf_model(tmp_path / "work" / "nothing", tmp_path / "work")

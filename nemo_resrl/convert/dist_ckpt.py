@@ -113,6 +113,28 @@ class DistCheckpointReader:
             if isinstance(v, TensorStorageMetadata)
         }
 
+    def row_blocks(self, fqn: str, n_rows: int, max_bytes: int) -> list[tuple[int, int]]:
+        """Row ranges [r0, r1) covering rows 0..n_rows of ``fqn`` for reading it block by block.
+
+        DCP reads a saved chunk whole even when a smaller box is asked for, so blocks follow the saved
+        chunks' row boundaries (each chunk is read once): consecutive chunks are grouped up to
+        ``max_bytes``, and a chunk larger than that is a block of its own.
+        """
+        md = self.metadata.state_dict_metadata[fqn]
+        row_bytes = max(1, math.prod(md.size[1:]) * md.properties.dtype.itemsize)
+        cuts = sorted(
+            {int(c.offsets[0]) for c in md.chunks} | {int(c.offsets[0] + c.sizes[0]) for c in md.chunks}
+        )
+        cuts = [c for c in cuts if 0 < c < n_rows] + [n_rows]
+        blocks, start, prev = [], 0, 0
+        for c in cuts:  # [prev, c) is a run of rows that saved chunks start and end on
+            if prev > start and (c - start) * row_bytes > max_bytes:
+                blocks.append((start, prev))
+                start = prev
+            prev = c
+        blocks.append((start, n_rows))
+        return blocks
+
     def read(
         self, fqn: str, offsets: tuple[int, ...] | None = None, sizes: tuple[int, ...] | None = None
     ) -> torch.Tensor:

@@ -35,7 +35,7 @@ HF_META_DIR = "hf"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 DEFAULT_SHARD_BYTES = 5 * 2**30  # transformers' default max_shard_size "5GB"
-BLOCK_BYTES = 256 * 2**20  # rows of the embedding / output layer moved at a time
+BLOCK_BYTES = 256 * 2**20  # rows of the embedding / output layer moved at a time (or one saved chunk)
 
 
 def find_actor_checkpoint(path: str | os.PathLike) -> Path:
@@ -131,11 +131,8 @@ def hf_entries(
     def rows_of(key: str, n_rows: int):
         def produce() -> Iterator[torch.Tensor]:
             cols = saved[key][0][1:]
-            row_bytes = max(1, int(torch.tensor(cols).prod()) * saved[key][1].itemsize)
-            step = max(1, BLOCK_BYTES // row_bytes)
-            for r in range(0, n_rows, step):
-                n = min(step, n_rows - r)
-                yield reader.read(key, (r, *([0] * len(cols))), (n, *cols)).to(out_dtype)
+            for r0, r1 in reader.row_blocks(key, n_rows, BLOCK_BYTES):
+                yield reader.read(key, (r0, *([0] * len(cols))), (r1 - r0, *cols)).to(out_dtype)
 
         return produce
 

@@ -61,3 +61,17 @@ def test_a_producer_with_the_wrong_shape_is_refused(tmp_path):
     t = DistTensor("w", torch.float32, (2, 2), [((0, 0), (2, 2), lambda: torch.zeros(2, 3))])
     with pytest.raises(ValueError, match="producer gave"):
         write_dist_checkpoint(tmp_path / "ck", [t])
+
+
+def test_row_blocks_follow_the_saved_chunks(tmp_path):
+    full = torch.randn(10, 4)  # 16 bytes a row
+    t = DistTensor("e", full.dtype, (10, 4))
+    for r0, r1 in ((0, 2), (2, 4), (4, 5), (5, 10)):
+        t.chunks.append(((r0, 0), (r1 - r0, 4), lambda r0=r0, r1=r1: full[r0:r1].clone()))
+    write_dist_checkpoint(tmp_path / "ck", [t])
+    r = DistCheckpointReader(tmp_path / "ck")
+    assert r.row_blocks("e", 10, 16 * 4) == [(0, 4), (4, 5), (5, 10)]  # grouped to 4 rows; 5 rows alone
+    assert r.row_blocks("e", 10, 10**6) == [(0, 10)]
+    assert r.row_blocks("e", 8, 16) == [(0, 2), (2, 4), (4, 5), (5, 8)]  # stops at n_rows (padding)
+    got = torch.cat([r.read("e", (a, 0), (b - a, 4)) for a, b in r.row_blocks("e", 8, 16)])
+    assert torch.equal(got, full[:8])

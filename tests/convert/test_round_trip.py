@@ -105,6 +105,27 @@ def test_from_hf_checkpoint_loads_at_tp2_and_pp2_with_the_hf_logits(work, layout
     assert _max_diff(logits["loaded"], ref) < TOL
 
 
+def test_vllm_loads_the_converted_model_with_its_log_probs(work, tmp_path):
+    """vLLM's log-probs of its own samples equal transformers' on the converted directory."""
+    hf = convert_to_hf(work / "qwen3_tp2pp1" / "ckpt", tmp_path / "hf", max_shard_bytes=100_000)
+    cmd = [sys.executable, "-m", "tests.convert.vllm_probe", str(hf), str(tmp_path / "vllm.pt")]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "PROBE OK" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
+    got = torch.load(tmp_path / "vllm.pt")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32).eval()
+    worst = 0.0
+    for i, resp, lp in zip(got["index"].tolist(), got["responses"], got["logprobs"], strict=True):
+        p = got["prompts"][i]
+        with torch.no_grad():
+            logits = model(torch.tensor([p + resp])).logits[0, len(p) - 1 : -1]
+        ref = torch.log_softmax(logits.double(), -1)[torch.arange(len(resp)), torch.tensor(resp)]
+        worst = max(worst, float((ref - lp.double()).abs().max()))
+    assert len(got["responses"]) == 4 and all(len(r) == 12 for r in got["responses"])
+    assert worst < 1e-3
+
+
 @pytest.mark.parametrize("family", ["qwen3", "llama"])
 def test_hf_to_megatron_to_hf_is_bit_exact(work, family, tmp_path):
     back = convert_to_hf(work / f"{family}_from_hf", tmp_path / "back")

@@ -50,6 +50,9 @@ ALGORITHMS: dict[str, tuple[str, bool, dict]] = {
 }
 
 
+WEIGHT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  # logged as weights/negative_p10 ... _p90
+
+
 @dataclass
 class DynamicSamplingConfig:
     """DAPO dynamic sampling: drop groups whose task rewards are all equal (all correct or all wrong) and
@@ -313,8 +316,12 @@ class Trainer:
             metrics.update(res.stats.as_metrics())
             neg = old.mask & (adv < 0)[:, None]
             w = res.weights[neg]
+            # the distribution of the negative tokens' weights (``nemo-resrl plot`` draws it as bands)
             metrics["weights/negative_mean"] = float(w.mean()) if w.numel() else float("nan")
-            metrics["weights/negative_p10"] = float(w.quantile(0.1)) if w.numel() else float("nan")
+            qs = w.float().quantile(torch.tensor(WEIGHT_QUANTILES)) if w.numel() else None
+            for i, q in enumerate(WEIGHT_QUANTILES):
+                value = float(qs[i]) if qs is not None else float("nan")
+                metrics[f"weights/negative_p{round(q * 100)}"] = value
         else:
             old = self.actor.forward_logprobs(seqs)
             token_adv = adv[:, None].expand_as(old.logprobs) * old.mask

@@ -33,6 +33,7 @@ def test_resrl_steps_raise_the_reward(tmp_path):
     for m in history:
         assert m["rollout/token_mult_prob_error"] < 1.05  # the refit keeps vLLM equal to the actor
         assert m["resrl/groups_active"] >= 1 and 0.1 <= m["weights/negative_mean"] <= 1.0
+        assert m["weights/negative_p10"] <= m["weights/negative_p50"] <= m["weights/negative_p90"] <= 1.0
         assert all(math.isfinite(v) for k, v in m.items() if not k.startswith("weights/")), m
         # the positive log-likelihood displacement is measured every step and the updates move it
         assert m["lld/positives"] >= 1 and m["lld/seq_logp_delta_mean"] != 0.0

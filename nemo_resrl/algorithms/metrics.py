@@ -42,7 +42,9 @@ def maj_at_k(
 ) -> float:
     """maj@k: majority vote over each problem's first ``k`` extracted answers (None = unparsable, no vote);
     ties go to the answer seen first. A problem counts as solved if the winning answer's first sample is
-    correct; a problem with no parsable answer among the k counts as wrong."""
+    correct; a problem with no parsable answer among the k counts as wrong. This is ONE draw of the vote;
+    ``nemo-resrl eval`` reports its expectation over random k-subsets of all n samples
+    (``nemo_resrl.evaluation.metrics.expected_maj_at_k``), which uses every sample."""
     require(
         len(answers) == len(correct) and len(answers) > 0,
         "answers and correct must be non-empty, equal length",

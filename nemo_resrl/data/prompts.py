@@ -189,16 +189,21 @@ def _check_rows(cfg: DataConfig, rows: list[dict[str, Any]]) -> tuple[list[dict[
     return good, len(bad)
 
 
-def render_prompt(cfg: DataConfig, tokenizer: Any, problem: str) -> list[int]:
-    """Token ids of one problem: the template, the system prompt, the chat template with the assistant
-    turn opened (no special tokens added a second time)."""
-    text = cfg.prompt_template.replace("{prompt}", problem)
-    if cfg.chat_template:
-        messages = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
+def prompt_ids(tokenizer: Any, text: str, system_prompt: str = "", chat_template: bool = True) -> list[int]:
+    """Token ids of a user message: with ``chat_template``, the tokenizer's chat template (optional system
+    prompt, assistant turn opened, no special tokens added a second time); else the plain text."""
+    if chat_template:
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
         messages.append({"role": "user", "content": text})
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return list(tokenizer(text)["input_ids"])
+
+
+def render_prompt(cfg: DataConfig, tokenizer: Any, problem: str) -> list[int]:
+    """Token ids of one problem: ``data.prompt_template`` through ``prompt_ids``."""
+    text = cfg.prompt_template.replace("{prompt}", problem)
+    return prompt_ids(tokenizer, text, cfg.system_prompt, cfg.chat_template)
 
 
 def load_prompts(cfg: DataConfig, tokenizer: Any) -> PromptSet:

@@ -1,16 +1,16 @@
 """Evaluation metrics of n sampled responses per problem, as pure functions.
 
 - ``avg_at_n``: mean correctness over all n samples (Avg@n).
-- ``pass_at_k``: the unbiased estimator of Chen et al. (2021), 1 - C(n-c, k) / C(n, k): the probability
-  that at least one of k samples drawn without replacement from the n is correct. Computed as the
-  product 1 - prod_{i=n-c+1}^{n} (1 - k / i), which neither overflows nor loses precision for large n.
-- ``maj_at_k``: the EXPECTED accuracy of majority voting over a uniformly random k-subset of the n
+- ``pass_at_k`` (from ``nemo_resrl.algorithms.metrics``, SPEC 9): the unbiased estimator of Chen et al.
+  (2021), 1 - C(n-c, k) / C(n, k), computed as a product (no overflow for large n).
+- ``expected_maj_at_k``: the EXPECTED accuracy of majority voting over a uniformly random k-subset of the n
   samples. Answers are grouped into classes by their (normalised) extracted answer; a sample with no
   answer never votes; a tie between classes is broken uniformly at random (a tie between a correct and a
   wrong class counts 1/2); a subset with no answer at all scores 0. Computed exactly by a dynamic
   programme over the classes (hypergeometric counts); when that programme would grow past
   ``max_states`` states the value is a seeded Monte-Carlo estimate over ``mc_draws`` random subsets,
-  and the method is reported.
+  and the method is reported. (``nemo_resrl.algorithms.metrics.maj_at_k`` is the single-draw version:
+  the vote of the FIRST k samples; its expectation is this.)
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Sequence
+
+from nemo_resrl.algorithms.metrics import pass_at_k
 
 
 def ks_for(n: int) -> list[int]:
@@ -31,18 +33,6 @@ def ks_for(n: int) -> list[int]:
 
 def avg_at_n(correct: Sequence[bool]) -> float:
     return sum(bool(c) for c in correct) / len(correct) if correct else 0.0
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct (1 <= k <= n, 0 <= c <= n)."""
-    if not (0 <= c <= n and 1 <= k <= n):
-        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
-    if n - c < k:
-        return 1.0
-    prod = 1.0
-    for i in range(n - c + 1, n + 1):
-        prod *= 1.0 - k / i
-    return 1.0 - prod
 
 
 def answer_classes(
@@ -102,7 +92,7 @@ def _maj_monte_carlo(
     return score / draws
 
 
-def maj_at_k(
+def expected_maj_at_k(
     answers: Sequence[str | None],
     correct: Sequence[bool],
     k: int,
@@ -129,3 +119,6 @@ def normalise_answer(answer: str | None) -> str | None:
         return None
     key = "".join(answer.split())
     return key or None
+
+
+__all__ = ["answer_classes", "avg_at_n", "expected_maj_at_k", "ks_for", "normalise_answer", "pass_at_k"]

@@ -17,28 +17,19 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from nemo_resrl.data.prompts import prompt_ids
 from nemo_resrl.evaluation.benchmarks import Benchmark, load_benchmark
 from nemo_resrl.evaluation.config import EvalConfig
-from nemo_resrl.evaluation.metrics import avg_at_n, ks_for, maj_at_k, normalise_answer, pass_at_k
+from nemo_resrl.evaluation.metrics import avg_at_n, expected_maj_at_k, ks_for, normalise_answer, pass_at_k
 
 logger = logging.getLogger(__name__)
 FIGSIZE, DPI = (6.4, 4.8), 100  # pass_at_k.png is 640 x 480 pixels
 
 
-def _prompt_ids(cfg: EvalConfig, tokenizer, problem: str) -> list[int]:
-    text = cfg.prompt_template.replace("{problem}", problem)
-    if cfg.chat_template:
-        messages = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
-        messages.append({"role": "user", "content": text})
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(text)["input_ids"])
-
-
 def problem_metrics(correct: list[bool], answers: list[str | None], ks: list[int]) -> dict:
     """Avg@n, pass@k and maj@k of one problem's n graded samples."""
     n, c = len(correct), sum(correct)
-    maj = {k: maj_at_k(answers, correct, k) for k in ks}
+    maj = {k: expected_maj_at_k(answers, correct, k) for k in ks}
     return {
         "avg": avg_at_n(correct),
         "pass": {k: pass_at_k(n, c, k) for k in ks},
@@ -128,7 +119,8 @@ def run_eval(cfg: EvalConfig) -> dict:
         for p_i, p in enumerate(b.problems):
             if p.issue:  # nothing to sample from, or nothing to grade against: 0, counted
                 continue
-            ids = _prompt_ids(cfg, tokenizer, p.problem)
+            text = cfg.prompt_template.replace("{problem}", p.problem)
+            ids = prompt_ids(tokenizer, text, cfg.system_prompt, cfg.chat_template)
             if len(ids) >= cfg.max_model_len:
                 p.issue = "prompt_too_long"
                 b.issues["prompt_too_long"] += 1

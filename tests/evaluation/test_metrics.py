@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from nemo_resrl.evaluation.metrics import avg_at_n, ks_for, maj_at_k, normalise_answer, pass_at_k
+from nemo_resrl.evaluation.metrics import avg_at_n, expected_maj_at_k, ks_for, normalise_answer, pass_at_k
 
 
 def _brute_pass(n: int, c: int, k: int) -> float:
@@ -72,7 +72,7 @@ CASES = [
 @pytest.mark.parametrize("answers,correct", CASES)
 def test_maj_at_k_equals_brute_force(answers, correct):
     for k in range(1, len(answers) + 1):
-        got, method = maj_at_k(answers, correct, k)
+        got, method = expected_maj_at_k(answers, correct, k)
         assert method == "exact" and got == pytest.approx(_brute_maj(answers, correct, k), abs=1e-12), k
 
 
@@ -84,15 +84,17 @@ def test_maj_at_k_random_cases_equal_brute_force():
         truth = rng.choice(["p", "q", "r"])
         correct = [a == truth for a in answers]
         k = rng.randint(1, n)
-        assert maj_at_k(answers, correct, k)[0] == pytest.approx(_brute_maj(answers, correct, k), abs=1e-12)
+        assert expected_maj_at_k(answers, correct, k)[0] == pytest.approx(
+            _brute_maj(answers, correct, k), abs=1e-12
+        )
 
 
 def test_monte_carlo_path_agrees_with_the_exact_value():
     rng = random.Random(1)
     answers = [rng.choice(["1", "2", "3", "4", None]) for _ in range(14)]
     correct = [a == "2" for a in answers]
-    exact, m1 = maj_at_k(answers, correct, 7)
-    approx, m2 = maj_at_k(answers, correct, 7, max_states=1, mc_draws=20000, seed=3)
+    exact, m1 = expected_maj_at_k(answers, correct, 7)
+    approx, m2 = expected_maj_at_k(answers, correct, 7, max_states=1, mc_draws=20000, seed=3)
     assert (m1, m2) == ("exact", "monte_carlo") and approx == pytest.approx(exact, abs=0.015)
 
 

@@ -424,6 +424,11 @@ def run_training(
     if _rank0() and history:
         png = plot_reward_curve(history, run_dir / "reward_curve.png")
         print_fn(f"reward curve: {png}")
+        if (run_dir / "metrics.jsonl").is_file():  # every step of the run so far, resumes included
+            from nemo_resrl.plotting import load_run, plot_runs
+
+            plots = plot_runs([load_run(run_dir)], run_dir / "plots")
+            print_fn(f"training curves: {run_dir / 'plots'} ({len(plots['written'])} PNG files)")
     if reason:
         stopped = Preempted(trainer.step, reason, checkpoint)
         if _rank0():

@@ -81,7 +81,10 @@ def test_train_default_runs_two_steps_and_writes_metrics_table_and_png(tmp_path)
     ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
-    assert "step  reward" in out.stdout and "reward curve:" in out.stdout
+    assert "step  reward" in out.stdout and "reward curve:" in out.stdout and "training curves:" in out.stdout
+    assert (run_dir / "plots" / "reward.png").is_file() and (
+        run_dir / "plots" / "resrl_weights.png"
+    ).is_file()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [int(m["step"]) for m in rows] == [0, 1]
     assert all(0 <= m["reward/mean"] <= 1 and m["reward/n"] == 8 for m in rows)

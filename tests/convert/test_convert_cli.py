@@ -55,3 +55,36 @@ def test_resolve_hf_model_passes_hf_dirs_and_converts_checkpoints(tmp_path):
     assert back.keys() == ref.keys() and all(torch.equal(back[k], ref[k]) for k in ref)
     with pytest.raises(ConversionError, match="neither a Hugging Face model directory"):
         resolve_hf_model(tmp_path / "work" / "nothing", tmp_path / "work")
+
+
+def test_to_hf_reads_per_layer_keys_as_well_as_stacked_ones(tmp_path):
+    """megatron-core may save layer i of a tensor as ``decoder.layers.<i>.<name>`` instead of stacking the
+    layers into one [L, ...] key: the same model written that way converts to the same HF tensors."""
+    from nemo_resrl.convert.dist_ckpt import DistCheckpointReader, DistTensor, write_dist_checkpoint
+    from nemo_resrl.convert.from_hf import convert_from_hf
+    from nemo_resrl.convert.to_hf import convert_to_hf
+
+    hf = make_tiny(tmp_path / "qwen3", "qwen3")
+    stacked = convert_from_hf(hf, tmp_path / "stacked")
+    r = DistCheckpointReader(stacked)
+    tensors = []
+    for key, (shape, dtype) in r.tensors().items():
+        if key.startswith("decoder.layers."):
+            suffix = key[len("decoder.layers.") :]
+            for i in range(shape[0]):
+                t = DistTensor(f"decoder.layers.{i}.{suffix}", dtype, shape[1:])
+                t.chunks.append(
+                    ((0,) * (len(shape) - 1), shape[1:], lambda key=key, i=i: r.read(key)[i].clone())
+                )
+                tensors.append(t)
+        else:
+            tensors.append(
+                DistTensor(key, dtype, shape, [((0,) * len(shape), shape, lambda key=key: r.read(key))])
+            )
+    per_layer = tmp_path / "per_layer" / "actor"
+    write_dist_checkpoint(per_layer, tensors)
+    (per_layer / "nemo_resrl_actor.json").write_text((stacked / "nemo_resrl_actor.json").read_text())
+    assert not any(k.startswith("decoder.layers.self") for k in DistCheckpointReader(per_layer).tensors())
+    back = convert_to_hf(per_layer, tmp_path / "back", hf_config_dir=hf)
+    ref, got = load_file(hf / "model.safetensors"), load_file(back / "model.safetensors")
+    assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)

@@ -22,10 +22,10 @@ import torch
 
 from nemo_resrl.convert import mapping as M
 from nemo_resrl.convert.dist_ckpt import DistTensor, write_dist_checkpoint
-from nemo_resrl.convert.hf_files import copy_hf_meta_files
+from nemo_resrl.convert.hf_files import ACTOR_META, HF_META_DIR, copy_hf_meta_files
 from nemo_resrl.convert.mapping import ConversionError, ModelShape
 from nemo_resrl.convert.safetensors_stream import INDEX_FILE, SINGLE_FILE
-from nemo_resrl.convert.to_hf import ACTOR_META, BLOCK_BYTES, DTYPES, HF_META_DIR
+from nemo_resrl.convert.to_hf import BLOCK_BYTES, DTYPES
 
 logger = logging.getLogger(__name__)
 

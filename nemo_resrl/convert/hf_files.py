@@ -7,6 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
+ACTOR_META = "nemo_resrl_actor.json"  # marks an actor dist-checkpoint directory (layout, step, HF source)
+HF_META_DIR = "hf"  # in an actor checkpoint: the HF config / tokenizer files of the model
+
 # Copied when present. Weights (*.safetensors, *.bin) and their index never are.
 HF_META_FILES = (
     "config.json",

@@ -24,14 +24,12 @@ import torch
 
 from nemo_resrl.convert import mapping as M
 from nemo_resrl.convert.dist_ckpt import DistCheckpointReader
-from nemo_resrl.convert.hf_files import copy_hf_meta_files
+from nemo_resrl.convert.hf_files import ACTOR_META, HF_META_DIR, copy_hf_meta_files
 from nemo_resrl.convert.mapping import ConversionError, ModelShape
 from nemo_resrl.convert.safetensors_stream import TensorEntry, write_sharded
 
 logger = logging.getLogger(__name__)
 
-ACTOR_META = "nemo_resrl_actor.json"  # = nemo_resrl.models.actor.ACTOR_META (not imported: no megatron here)
-HF_META_DIR = "hf"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 DEFAULT_SHARD_BYTES = 5 * 2**30  # transformers' default max_shard_size "5GB"

@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from nemo_resrl.algorithms.losses import GlobalCounts, PolicyLossConfig, compute_policy_loss
 from nemo_resrl.compat import import_megatron_bridge, running_on_cpu, transformer_engine_available
-from nemo_resrl.convert.hf_files import copy_hf_meta_files
+from nemo_resrl.convert.hf_files import ACTOR_META, HF_META_DIR, copy_hf_meta_files
 from nemo_resrl.convert.mapping import SUPPORTED_ARCHITECTURES
 from nemo_resrl.models.batch import Layout, MicroBatch, Sequences, make_layout
 from nemo_resrl.models.config import ActorConfig, ActorConfigError, OptimConfig
@@ -37,8 +37,6 @@ from nemo_resrl.models.logprobs import vocab_parallel_logprobs
 from nemo_resrl.models.parallel import ParallelLayout, init_parallel
 from nemo_resrl.models.tp_attributes import mark_tensor_parallel_params
 
-ACTOR_META = "nemo_resrl_actor.json"
-HF_META_DIR = "hf"  # in an actor checkpoint: the HF config / tokenizer files of the model
 OPTIM_SHARDINGS = ("dp_reshardable",)
 CPU_OFF_FUSIONS = (
     "gradient_accumulation_fusion",

@@ -86,12 +86,12 @@ def run_eval(cfg: EvalConfig) -> dict:
     from nemo_resrl.rollout.engine import RolloutEngine
 
     t0 = time.perf_counter()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     benches: list[Benchmark] = [
         load_benchmark(p, name, cfg.problem_key, cfg.answer_key)
         for p, name in zip(cfg.benchmarks, cfg.benchmark_names(), strict=True)
     ]
+    out = Path(cfg.output_dir)  # created only once the input is known to be usable
+    out.mkdir(parents=True, exist_ok=True)
     hf_dir = resolve_hf_model(cfg.model, out / "work")
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
     if cfg.chat_template and not getattr(tokenizer, "chat_template", None):

@@ -19,8 +19,15 @@ def test_groups_hold_every_algorithm_and_model():
         GROUPS["model"]
     )
     every_yaml = {p.relative_to(CONF_DIR).as_posix() for p in Path(CONF_DIR).rglob("*.yaml")}
-    listed = {"config.yaml"} | {f"{g}/{n}.yaml" for g, names in GROUPS.items() for n in names}
+    listed = {"config.yaml", "eval.yaml"} | {f"{g}/{n}.yaml" for g, names in GROUPS.items() for n in names}
     assert every_yaml == listed  # nothing shipped that this test does not load
+
+
+def test_the_eval_yaml_loads_and_validates():
+    from nemo_resrl.evaluation.config import load_eval_config
+
+    cfg = load_eval_config(["model=/ckpt/model", "benchmarks=[data/aime24.jsonl]"])
+    assert cfg.sampling.n == 8 and cfg.sampling.temperature == 0.6 and cfg.benchmark_names() == ["aime24"]
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])

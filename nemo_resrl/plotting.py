@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nemo_resrl.data.jsonl import json_object_lines
+
 FIGSIZE, DPI = (7.0, 4.0), 100  # every PNG is 700 x 400 pixels
 
 # file stem -> (title, y label, metric keys); the weights panel is drawn as quantile bands
@@ -81,14 +83,8 @@ def load_run(path: str | Path, label: str | None = None) -> RunMetrics:
     f = metrics_file(path)
     run = RunMetrics(label or (f.parent.name if f.name == "metrics.jsonl" else f.stem), f)
     rows: dict[int, dict] = {}
-    for line in f.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int | float):
+    for _, row, _ in json_object_lines(f):
+        if row is None or not isinstance(row.get("step"), int | float):
             run.bad_lines += 1
             continue
         step = int(row["step"])

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nemo_resrl.algorithms.checks import require
+from nemo_resrl.data.jsonl import json_object_lines
 
 log = logging.getLogger(__name__)
 BAD_ROW_POLICIES = ("error", "skip")
@@ -87,19 +88,7 @@ class PromptSet:
 
 def _scan_jsonl(path: Path) -> list[tuple[int, str]]:
     """Lines of a jsonl file that are not JSON objects: [(line number, why)]."""
-    bad = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad.append((n, f"not valid JSON ({e.msg} at column {e.colno})"))
-                continue
-            if not isinstance(obj, dict):
-                bad.append((n, f"a JSON {type(obj).__name__}, not an object"))
-    return bad
+    return [(n, why) for n, obj, why in json_object_lines(path) if obj is None]
 
 
 def _read_table(cfg: DataConfig) -> tuple[list[dict[str, Any]], int]:

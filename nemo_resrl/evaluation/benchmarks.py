@@ -13,10 +13,11 @@ wrong), as is a missing or empty file. Blank lines are ignored.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from nemo_resrl.data.jsonl import json_object_lines
 
 ISSUES = ("invalid_json", "missing_problem", "missing_answer")
 
@@ -59,23 +60,16 @@ def load_benchmark(path: str | Path, name: str, problem_key: str, answer_key: st
         raise BenchmarkError(f"benchmark file {path} does not exist")
     problems: list[Problem] = []
     issues: Counter = Counter(dict.fromkeys(ISSUES, 0))
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            if not isinstance(row, dict):
-                p = Problem(line_no, None, None, "invalid_json")
-            else:
-                problem, answer = _text(row.get(problem_key)), _text(row.get(answer_key))
-                issue = "missing_problem" if problem is None else "missing_answer" if answer is None else None
-                p = Problem(line_no, problem, answer, issue)
-            if p.issue:
-                issues[p.issue] += 1
-            problems.append(p)
+    for line_no, row, _ in json_object_lines(path):
+        if row is None:
+            p = Problem(line_no, None, None, "invalid_json")
+        else:
+            problem, answer = _text(row.get(problem_key)), _text(row.get(answer_key))
+            issue = "missing_problem" if problem is None else "missing_answer" if answer is None else None
+            p = Problem(line_no, problem, answer, issue)
+        if p.issue:
+            issues[p.issue] += 1
+        problems.append(p)
     if not problems:
         raise BenchmarkError(f"benchmark file {path} has no rows")
     if all(p.issue for p in problems):

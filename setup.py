@@ -33,6 +33,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["nemo_resrl", "nemo_resrl.*"]),
+    # the shipped Hydra configs travel with the package (nemo_resrl/conf); --config-dir adds a user's own
+    package_data={"nemo_resrl": ["conf/*.yaml", "conf/*/*.yaml"]},
     install_requires=[
         # torch is deliberately unpinned here: tools/install.sh pins it (CPU build) with a constraints file;
         # clusters bring their own CUDA build.

@@ -109,7 +109,7 @@ def run_variant(args) -> dict:
     from nemo_resrl.algorithms.resrl import ResRLConfig, compute_resrl_weights
     from nemo_resrl.distributed.resrl_pass import ResponseMeta, old_logprobs_with_resrl
     from nemo_resrl.models.actor import MegatronActor
-    from nemo_resrl.models.config import ActorConfig
+    from nemo_resrl.config.actor import ActorConfig
 
     dtype = "bf16" if torch.cuda.is_available() else "fp32"
     actor = MegatronActor(ActorConfig(hf_path=args.model, micro_batch_size=args.micro_batch, dtype=dtype))
@@ -144,7 +144,7 @@ def run_variant(args) -> dict:
                 h.remove()
         # re-pad layer L-2 to [B, T, d] response-aligned, as the released code re-pads its hidden states
         hidden = torch.zeros(B, T, actor.hidden_size)
-        layout = actor._layout(seqs)
+        layout = actor.forward.layout(seqs)
         for mb, h in zip(layout.micro_batches, kept[len(layers) - 2]):
             flat = h.reshape(-1, h.shape[-1]).float().cpu()
             hidden[mb.seq_index, mb.resp_pos] = flat[mb.flat_pos]

@@ -20,23 +20,23 @@ import random
 import re
 import shutil
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from nemo_resrl.models.actor import MegatronActor
+from nemo_resrl.common import barrier as _barrier
+from nemo_resrl.common import global_rank as _rank
 
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
+class Checkpointable(Protocol):
+    """What a checkpoint holds of the policy (the Megatron actor: a dist-checkpoint directory)."""
 
+    def save_checkpoint(self, path: Path) -> None: ...
 
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+    def load_checkpoint(self, path: Path) -> None: ...
 
 
 def rng_state() -> dict:
@@ -71,7 +71,7 @@ class CheckpointManager:
         done = self.complete()
         return done[-1][1] if done else None
 
-    def save(self, step: int, actor: MegatronActor, trainer_state: dict) -> Path:
+    def save(self, step: int, actor: Checkpointable, trainer_state: dict) -> Path:
         """Write the checkpoint of ``step`` (after that step finished), then prune to the last K."""
         final = self.root / f"step_{step:06d}"
         partial = self.root / f".partial-step_{step:06d}"
@@ -98,7 +98,7 @@ class CheckpointManager:
         _barrier()
         return final
 
-    def load(self, path: str | os.PathLike, actor: MegatronActor) -> dict:
+    def load(self, path: str | os.PathLike, actor: Checkpointable) -> dict:
         """Restore the actor (model, optimizer, schedule), this rank's RNG states; return trainer state."""
         path = Path(path)
         actor.load_checkpoint(path / "actor")

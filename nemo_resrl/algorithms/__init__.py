@@ -1,11 +1,15 @@
 """Pure-torch RL algorithm core: no distributed state, no model code.
 
 advantages  outcome advantage estimators (grpo, dr_grpo, psr, nsr, w_reinforce), registry ADVANTAGE_ESTIMATORS
-resrl       ResRL token weights and token-wise advantages (SPEC 3-6)
+resrl       ResRL token weights and token-wise advantages (docs/algorithm.md sections 3-6)
 subspace    positive subspace fit (exact / gram / randomized SVD) and residual energy
 losses      policy losses (registry POLICY_LOSSES), KL, the single aggregation point
 shaping     length-scaled reward, DAPO overlong penalty and dynamic-sampling filter
 metrics     Avg@k, unbiased pass@k, maj@k
+specs       what each algorithm is (estimator, ResRL or not, group-normalised or not, recipe defaults)
+
+The config dataclasses (``ResRLConfig``, ``PolicyLossConfig``, ``AdvantageConfig``) live in the schema
+layer, ``nemo_resrl.config``, and are re-exported here.
 """
 
 from nemo_resrl.algorithms.advantages import (
@@ -37,13 +41,8 @@ from nemo_resrl.algorithms.resrl import (
     sample_row_indices,
     token_advantages,
 )
-from nemo_resrl.algorithms.shaping import (
-    DynamicSamplingCounter,
-    DynamicSamplingExhausted,
-    length_scaled_reward,
-    nonzero_variance_groups,
-    overlong_penalty,
-)
+from nemo_resrl.algorithms.shaping import length_scaled_reward, nonzero_variance_groups, overlong_penalty
+from nemo_resrl.algorithms.specs import ALGORITHM_SPECS, AlgorithmSpec, algorithm_spec
 from nemo_resrl.algorithms.subspace import (
     PositiveSubspace,
     fit_positive_subspace,
@@ -52,6 +51,9 @@ from nemo_resrl.algorithms.subspace import (
 )
 
 __all__ = [
+    "ALGORITHM_SPECS",
+    "AlgorithmSpec",
+    "algorithm_spec",
     "ADVANTAGE_ESTIMATORS",
     "AdvantageConfig",
     "broadcast_to_tokens",
@@ -78,8 +80,6 @@ __all__ = [
     "resrl_token_advantages",
     "sample_row_indices",
     "token_advantages",
-    "DynamicSamplingCounter",
-    "DynamicSamplingExhausted",
     "length_scaled_reward",
     "nonzero_variance_groups",
     "overlong_penalty",

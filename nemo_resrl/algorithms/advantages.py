@@ -14,26 +14,13 @@ not train on get advantage 0 but stay in the batch, so they still count in token
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-from nemo_resrl.algorithms.checks import require, require_finite, require_shape
 from nemo_resrl.algorithms.grouping import group_minmax, group_sum, index_groups
 from nemo_resrl.algorithms.registry import Registry
-
-
-@dataclass
-class AdvantageConfig:
-    """Settings of the outcome-advantage estimators.
-
-    epsilon: added to the group std (GRPO).
-    w_reinforce_lambda: W-REINFORCE's weight of correct responses (lambda; NSR paper default 0.1).
-    """
-
-    epsilon: float = 1e-6
-    w_reinforce_lambda: float = 0.1
-
+from nemo_resrl.common import require, require_finite, require_shape
+from nemo_resrl.config.algorithm import AdvantageConfig
 
 AdvantageFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AdvantageConfig], torch.Tensor]
 ADVANTAGE_ESTIMATORS: Registry[AdvantageFn] = Registry("advantage estimator")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nemo_resrl.algorithms.checks import require
+from nemo_resrl.common import require
 
 
 @dataclass(frozen=True)

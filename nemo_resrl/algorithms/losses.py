@@ -18,52 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from nemo_resrl.algorithms.checks import require, require_finite
 from nemo_resrl.algorithms.registry import Registry
-
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
-KL_TYPES = ("k1", "k2", "k3", "low_var_kl")
-
-
-@dataclass
-class PolicyLossConfig:
-    """Settings of the policy loss.
-
-    clip_low / clip_high: PPO ratio clip range [1 - clip_low, 1 + clip_high] (DAPO clip-higher: 0.28).
-    dual_clip_c: dual-clip bound for negative advantages (None disables; must be > 1).
-    log_ratio_clamp: |logp - old_logp| is clamped to this before exp (numerical safety, as verl).
-    agg: token-mean | seq-mean-token-mean | seq-mean-token-sum.
-    kl_coef / kl_type: optional KL to a reference policy (k1, k2, k3 = low_var_kl).
-    entropy_coef: entropy bonus (subtracted from the loss).
-    """
-
-    name: str = "ppo_clip"
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    dual_clip_c: float | None = 3.0
-    log_ratio_clamp: float = 20.0
-    agg: str = "token-mean"
-    kl_coef: float = 0.0
-    kl_type: str = "k3"
-    entropy_coef: float = 0.0
-
-    def validate(self) -> PolicyLossConfig:
-        require(
-            self.name in POLICY_LOSSES,
-            f"loss.name {self.name!r} unknown; registered: {POLICY_LOSSES.names()}",
-        )
-        require(0 <= self.clip_low < 1, f"loss.clip_low must be in [0, 1), got {self.clip_low}")
-        require(self.clip_high >= 0, f"loss.clip_high must be >= 0, got {self.clip_high}")
-        require(
-            self.dual_clip_c is None or self.dual_clip_c > 1,
-            f"loss.dual_clip_c must be > 1, got {self.dual_clip_c}",
-        )
-        require(self.log_ratio_clamp > 0, "loss.log_ratio_clamp must be > 0")
-        require(self.agg in AGG_MODES, f"loss.agg must be one of {AGG_MODES}, got {self.agg!r}")
-        require(self.kl_type in KL_TYPES, f"loss.kl_type must be one of {KL_TYPES}, got {self.kl_type!r}")
-        require(self.kl_coef >= 0, f"loss.kl_coef must be >= 0, got {self.kl_coef}")
-        require(self.entropy_coef >= 0, f"loss.entropy_coef must be >= 0, got {self.entropy_coef}")
-        return self
+from nemo_resrl.common import require, require_finite
+from nemo_resrl.config.algorithm import AGG_MODES, KL_TYPES, PolicyLossConfig
 
 
 @dataclass
@@ -183,7 +140,7 @@ def compute_policy_loss(
     for name, t in (("old_logp", old_logp), ("advantages", advantages), ("mask", mask), *optional):
         if t is not None:
             require(t.shape == shape, f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    require(cfg.kl_coef == 0 or ref_logp is not None, "loss.kl_coef > 0 needs ref_logp")
+    require(cfg.kl_coef == 0 or ref_logp is not None, "algorithm.loss.kl_coef > 0 needs ref_logp")
     valid = mask.bool()
     require_finite(old_logp, "old_logp", valid)
     require_finite(advantages, "advantages", valid)

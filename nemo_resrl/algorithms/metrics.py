@@ -6,7 +6,7 @@ import numbers
 from collections import Counter
 from collections.abc import Hashable, Sequence
 
-from nemo_resrl.algorithms.checks import require
+from nemo_resrl.common import require
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -1,4 +1,4 @@
-"""A tiny name -> function registry (as verl's ``core_algos`` registers advantage estimators and losses).
+"""A tiny name -> entry registry (as verl's ``core_algos`` registers advantage estimators and losses).
 
 Algorithms are picked from config strings; registering a second, different function under a name that
 is already taken raises instead of silently replacing the first.
@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-F = TypeVar("F", bound=Callable)
+F = TypeVar("F")
 
 
 class Registry(Generic[F]):
-    """Maps names to functions of one kind (``kind`` is only used in error messages)."""
+    """Maps names to entries (functions, specs) of one kind (``kind`` is only used in error messages)."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -25,14 +25,17 @@ class Registry(Generic[F]):
         def deco(fn: F) -> F:
             existing = self._entries.get(name)
             if existing is not None and existing is not fn:
-                raise ValueError(
-                    f"{self.kind} {name!r} is already registered to "
-                    f"{existing.__module__}.{existing.__qualname__}"
-                )
+                where = getattr(existing, "__qualname__", None)
+                where = f"{existing.__module__}.{where}" if where else repr(existing)
+                raise ValueError(f"{self.kind} {name!r} is already registered to {where}")
             self._entries[name] = fn
             return fn
 
         return deco
+
+    def add(self, name: str, entry: F) -> F:
+        """Register ``entry`` (any object: a function, a spec) under ``name``; same rules as ``register``."""
+        return self.register(name)(entry)
 
     def get(self, name: str) -> F:
         try:

@@ -33,13 +33,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from nemo_resrl.algorithms.checks import require, require_finite, require_probability, require_shape
 from nemo_resrl.algorithms.grouping import index_groups
-from nemo_resrl.algorithms.subspace import (
-    SVD_METHODS,
-    fit_positive_subspace,
-    residual_energy,
-)
+from nemo_resrl.algorithms.subspace import fit_positive_subspace, residual_energy
+from nemo_resrl.common import require, require_finite, require_shape
+from nemo_resrl.config.algorithm import ResRLConfig
 
 # Reasons a group gets no ResRL weights (all its weights stay 1), SPEC 4.5.
 SKIP_NO_POSITIVE = "no_positive_response"
@@ -57,52 +54,6 @@ SKIP_REASONS = (
 
 QUANTILE_SPAN_FLAT = 1e-5  # q_hi - q_lo below this: every weight gets z = 0.5 (SPEC 5)
 QUANTILE_SPAN_FLOOR = 1e-6  # denominator floor (SPEC 5)
-
-
-@dataclass
-class ResRLConfig:
-    """ResRL hyper-parameters; defaults are the released code's (SPEC 4-6).
-
-    max_rows: M_max, positive rows sampled per group.      rank: k, subspace rank.
-    alpha, beta: quantiles of the group's negative residuals mapped to z = 0 and z = 1.
-    xi: floor weight of a negative token.                   lambda_pos: scale of positive advantages.
-    min_positive_tokens: groups with fewer valid positive tokens are skipped.
-    svd_method / svd_max_iter / svd_oversample / svd_tol: see ``subspace.py`` (chosen by benchmark,
-    docs/benchmarks.md).
-    seed: base seed of the positive-row sampling (combined with the step and the group id).
-    """
-
-    max_rows: int = 4096
-    rank: int = 64
-    alpha: float = 0.2
-    beta: float = 0.8
-    xi: float = 0.1
-    lambda_pos: float = 0.1
-    ln_eps: float = 1e-5
-    min_positive_tokens: int = 4
-    svd_method: str = "auto"
-    svd_max_iter: int = 32
-    svd_oversample: int = 64
-    svd_tol: float = 1e-4
-    seed: int = 0
-    residual_chunk_tokens: int = 4096
-
-    def validate(self) -> ResRLConfig:
-        require(self.max_rows >= 2, f"resrl.max_rows must be >= 2, got {self.max_rows}")
-        require(self.rank >= 1, f"resrl.rank must be >= 1, got {self.rank}")
-        require_probability(self.alpha, "resrl.alpha")
-        require_probability(self.beta, "resrl.beta")
-        require(self.alpha < self.beta, f"resrl.alpha ({self.alpha}) must be < resrl.beta ({self.beta})")
-        require_probability(self.xi, "resrl.xi")
-        require(self.lambda_pos >= 0, f"resrl.lambda_pos must be >= 0, got {self.lambda_pos}")
-        require(self.ln_eps > 0, f"resrl.ln_eps must be > 0, got {self.ln_eps}")
-        require(self.min_positive_tokens >= 2, "resrl.min_positive_tokens must be >= 2")
-        require(self.svd_method in SVD_METHODS, f"resrl.svd_method must be one of {SVD_METHODS}")
-        require(self.svd_max_iter >= 0, f"resrl.svd_max_iter must be >= 0, got {self.svd_max_iter}")
-        require(self.svd_tol > 0, f"resrl.svd_tol must be > 0, got {self.svd_tol}")
-        require(self.svd_oversample >= 0, f"resrl.svd_oversample must be >= 0, got {self.svd_oversample}")
-        require(self.residual_chunk_tokens >= 1, "resrl.residual_chunk_tokens must be >= 1")
-        return self
 
 
 def normalize_hidden(h: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -201,6 +152,20 @@ def token_advantages(advantages: torch.Tensor, weights: torch.Tensor, lambda_pos
     a = advantages[:, None].to(torch.float32)
     out = torch.where(a > 0, lambda_pos * a.expand_as(weights), weights.float() * a)
     return out.to(advantages.dtype)
+
+
+@dataclass
+class ResponseMeta:
+    """Per-response metadata of one rank's share of a step, [B] each.
+
+    group_ids: prompt group (unique per prompt within the step); response_ids: unique over the WHOLE
+    step (all ranks), it fixes the positive pool's sampling order; advantages: outcome advantages
+    (A > 0: positive).
+    """
+
+    group_ids: torch.Tensor
+    response_ids: torch.Tensor
+    advantages: torch.Tensor
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from nemo_resrl.algorithms.checks import require, require_finite, require_shape
 from nemo_resrl.algorithms.grouping import group_minmax, index_groups
+from nemo_resrl.common import require, require_finite, require_shape
 
 
 def length_scaled_reward(
@@ -57,37 +57,3 @@ def nonzero_variance_groups(rewards: torch.Tensor, group_ids: torch.Tensor, tol:
     idx = index_groups(group_ids)
     lo, hi = group_minmax(rewards.double(), idx)
     return ((hi - lo) > tol)[idx.inverse]
-
-
-class DynamicSamplingExhausted(RuntimeError):
-    """Raised when dynamic sampling could not fill the batch within the allowed generation rounds."""
-
-
-class DynamicSamplingCounter:
-    """Counts DAPO's generation rounds: ``add(kept_groups, dropped_groups)`` after each round; ``full``
-    tells when the batch has ``target_groups``; a ``max_rounds``-th round that leaves the batch short
-    raises ``DynamicSamplingExhausted``."""
-
-    def __init__(self, target_groups: int, max_rounds: int) -> None:
-        require(target_groups >= 1, f"target_groups must be >= 1, got {target_groups}")
-        require(max_rounds >= 1, f"max_rounds must be >= 1, got {max_rounds}")
-        self.target_groups = target_groups
-        self.max_rounds = max_rounds
-        self.rounds = 0
-        self.kept_groups = 0
-        self.dropped_groups = 0
-
-    def add(self, kept_groups: int, dropped_groups: int) -> None:
-        self.rounds += 1
-        self.kept_groups += kept_groups
-        self.dropped_groups += dropped_groups
-        if not self.full and self.rounds >= self.max_rounds:
-            raise DynamicSamplingExhausted(
-                f"dynamic sampling kept {self.kept_groups} of the {self.target_groups} groups needed after "
-                f"{self.rounds} generation rounds ({self.dropped_groups} groups had zero reward variance); "
-                "raise algorithm.dynamic_sampling.max_rounds or use easier prompts"
-            )
-
-    @property
-    def full(self) -> bool:
-        return self.kept_groups >= self.target_groups

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-from nemo_resrl.algorithms.checks import require, require_finite
+from nemo_resrl.common import require, require_finite
+from nemo_resrl.config.algorithm import SVD_METHODS
 
-SVD_METHODS = ("auto", "exact", "gram", "randomized")
 AUTO_EXACT_FACTOR = 8  # auto: exact SVD when min(M, d) <= this x (k + oversample)
 
 

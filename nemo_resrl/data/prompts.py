@@ -17,65 +17,19 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nemo_resrl.algorithms.checks import require
+from nemo_resrl.config.data import DataConfig
 from nemo_resrl.data.jsonl import json_object_lines
 
 log = logging.getLogger(__name__)
-BAD_ROW_POLICIES = ("error", "skip")
 _SHOWN = 10  # bad rows named in an error message or logged one by one
 
 
 class DatasetError(ValueError):
     """A dataset that cannot be used as given; the message names the file and the rows."""
-
-
-@dataclass
-class DataConfig:
-    """Prompts. reasoning_gym: ``task`` generated offline (``size`` problems, ``seed``, ``task_kwargs``);
-    jsonl / parquet: ``path`` (and ``eval_path`` for evaluation) with ``prompt_key`` / ``answer_key``.
-    ``prompt_template`` wraps the problem (``{prompt}`` is replaced) before the chat template;
-    ``system_prompt`` (if set) becomes the system message. ``chat_template=false`` tokenizes the text
-    as it is."""
-
-    source: str = "reasoning_gym"
-    path: str = ""
-    eval_path: str = ""
-    task: str = "basic_arithmetic"
-    task_kwargs: dict = field(default_factory=dict)
-    size: int = 1024
-    seed: int = 0
-    prompt_key: str = "problem"
-    answer_key: str = "answer"
-    prompt_template: str = "{prompt}"
-    system_prompt: str = ""
-    chat_template: bool = True
-    max_prompt_tokens: int = 512
-    on_bad_row: str = "error"
-
-    def validate(self) -> DataConfig:
-        sources = ("reasoning_gym", "jsonl", "parquet")
-        require(self.source in sources, f"data.source must be one of {sources}, got {self.source!r}")
-        require(
-            self.source == "reasoning_gym" or bool(self.path),
-            f"data.path is required for data.source={self.source}",
-        )
-        require(self.size >= 1, f"data.size must be >= 1, got {self.size}")
-        require(
-            self.max_prompt_tokens >= 1, f"data.max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}"
-        )
-        require(
-            "{prompt}" in self.prompt_template,
-            f"data.prompt_template must contain '{{prompt}}', got {self.prompt_template!r}",
-        )
-        require(
-            self.on_bad_row in BAD_ROW_POLICIES,
-            f"data.on_bad_row must be one of {BAD_ROW_POLICIES}, got {self.on_bad_row!r}",
-        )
-        return self
 
 
 @dataclass
@@ -197,7 +151,6 @@ def render_prompt(cfg: DataConfig, tokenizer: Any, problem: str) -> list[int]:
 
 def load_prompts(cfg: DataConfig, tokenizer: Any) -> PromptSet:
     """The prompt records of ``cfg`` tokenized with ``tokenizer``; see the module docstring."""
-    cfg.validate()
     if cfg.chat_template and not getattr(tokenizer, "chat_template", None):
         raise DatasetError(
             "data.chat_template=true but the tokenizer has no chat template; set data.chat_template=false"

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.distributed as dist
 
-from nemo_resrl.algorithms.checks import require, require_finite, require_shape
 from nemo_resrl.algorithms.resrl import (
-    ResRLConfig,
+    ResponseMeta,
     ResRLStats,
     gate,
     group_sample_seed,
@@ -47,22 +47,28 @@ from nemo_resrl.algorithms.resrl import (
     sample_row_indices,
 )
 from nemo_resrl.algorithms.subspace import PositiveSubspace, fit_positive_subspace, residual_energy
+from nemo_resrl.common import require, require_finite, require_shape
+from nemo_resrl.config.algorithm import ResRLConfig
 from nemo_resrl.distributed.collectives import all_gather_rows, exchange_rows, group_global_rank
-from nemo_resrl.models.actor import MegatronActor, PenultimateChunk, TokenOutputs
-from nemo_resrl.models.batch import Sequences
+from nemo_resrl.models.batch import Sequences, TokenOutputs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nemo_resrl.models.forward import PenultimateChunk
 
 
-@dataclass
-class ResponseMeta:
-    """Per-sequence metadata of this rank's share, [B] each.
+class PassActor(Protocol):
+    """What the pass needs of the actor (``MegatronActor``): its layout, the forward-only pass with a
+    penultimate-layer consumer, and the broadcast from the stage that owns layer L-2."""
 
-    group_ids: prompt group (unique per prompt within the step); response_ids: unique over the WHOLE
-    step (all ranks), it fixes the sampling order; advantages: outcome advantages (A > 0: positive).
-    """
+    layout: object
+    device: torch.device
+    hidden_size: int
 
-    group_ids: torch.Tensor
-    response_ids: torch.Tensor
-    advantages: torch.Tensor
+    def forward_logprobs(self, seqs: Sequences, **kw) -> TokenOutputs: ...
+
+    def owns_penultimate_layer(self) -> bool: ...
+
+    def broadcast_from_penultimate_owner(self, t: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -141,95 +147,101 @@ def _unpack(buf: torch.Tensor, d: int, width: int) -> PositiveSubspace:
     return PositiveSubspace(mean=buf[:d].clone(), basis=basis, converged=bool(buf[-1] > 0.5))
 
 
-def old_logprobs_with_resrl(
-    actor: MegatronActor,
-    seqs: Sequences,
-    meta: ResponseMeta,
-    cfg: ResRLConfig,
-    *,
-    step: int,
-    valid_mask: torch.Tensor | None = None,
-    with_entropy: bool = False,
-) -> ResRLPassResult:
-    """The old-log-prob pass of this rank's share ``seqs`` with ResRL weights (see module docstring).
+class ResRLPass:
+    """One old-log-prob pass with ResRL weights over this rank's share (module docstring, steps 1-6).
 
-    valid_mask: optional [B, T] response-aligned mask of the tokens that count (default: every response
-    token); the same mask the loss will use. Collective over all ranks of the job.
+    Built per call; ``run()`` does the pass. The state shared between the steps (the plan, the rows kept
+    for the owners, the fitted subspaces, the negative residuals) lives on the instance, and each step is
+    a method: ``_plan``, ``consume`` (the layer L-2 hook), ``_fit_and_share``, ``_gate``.
     """
-    from megatron.core import parallel_state as ps
 
-    cfg.validate()
-    B = len(seqs)
-    _, resp_mask = seqs.response_tokens()
-    T = resp_mask.shape[1]
-    mask = resp_mask if valid_mask is None else (valid_mask.bool() & resp_mask)
-    require_shape(mask, (B, T), "valid_mask")
-    for name, t in (("group_ids", meta.group_ids), ("response_ids", meta.response_ids)):
-        require_shape(t, (B,), name)
-    require_shape(meta.advantages, (B,), "advantages")
-    require_finite(meta.advantages, "advantages")
-    lay = actor.layout
-    dev = actor.device
-    d = actor.hidden_size
-    dp_group = ps.get_data_parallel_group()
-    is_pos = meta.advantages > 0
-    n_valid = mask.sum(dim=1)
+    def __init__(
+        self,
+        actor: PassActor,
+        seqs: Sequences,
+        meta: ResponseMeta,
+        cfg: ResRLConfig,
+        *,
+        step: int,
+        valid_mask: torch.Tensor | None = None,
+    ) -> None:
+        from megatron.core import parallel_state as ps
 
-    # 1. plan, identical on every rank
-    local = torch.stack(
-        [
-            meta.group_ids.long(),
-            meta.response_ids.long(),
-            n_valid.long(),
-            is_pos.long(),
-            (meta.advantages < 0).long(),
-        ],
-        dim=1,
-    ).to(dev)
-    table = torch.cat(all_gather_rows(local, dp_group)).cpu()
-    plans = plan_groups(table, d, cfg, step, lay.dp)
-    by_gid = {g.gid: g for g in plans}
-    active = [g for g in plans if g.reason is None]
-    pos_idx = [i for i in range(B) if is_pos[i]]
-    neg_idx = [i for i in range(B) if not is_pos[i]]
-    seq_group = torch.tensor([by_gid[int(g)].active for g in meta.group_ids], dtype=torch.long)
-    computes = actor.owns_penultimate_layer() and lay.tp_rank == 0
+        B = len(seqs)
+        _, resp_mask = seqs.response_tokens()
+        T = resp_mask.shape[1]
+        mask = resp_mask if valid_mask is None else (valid_mask.bool() & resp_mask)
+        require_shape(mask, (B, T), "valid_mask")
+        for name, t in (("group_ids", meta.group_ids), ("response_ids", meta.response_ids)):
+            require_shape(t, (B,), name)
+        require_shape(meta.advantages, (B,), "advantages")
+        require_finite(meta.advantages, "advantages")
+        self.actor, self.seqs, self.meta, self.cfg, self.step = actor, seqs, meta, cfg, step
+        self.B, self.T, self.mask = B, T, mask
+        self.lay, self.dev, self.d = actor.layout, actor.device, actor.hidden_size
+        self.dp_group = ps.get_data_parallel_group()
+        self.is_pos = meta.advantages > 0
+        self.n_valid = mask.sum(dim=1)
+        # only tensor rank 0 of the stage owning layer L-2 computes; the others receive the weights
+        self.computes = actor.owns_penultimate_layer() and self.lay.tp_rank == 0
+        self.width = min(cfg.rank, self.d)
+        self.subspaces: dict[int, PositiveSubspace] = {}
+        self.kept_rows: list[torch.Tensor] = []
+        self.kept_keys: list[torch.Tensor] = []
+        self.resid = torch.full((B, T), float("nan"))
+        self.fitted = False
+        self._plan()
 
-    # sampled pool index of each local positive token (-1: not sampled)
-    sample_pool = torch.full((B, T), -1, dtype=torch.long)
-    for i in pos_idx:
-        g = by_gid[int(meta.group_ids[i])]
-        if g.reason is not None:
-            continue
-        o, n = g.pool_offset[int(meta.response_ids[i])], int(n_valid[i])
-        picked = g.sample[(g.sample >= o) & (g.sample < o + n)]
-        positions = mask[i].nonzero().squeeze(1)[picked - o]
-        sample_pool[i, positions] = picked
+    # 1. the plan, identical on every rank
+    def _plan(self) -> None:
+        meta, mask, B, T = self.meta, self.mask, self.B, self.T
+        local = torch.stack(
+            [
+                meta.group_ids.long(),
+                meta.response_ids.long(),
+                self.n_valid.long(),
+                self.is_pos.long(),
+                (meta.advantages < 0).long(),
+            ],
+            dim=1,
+        ).to(self.dev)
+        table = torch.cat(all_gather_rows(local, self.dp_group)).cpu()
+        self.plans = plan_groups(table, self.d, self.cfg, self.step, self.lay.dp)
+        self.by_gid = {g.gid: g for g in self.plans}
+        self.active = [g for g in self.plans if g.reason is None]
+        self.pos_idx = [i for i in range(B) if self.is_pos[i]]
+        self.neg_idx = [i for i in range(B) if not self.is_pos[i]]
+        self.seq_group = torch.tensor([self.by_gid[int(g)].active for g in meta.group_ids], dtype=torch.long)
+        self.info = torch.zeros(len(self.active), 2)  # (k, converged) per active group
+        # sampled pool index of each local positive token (-1: not sampled)
+        self.sample_pool = torch.full((B, T), -1, dtype=torch.long)
+        for i in self.pos_idx:
+            g = self.by_gid[int(meta.group_ids[i])]
+            if g.reason is not None:
+                continue
+            o, n = g.pool_offset[int(meta.response_ids[i])], int(self.n_valid[i])
+            picked = g.sample[(g.sample >= o) & (g.sample < o + n)]
+            positions = mask[i].nonzero().squeeze(1)[picked - o]
+            self.sample_pool[i, positions] = picked
+        # positives with response tokens: once all of them went by, the subspaces can be fitted
+        lens = self.seqs.response_lens
+        self.pos_left = {i for i in self.pos_idx if lens[i] > 0}
 
-    subspaces: dict[int, PositiveSubspace] = {}
-    width = min(cfg.rank, d)
-    info = torch.zeros(len(active), 2)  # (k, converged) per active group
-    resid = torch.full((B, T), float("nan"))
-    kept_rows, kept_keys = [], []
-    # positives with response tokens: once all of them went by, the subspaces can be fitted
-    lens = seqs.response_lens
-    pos_left = {i for i in pos_idx if lens[i] > 0}
-    fitted = False
-
-    def fit_and_share() -> None:
-        """Rows to owners (all-to-all), SVD on the owner, projectors broadcast (collective over dp)."""
-        if not active:
+    # 3. rows to owners (all-to-all), SVD on the owner, projectors broadcast (collective over dp)
+    def _fit_and_share(self) -> None:
+        if not self.active:
             return
-        rows = torch.cat(kept_rows).to(dev) if kept_rows else torch.zeros(0, d, device=dev)
-        keys = torch.cat(kept_keys) if kept_keys else torch.zeros(0, 2, dtype=torch.long)
-        owners = torch.tensor([active[a].owner for a in keys[:, 0].tolist()], dtype=torch.long)
+        cfg, d, dev, lay, width = self.cfg, self.d, self.dev, self.lay, self.width
+        rows = torch.cat(self.kept_rows).to(dev) if self.kept_rows else torch.zeros(0, d, device=dev)
+        keys = torch.cat(self.kept_keys) if self.kept_keys else torch.zeros(0, 2, dtype=torch.long)
+        owners = torch.tensor([self.active[a].owner for a in keys[:, 0].tolist()], dtype=torch.long)
         payload = torch.cat([keys.to(torch.float64).to(dev), rows.double()], dim=1)  # exact ids in fp64
-        kept_rows.clear()
-        kept_keys.clear()
-        got, _ = exchange_rows(payload, owners.to(dev), dp_group)
+        self.kept_rows.clear()
+        self.kept_keys.clear()
+        got, _ = exchange_rows(payload, owners.to(dev), self.dp_group)
         got = got.cpu()
         packed = []
-        for g in (g for g in active if g.owner == lay.dp_rank):
+        for g in (g for g in self.active if g.owner == lay.dp_rank):
             part = got[got[:, 0].long() == g.active]
             part = part[torch.argsort(part[:, 1].long())]
             require(
@@ -244,90 +256,113 @@ def old_logprobs_with_resrl(
                 max_iter=cfg.svd_max_iter,
                 oversample=cfg.svd_oversample,
                 tol=cfg.svd_tol,
-                seed=group_sample_seed(cfg.seed + 1, step, g.gid),
+                seed=group_sample_seed(cfg.seed + 1, self.step, g.gid),
             )
             packed.append(_pack(sub, width))
         for src in range(lay.dp):
-            owned = [g for g in active if g.owner == src]
+            owned = [g for g in self.active if g.owner == src]
             if src == lay.dp_rank:
                 buf = torch.stack(packed) if packed else torch.zeros(0, d + d * width + 2, device=dev)
             else:
                 buf = torch.empty(len(owned), d + d * width + 2, device=dev)
             if lay.dp > 1:
-                dist.broadcast(buf, src=group_global_rank(dp_group, src), group=dp_group)
+                dist.broadcast(buf, src=group_global_rank(self.dp_group, src), group=self.dp_group)
             for g, b in zip(owned, buf):
                 sub = _unpack(b, d, width)
-                subspaces[g.active] = sub
-                info[g.active] = torch.tensor([sub.rank, float(sub.converged)])
+                self.subspaces[g.active] = sub
+                self.info[g.active] = torch.tensor([sub.rank, float(sub.converged)])
 
-    def consume(chunk: PenultimateChunk) -> None:
-        """Layer L-2 output of one micro-batch: positives first (phase 0), then negatives (phase 1)."""
-        nonlocal fitted
-        if not computes:
+    # 2 and 4. the layer L-2 consumer: positives first (phase 0), then negatives (phase 1)
+    def consume(self, chunk: PenultimateChunk) -> None:
+        if not self.computes:
             return
+        cfg, mask, is_pos = self.cfg, self.mask, self.is_pos
         s, r = chunk.seq_index.cpu(), chunk.resp_pos.cpu()
-        pool = sample_pool[s, r]
+        pool = self.sample_pool[s, r]
         sel = pool >= 0
         if bool(sel.any()):
-            kept_rows.append(normalize_hidden(chunk.hidden[sel.to(chunk.hidden.device)], cfg.ln_eps))
-            kept_keys.append(torch.stack([seq_group[s[sel]], pool[sel]], dim=1))
-        pos_left.difference_update(s[is_pos[s]].unique().tolist())
-        if not fitted and not pos_left:
-            fit_and_share()  # within the micro-batch holding the last positive, before its negatives
-            fitted = True
-        grp = seq_group[s]
+            self.kept_rows.append(normalize_hidden(chunk.hidden[sel.to(chunk.hidden.device)], cfg.ln_eps))
+            self.kept_keys.append(torch.stack([self.seq_group[s[sel]], pool[sel]], dim=1))
+        self.pos_left.difference_update(s[is_pos[s]].unique().tolist())
+        if not self.fitted and not self.pos_left:
+            self._fit_and_share()  # within the micro-batch holding the last positive, before its negatives
+            self.fitted = True
+        grp = self.seq_group[s]
         use = (grp >= 0) & ~is_pos[s] & mask[s, r]
         for a in torch.unique(grp[use]).tolist():
             pick = use & (grp == a)
             x = normalize_hidden(chunk.hidden[pick.to(chunk.hidden.device)], cfg.ln_eps)
-            resid[s[pick], r[pick]] = (
-                residual_energy(x, subspaces[a], cfg.residual_chunk_tokens).float().cpu()
+            self.resid[s[pick], r[pick]] = (
+                residual_energy(x, self.subspaces[a], cfg.residual_chunk_tokens).float().cpu()
             )
-
-    # 2-4. one pass: positives first, negatives after
-    phases = [0 if bool(p) else 1 for p in is_pos]
-    outputs = actor.forward_logprobs(
-        seqs, with_entropy=with_entropy, penultimate_consumer=consume, phases=phases
-    )
-    if computes and not fitted:
-        raise RuntimeError("internal error: the positive subspaces were never fitted during the pass")
-    neg_idx_t = torch.tensor(neg_idx, dtype=torch.long)
-    neg_group = seq_group[neg_idx_t]
-    neg_mask = mask[neg_idx_t]
-    resid = resid[neg_idx_t]
 
     # 5. quantile bounds per group over all its negative tokens (all ranks), gate own tokens
-    w_neg = torch.ones(len(neg_idx), T)
-    if computes and active:
-        have = neg_mask & (neg_group[:, None] >= 0)
-        grp_tok = neg_group[:, None].expand(-1, T)[have]
-        vals = torch.stack([grp_tok.double(), resid[have].double()], dim=1).to(dev)
-        everything = torch.cat(all_gather_rows(vals, dp_group)).cpu()
-        for g in active:
-            mine = have & (neg_group[:, None] == g.active)
-            all_r = everything[everything[:, 0].long() == g.active, 1].float()
-            require(
-                all_r.numel() == g.n_neg_tokens,
-                f"group {g.gid}: {all_r.numel()} negative residuals gathered, expected {g.n_neg_tokens}",
-            )
-            q_lo, q_hi = quantile_bounds(all_r, cfg.alpha, cfg.beta)
-            if bool(mine.any()):
-                w_neg[mine] = gate(resid[mine], q_lo, q_hi, cfg.xi)
+    def _gate(self) -> torch.Tensor:
+        neg_idx_t = torch.tensor(self.neg_idx, dtype=torch.long)
+        neg_group = self.seq_group[neg_idx_t]
+        neg_mask = self.mask[neg_idx_t]
+        resid = self.resid[neg_idx_t]
+        w_neg = torch.ones(len(self.neg_idx), self.T)
+        if self.computes and self.active:
+            have = neg_mask & (neg_group[:, None] >= 0)
+            grp_tok = neg_group[:, None].expand(-1, self.T)[have]
+            vals = torch.stack([grp_tok.double(), resid[have].double()], dim=1).to(self.dev)
+            everything = torch.cat(all_gather_rows(vals, self.dp_group)).cpu()
+            for g in self.active:
+                mine = have & (neg_group[:, None] == g.active)
+                all_r = everything[everything[:, 0].long() == g.active, 1].float()
+                require(
+                    all_r.numel() == g.n_neg_tokens,
+                    f"group {g.gid}: {all_r.numel()} negative residuals gathered, expected {g.n_neg_tokens}",
+                )
+                q_lo, q_hi = quantile_bounds(all_r, self.cfg.alpha, self.cfg.beta)
+                if bool(mine.any()):
+                    w_neg[mine] = gate(resid[mine], q_lo, q_hi, self.cfg.xi)
+        return w_neg
 
-    # 6. to the other tensor / pipeline ranks of this replica
-    w_neg = actor.broadcast_from_penultimate_owner(w_neg)
-    info = actor.broadcast_from_penultimate_owner(info)
+    def _stats(self) -> ResRLStats:
+        stats = ResRLStats(num_groups=len(self.plans), num_active=len(self.active), skipped=Counter())
+        for g in self.plans:
+            stats.num_negative_tokens += g.n_penalised_tokens
+            if g.reason is None:
+                stats.num_weighted_tokens += g.n_penalised_tokens
+            else:
+                stats.skipped[g.reason] += 1
+        stats.subspace_ranks = [int(k) for k in self.info[:, 0].tolist()]
+        stats.svd_fallbacks = int((self.info[:, 1] < 0.5).sum()) if len(self.active) else 0
+        return stats
 
-    weights = torch.ones(B, T)
-    if neg_idx:
-        weights[neg_idx] = w_neg
-    stats = ResRLStats(num_groups=len(plans), num_active=len(active), skipped=Counter())
-    for g in plans:
-        stats.num_negative_tokens += g.n_penalised_tokens
-        if g.reason is None:
-            stats.num_weighted_tokens += g.n_penalised_tokens
-        else:
-            stats.skipped[g.reason] += 1
-    stats.subspace_ranks = [int(k) for k in info[:, 0].tolist()]
-    stats.svd_fallbacks = int((info[:, 1] < 0.5).sum()) if len(active) else 0
-    return ResRLPassResult(outputs=outputs, weights=weights, stats=stats)
+    def run(self, *, with_entropy: bool = False) -> ResRLPassResult:
+        """Steps 2-6: one forward pass (positives first), the gating, the broadcast of the weights."""
+        phases = [0 if bool(p) else 1 for p in self.is_pos]
+        outputs = self.actor.forward_logprobs(
+            self.seqs, with_entropy=with_entropy, penultimate_consumer=self.consume, phases=phases
+        )
+        if self.computes and not self.fitted:
+            raise RuntimeError("internal error: the positive subspaces were never fitted during the pass")
+        w_neg = self._gate()
+        # 6. to the other tensor / pipeline ranks of this replica
+        w_neg = self.actor.broadcast_from_penultimate_owner(w_neg)
+        self.info = self.actor.broadcast_from_penultimate_owner(self.info)
+        weights = torch.ones(self.B, self.T)
+        if self.neg_idx:
+            weights[self.neg_idx] = w_neg
+        return ResRLPassResult(outputs=outputs, weights=weights, stats=self._stats())
+
+
+def old_logprobs_with_resrl(
+    actor: PassActor,
+    seqs: Sequences,
+    meta: ResponseMeta,
+    cfg: ResRLConfig,
+    *,
+    step: int,
+    valid_mask: torch.Tensor | None = None,
+    with_entropy: bool = False,
+) -> ResRLPassResult:
+    """The old-log-prob pass of this rank's share ``seqs`` with ResRL weights (module docstring).
+
+    valid_mask: optional [B, T] response-aligned mask of the tokens that count (default: every response
+    token); the same mask the loss will use. Collective over all ranks of the job.
+    """
+    return ResRLPass(actor, seqs, meta, cfg, step=step, valid_mask=valid_mask).run(with_entropy=with_entropy)

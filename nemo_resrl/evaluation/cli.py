@@ -1,5 +1,6 @@
 """``nemo-resrl eval [OVERRIDE ...]``: see ``runner.py``; overrides are dotlist (``key=value``) on
-``conf/eval.yaml``. Exit status 0, or 2 with the reason for a bad config, benchmark file or model path."""
+``nemo_resrl/conf/eval.yaml``. Exit status 0, or 2 with the reason for a bad config, benchmark file or
+model path."""
 
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         print("example: nemo-resrl eval model=runs/default benchmarks=[data/math500.jsonl] sampling.n=16")
         return 0
-    from nemo_resrl.config import ConfigError
+    from nemo_resrl.config import ConfigError, load_eval_config
     from nemo_resrl.convert import ConversionError
     from nemo_resrl.evaluation.benchmarks import BenchmarkError
-    from nemo_resrl.evaluation.config import load_eval_config
 
     try:
         cfg = load_eval_config(argv)

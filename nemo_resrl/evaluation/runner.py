@@ -17,9 +17,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from nemo_resrl.config.eval import EvalConfig
 from nemo_resrl.data.prompts import prompt_ids
 from nemo_resrl.evaluation.benchmarks import Benchmark, load_benchmark
-from nemo_resrl.evaluation.config import EvalConfig
 from nemo_resrl.evaluation.metrics import avg_at_n, expected_maj_at_k, ks_for, normalise_answer, pass_at_k
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,6 @@ def run_eval(cfg: EvalConfig) -> dict:
     from nemo_resrl.convert import resolve_hf_model
     from nemo_resrl.rewards.base import extract_last_boxed
     from nemo_resrl.rewards.math import MathGrader
-    from nemo_resrl.rollout.config import RolloutConfig, SamplingConfig
     from nemo_resrl.rollout.engine import RolloutEngine
 
     t0 = time.perf_counter()
@@ -98,19 +97,6 @@ def run_eval(cfg: EvalConfig) -> dict:
         from nemo_resrl.config import ConfigError
 
         raise ConfigError("chat_template=true but the model's tokenizer has no chat template")
-    s = cfg.sampling
-    sampling = SamplingConfig(
-        n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens, seed=s.seed
-    )
-    rollout_cfg = RolloutConfig(
-        sampling=sampling,
-        max_model_len=cfg.max_model_len,
-        dtype=cfg.dtype,
-        tensor_parallel=cfg.tensor_parallel,
-        kv_cache_memory_bytes=cfg.kv_cache_memory_bytes,
-        gpu_memory_utilization=cfg.gpu_memory_utilization,
-        sleep_while_training=False,
-    )
 
     # prompts of every usable problem of every benchmark, sampled in one vLLM call
     jobs: list[tuple[int, int]] = []  # (benchmark, problem) of each prompt
@@ -127,7 +113,8 @@ def run_eval(cfg: EvalConfig) -> dict:
                 continue
             jobs.append((b_i, p_i))
             prompts.append(ids)
-    engine = RolloutEngine(hf_dir, rollout_cfg)
+    s = cfg.sampling
+    engine = RolloutEngine(hf_dir, cfg)  # the eval config is a RolloutConfig
     logger.info("sampling %d x %d responses", len(prompts), s.n)
     batch = engine.generate(prompts) if prompts else None
     texts: dict[tuple[int, int], list[str]] = {}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nemo_resrl.algorithms.checks import require
+from nemo_resrl.common import require
 
 
 @dataclass
@@ -62,6 +62,16 @@ class Sequences:
             if t.numel() and (int(t.min()) < 0 or int(t.max()) >= vocab_size):
                 bad = int(t.max()) if int(t.max()) >= vocab_size else int(t.min())
                 raise ValueError(f"sequence {i}: token id {bad} outside the vocabulary [0, {vocab_size})")
+
+
+@dataclass
+class TokenOutputs:
+    """Response-aligned per-token outputs [B, T] of a forward pass, on the CPU, float32; ``mask`` marks
+    the response tokens."""
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor | None
+    mask: torch.Tensor
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from nemo_resrl.algorithms.checks import require
+from nemo_resrl.common import require
 
 
 def _all_reduce(t: torch.Tensor, op: dist.ReduceOp, group) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from nemo_resrl.compat import apply_cpu_patches, running_on_cpu
-from nemo_resrl.models.config import ActorConfigError
+from nemo_resrl.config.actor import ActorConfigError
 
 
 @dataclass(frozen=True)

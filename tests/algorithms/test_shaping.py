@@ -12,8 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nemo_resrl.algorithms.shaping import (
-    DynamicSamplingCounter,
-    DynamicSamplingExhausted,
     length_scaled_reward,
     nonzero_variance_groups,
     overlong_penalty,
@@ -243,43 +241,6 @@ def test_nonzero_variance_groups_bad_inputs():
         nonzero_variance_groups(torch.ones(3), torch.tensor([0, 1]))
     with pytest.raises(ValueError):
         nonzero_variance_groups(torch.tensor([1.0, math.nan, 0.0]), torch.tensor([0, 0, 1]))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# DynamicSamplingCounter
-# ----------------------------------------------------------------------------------------------------------
-def test_dynamic_sampling_exhausted_after_max_rounds():
-    c = DynamicSamplingCounter(target_groups=4, max_rounds=3)
-    c.add(1, 3)
-    c.add(1, 3)
-    assert not c.full and c.rounds == 2
-    with pytest.raises(DynamicSamplingExhausted, match="3 of the 4"):
-        c.add(1, 3)
-    assert c.rounds == 3 and c.kept_groups == 3 and c.dropped_groups == 9
-    assert issubclass(DynamicSamplingExhausted, RuntimeError)
-
-
-def test_dynamic_sampling_fills_on_last_round():
-    c = DynamicSamplingCounter(target_groups=4, max_rounds=3)
-    c.add(0, 4)
-    c.add(1, 3)
-    c.add(3, 1)
-    assert c.full and c.rounds == 3 and c.kept_groups == 4 and c.dropped_groups == 8
-
-
-def test_dynamic_sampling_fills_first_round_and_overfill():
-    c = DynamicSamplingCounter(target_groups=2, max_rounds=1)
-    c.add(5, 0)
-    assert c.full and c.kept_groups == 5
-    c = DynamicSamplingCounter(target_groups=2, max_rounds=1)
-    with pytest.raises(DynamicSamplingExhausted):
-        c.add(1, 7)
-
-
-@pytest.mark.parametrize("target,rounds", [(0, 3), (4, 0), (-1, 1)])
-def test_dynamic_sampling_counter_bad_params(target, rounds):
-    with pytest.raises(ValueError):
-        DynamicSamplingCounter(target_groups=target, max_rounds=rounds)
 
 
 def test_overlong_penalty_is_capped_at_minus_factor_beyond_max_length():

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from nemo_resrl.compat import te_stub
+from tests.launch import run_module
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.distributed
@@ -27,20 +28,7 @@ def _free_port() -> str:
 def _probe(op: str, *extra: str, nproc: int = 1) -> subprocess.CompletedProcess:
     port = _free_port()
     env = dict(os.environ, PROBE_PORT=port, PYTHONPATH=str(ROOT))
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "tests.compat.mcore_probe", op, *extra]
-    else:
-        # --standalone: torchrun picks a free rendezvous port itself (no race with other tests)
-        torchrun = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            str(nproc),
-        ]
-        cmd = [*torchrun, "-m", "tests.compat.mcore_probe", op, *extra]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return run_module("tests.compat.mcore_probe", op, *extra, nproc=nproc, timeout=300, env=env)
 
 
 def _ok(res: subprocess.CompletedProcess, times: int = 1) -> None:

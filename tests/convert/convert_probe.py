@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from tests.models.logits import gather_logits
+
 warnings.filterwarnings("ignore")
 
 
@@ -33,9 +35,9 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work)
 
-    from nemo_resrl.algorithms.losses import PolicyLossConfig
+    from nemo_resrl.config.actor import ActorConfig, OptimConfig
+    from nemo_resrl.config.algorithm import PolicyLossConfig
     from nemo_resrl.models.actor import MegatronActor
-    from nemo_resrl.models.config import ActorConfig, OptimConfig
     from nemo_resrl.models.parallel import destroy_parallel
     from tests.models.actor_probe import fixed_advantages, fixed_batch
 
@@ -62,7 +64,7 @@ def main() -> None:
     metrics = a.train_step(seqs, lp.logprobs, adv, mask, PolicyLossConfig())
     assert metrics["update_ok"], metrics
     a.save_checkpoint(out / "ckpt" / "actor")
-    logits_trained = a.gather_logits(seqs)
+    logits_trained = gather_logits(a, seqs)
     export = {k: v.detach().clone().contiguous() for k, v in a.export_hf_weights()}  # collective
     if rank0:
         from safetensors.torch import save_file
@@ -72,9 +74,9 @@ def main() -> None:
 
     # phase 2: an actor of another random model loads the checkpoint converted from HF
     b = build(work / f"{args.family}_other")
-    logits_other = b.gather_logits(seqs)
+    logits_other = gather_logits(b, seqs)
     b.load_checkpoint(work / f"{args.family}_from_hf", with_optimizer=False)
-    logits_loaded = b.gather_logits(seqs)
+    logits_loaded = gather_logits(b, seqs)
     if rank0:
         torch.save(
             {"trained": logits_trained, "other": logits_other, "loaded": logits_loaded}, out / "logits.pt"

@@ -11,8 +11,6 @@ its logits then equal transformers' on the original model (and differed before t
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ import torch
 
 from nemo_resrl.convert.from_hf import convert_from_hf
 from nemo_resrl.convert.to_hf import convert_to_hf
+from tests.launch import run_module
 from tests.models.tiny_hf import make_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,10 +58,8 @@ def work(tmp_path_factory) -> Path:
         make_tiny(work / f"{family}_other", family, seed=1, tie=tie)
         convert_from_hf(work / family, work / f"{family}_from_hf")
     for name, (family, tp, pp) in LAYOUTS.items():
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        cmd += ["-m", "tests.convert.convert_probe", "--work", str(work), "--family", family]
-        cmd += ["--tp", str(tp), "--pp", str(pp)]
-        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        args = ["--work", work, "--family", family, "--tp", tp, "--pp", pp]
+        res = run_module("tests.convert.convert_probe", *args, nproc=2, timeout=600)
         assert res.returncode == 0 and f"PROBE OK {name}" in res.stdout, (
             res.stdout[-3000:] + res.stderr[-6000:]
         )
@@ -108,8 +105,7 @@ def test_from_hf_checkpoint_loads_at_tp2_and_pp2_with_the_hf_logits(work, layout
 def test_vllm_loads_the_converted_model_with_its_log_probs(work, tmp_path):
     """vLLM's log-probs of its own samples equal transformers' on the converted directory."""
     hf = convert_to_hf(work / "qwen3_tp2pp1" / "ckpt", tmp_path / "hf", max_shard_bytes=100_000)
-    cmd = [sys.executable, "-m", "tests.convert.vllm_probe", str(hf), str(tmp_path / "vllm.pt")]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    res = run_module("tests.convert.vllm_probe", hf, tmp_path / "vllm.pt", timeout=600)
     assert res.returncode == 0 and "PROBE OK" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
     got = torch.load(tmp_path / "vllm.pt")
     from transformers import AutoModelForCausalLM

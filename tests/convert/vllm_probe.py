@@ -17,7 +17,7 @@ warnings.filterwarnings("ignore")
 
 def main() -> None:
     hf_dir, out = sys.argv[1], sys.argv[2]
-    from nemo_resrl.rollout.config import RolloutConfig, SamplingConfig
+    from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
     from nemo_resrl.rollout.engine import RolloutEngine
 
     sampling = SamplingConfig(n=2, temperature=1.0, max_tokens=12, seed=3, stop_on_eos=False)

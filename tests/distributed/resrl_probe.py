@@ -58,11 +58,11 @@ def main() -> None:
     from megatron.core import parallel_state as ps
 
     from nemo_resrl.algorithms.resrl import ResRLConfig, compute_resrl_weights
+    from nemo_resrl.config.actor import ActorConfig
     from nemo_resrl.distributed.collectives import all_gather_rows
     from nemo_resrl.distributed.resrl_pass import ResponseMeta, old_logprobs_with_resrl
     from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.models.batch import Sequences
-    from nemo_resrl.models.config import ActorConfig
 
     actor = MegatronActor(
         ActorConfig(

@@ -8,8 +8,6 @@ job the reference is ``compute_resrl_weights`` on the same hidden states with wh
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from nemo_resrl.algorithms.resrl import (
     sample_row_indices,
 )
 from nemo_resrl.distributed.resrl_pass import plan_groups
+from tests.launch import run_module
 from tests.models.tiny_hf import make_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,17 +32,8 @@ TOL = 1e-5
 
 
 def _run(work: Path, tp: int, pp: int, nproc: int) -> dict:
-    args = ["-m", "tests.distributed.resrl_probe", "--work", str(work), "--tp", str(tp), "--pp", str(pp)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(nproc),
-        *args,
-    ]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    args = ["--work", work, "--tp", tp, "--pp", pp]
+    res = run_module("tests.distributed.resrl_probe", *args, nproc=nproc, timeout=600)
     name = f"tp{tp}pp{pp}dp{nproc // (tp * pp)}"
     assert res.returncode == 0 and f"PROBE OK {name}" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
     return json.loads((work / f"{name}.json").read_text())

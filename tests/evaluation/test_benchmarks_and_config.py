@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from nemo_resrl.config import CONF_DIR, ConfigError
+from nemo_resrl.config import CONF_DIR, ConfigError, load_eval_config
 from nemo_resrl.evaluation.benchmarks import BenchmarkError, load_benchmark
-from nemo_resrl.evaluation.config import load_eval_config
 from nemo_resrl.evaluation.runner import aggregate, problem_metrics
 
 

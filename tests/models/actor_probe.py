@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from tests.models.logits import gather_logits
+
 warnings.filterwarnings("ignore")
 
 B, VOCAB = 8, 256
@@ -73,7 +75,7 @@ def world_max(x: float) -> float:
 
 def logits_diff(actor, seqs, hf) -> float:
     """max |actor logits - transformers logits| over this rank's sequences, then over all ranks."""
-    logits = actor.gather_logits(seqs)
+    logits = gather_logits(actor, seqs)
     worst = 0.0
     with torch.no_grad():
         for t, lg in zip(seqs.tokens, logits):
@@ -116,9 +118,9 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work)
 
-    from nemo_resrl.algorithms.losses import PolicyLossConfig
+    from nemo_resrl.config.actor import ActorConfig, OptimConfig
+    from nemo_resrl.config.algorithm import PolicyLossConfig
     from nemo_resrl.models.actor import MegatronActor
-    from nemo_resrl.models.config import ActorConfig, OptimConfig
 
     def build(family: str, **kw) -> MegatronActor:
         cfg = ActorConfig(
@@ -178,7 +180,7 @@ def main() -> None:
         "max_diff": float(diff),
         "owner_calls": pen["calls"],
         "n_expected": pen["n_expected"],
-        "owns_layer": q._penultimate_layer() is not None,
+        "owns_layer": q.forward.penultimate_layer() is not None,
     }
 
     # 4. one optimizer step on the same global batch
@@ -209,14 +211,14 @@ def main() -> None:
     if lay.tp == 2 and lay.pp == 1 and lay.dp == 1:
         q.save_checkpoint(ckpt, with_optimizer=False)
         if rank0:
-            torch.save(q.gather_logits(seqs), work / "ckpt_tp2_logits.pt")
+            torch.save(gather_logits(q, seqs), work / "ckpt_tp2_logits.pt")
         else:
-            q.gather_logits(seqs)
+            gather_logits(q, seqs)
     elif (ckpt / "metadata.json").exists():
         fresh = build("qwen3")
         fresh.load_checkpoint(ckpt, with_optimizer=False)
         ref = torch.load(work / "ckpt_tp2_logits.pt")
-        got = fresh.gather_logits(seqs)
+        got = gather_logits(fresh, seqs)
         res["ckpt_tp2_load_diff"] = max(float((a - b).abs().max()) for a, b in zip(got, ref))
         del fresh
 

@@ -11,15 +11,17 @@ import warnings
 
 import torch
 
+from tests.models.logits import gather_logits
+
 warnings.filterwarnings("ignore")
 
 
 def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from nemo_resrl.config.actor import ActorConfig
     from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.models.batch import Sequences
-    from nemo_resrl.models.config import ActorConfig
 
     path = sys.argv[1]
     tok = AutoTokenizer.from_pretrained(path)
@@ -29,7 +31,7 @@ def main() -> None:
     ids = ids["input_ids"] if not isinstance(ids, list) else ids
     t = torch.tensor(ids + tok.encode("2 + 3 = 5"))
     actor = MegatronActor(ActorConfig(hf_path=path))
-    logits = actor.gather_logits(Sequences([t], [len(ids)]))[0]
+    logits = gather_logits(actor, Sequences([t], [len(ids)]))[0]
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     with torch.no_grad():
         ref = hf(t[None]).logits[0]

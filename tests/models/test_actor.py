@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.launch import run_module
 from tests.models.tiny_hf import make_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,13 +25,8 @@ TOL = 1e-5
 
 
 def _run_probe(work: Path, tp: int, pp: int, nproc: int) -> subprocess.CompletedProcess:
-    args = ["-m", "tests.models.actor_probe", "--work", str(work), "--tp", str(tp), "--pp", str(pp)]
-    if nproc == 1:
-        cmd = [sys.executable, *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-        cmd += args
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    args = ["--work", work, "--tp", tp, "--pp", pp]
+    return run_module("tests.models.actor_probe", *args, nproc=nproc, timeout=600)
 
 
 @pytest.fixture(scope="module")

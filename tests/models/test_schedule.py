@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nemo_resrl.models.actor import make_lr_scheduler
-from nemo_resrl.models.config import OptimConfig
+from nemo_resrl.config.actor import OptimConfig
+from nemo_resrl.models.build import make_lr_scheduler
 
 
 def _lrs(cfg: OptimConfig, steps: int) -> list[float]:

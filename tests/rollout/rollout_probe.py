@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from tests.models.logits import gather_logits
+
 warnings.filterwarnings("ignore")
 
 
@@ -23,7 +25,7 @@ def actor_greedy(actor, prompts: list[list[int]], n: int) -> list[list[int]]:
 
     seqs = [list(p) for p in prompts]
     for _ in range(n):
-        logits = actor.gather_logits(Sequences([torch.tensor(s) for s in seqs], [1] * len(seqs)))
+        logits = gather_logits(actor, Sequences([torch.tensor(s) for s in seqs], [1] * len(seqs)))
         for s, lg in zip(seqs, logits):
             s.append(int(lg[-1].argmax()))
     return [s[len(p) :] for s, p in zip(seqs, prompts)]
@@ -43,7 +45,7 @@ def greedy_agreement(actor, prompts: list[list[int]], batch) -> tuple[float, flo
         [torch.tensor(p + r) for p, r in zip(prompts, batch.responses)], [len(p) for p in prompts]
     )
     worst_lp, worst_gap = 0.0, 0.0
-    for p, r, vlp, logits in zip(prompts, batch.responses, batch.logprobs, actor.gather_logits(seqs)):
+    for p, r, vlp, logits in zip(prompts, batch.responses, batch.logprobs, gather_logits(actor, seqs)):
         lp = torch.log_softmax(logits[len(p) - 1 : len(p) + len(r) - 1].double(), dim=-1)
         picked = lp.gather(-1, torch.tensor(r)[:, None]).squeeze(-1)
         worst_lp = max(worst_lp, float((picked - vlp.double()).abs().max()))
@@ -57,10 +59,10 @@ def main() -> None:
     work = Path(ap.parse_args().work)
     from safetensors.torch import load_file
 
-    from nemo_resrl.algorithms.losses import PolicyLossConfig
+    from nemo_resrl.config.actor import ActorConfig, OptimConfig
+    from nemo_resrl.config.algorithm import PolicyLossConfig
+    from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
     from nemo_resrl.models.actor import MegatronActor
-    from nemo_resrl.models.config import ActorConfig, OptimConfig
-    from nemo_resrl.rollout.config import RolloutConfig, SamplingConfig
     from nemo_resrl.rollout.engine import RolloutEngine, token_mult_prob_error
 
     model = work / "qwen3"
@@ -120,13 +122,13 @@ def main() -> None:
     res["token_mult_prob_error"] = token_mult_prob_error(a.response_logprobs(), out.logprobs, out.mask)
     res["max_abs_logp_diff"] = float((a.response_logprobs() - out.logprobs)[out.mask].abs().max())
     # at temperature 0.6 the sampler's log-probs are those of softmax(logits / 0.6); the actor matches them
-    # with logits_temperature, and does NOT without it (negative control)
+    # with the actor's temperature, and does NOT without it (negative control)
     hot = engine.generate(prompts, SamplingConfig(n=4, temperature=0.6, max_tokens=16, seed=3))
     hot_seqs = hot.to_sequences()
     plain = actor.forward_logprobs(hot_seqs)
-    actor.logits_temperature = 0.6
+    actor.forward.temperature = 0.6
     scaled = actor.forward_logprobs(hot_seqs)
-    actor.logits_temperature = 1.0
+    actor.forward.temperature = 1.0
     res["tmpe_t06_scaled"] = token_mult_prob_error(hot.response_logprobs(), scaled.logprobs, scaled.mask)
     res["tmpe_t06_unscaled"] = token_mult_prob_error(hot.response_logprobs(), plain.logprobs, plain.mask)
 

@@ -7,15 +7,14 @@ process-wide state) and records what is checked here.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from nemo_resrl.rollout.config import RolloutConfig, SamplingConfig
+from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
 from nemo_resrl.rollout.engine import check_consistency, check_model_for_rollout, token_mult_prob_error
+from tests.launch import run_module
 from tests.models.tiny_hf import make_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,8 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def probe(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("rollout")
     make_tiny(work / "qwen3", "qwen3")
-    cmd = [sys.executable, "-m", "tests.rollout.rollout_probe", "--work", str(work)]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    res = run_module("tests.rollout.rollout_probe", "--work", work)
     assert res.returncode == 0 and "PROBE OK" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
     return json.loads((work / "rollout.json").read_text())
 
@@ -134,12 +132,10 @@ def test_cpu_head_dim_is_checked_before_vllm(tmp_path):
 
 
 @pytest.mark.distributed
-def test_colocated_tensor_parallel_engine_refits_from_a_tp2_actor(tmp_path):
+def test_colocated_tensor_parallel_engine_refits_from_a_tp2_actor(tmp_path, torchrun):
     """vLLM (external_launcher, TP=2) and the Megatron actor (TP=2) share two torchrun ranks."""
     make_tiny(tmp_path / "qwen3", "qwen3")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd = [*torchrun, "-m", "tests.rollout.colocated_probe", "--work", str(tmp_path)]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    res = torchrun("tests.rollout.colocated_probe", "--work", tmp_path, nproc=2)
     assert res.returncode == 0 and res.stdout.count("PROBE OK") == 2, res.stdout[-3000:] + res.stderr[-6000:]
     r = json.loads((tmp_path / "colocated.json").read_text())
     assert r["world"] == 2 and r["ranks_agree"]
@@ -149,10 +145,9 @@ def test_colocated_tensor_parallel_engine_refits_from_a_tp2_actor(tmp_path):
 
 
 @pytest.mark.distributed
-def test_refit_of_tied_embeddings_repacks_the_cpu_lm_head(tmp_path):
+def test_refit_of_tied_embeddings_repacks_the_cpu_lm_head(tmp_path, torchrun):
     make_tiny(tmp_path / "llama_tied", "llama", tie=True)
-    cmd = [sys.executable, "-m", "tests.rollout.tied_probe", "--work", str(tmp_path)]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    res = torchrun("tests.rollout.tied_probe", "--work", tmp_path)
     assert res.returncode == 0 and "PROBE OK" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
     r = json.loads((tmp_path / "tied.json").read_text())
     assert r["tied"] and r["before"] < 1.001

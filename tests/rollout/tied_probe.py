@@ -21,10 +21,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True)
     work = Path(ap.parse_args().work)
-    from nemo_resrl.algorithms.losses import PolicyLossConfig
+    from nemo_resrl.config.actor import ActorConfig, OptimConfig
+    from nemo_resrl.config.algorithm import PolicyLossConfig
+    from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
     from nemo_resrl.models.actor import MegatronActor
-    from nemo_resrl.models.config import ActorConfig, OptimConfig
-    from nemo_resrl.rollout.config import RolloutConfig, SamplingConfig
     from nemo_resrl.rollout.engine import RolloutEngine, token_mult_prob_error
 
     model = work / "llama_tied"

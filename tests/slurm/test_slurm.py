@@ -4,7 +4,7 @@ from ``scontrol requeue`` as at preemption), requeued and resumed, against unint
 
     .venv/bin/python -m pytest tests/slurm -v     # about 8 minutes on 2 CPU cores; -m "not slow" skips
 
-The preemption tests run ``tests/run_probe.py`` (tiny Qwen3) through ``tests/slurm/probe.sbatch``,
+The preemption tests run ``tests/training/run_probe.py`` (tiny Qwen3) through ``tests/slurm/probe.sbatch``,
 which launches it the way the real scripts do (slurm/common.sh, slurm/task.sh).
 """
 

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
 from nemo_resrl.checkpointing import CheckpointManager
+from tests.launch import run_module
 from tests.models.tiny_hf import make_tiny
-from tests.session import run_in_own_session
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS = 4
 PROMPTS_PER_STEP = 4  # run_probe's trainer.prompts_per_step
 N = 4  # run_probe's rollout.sampling.n
@@ -30,13 +28,9 @@ def _run(work: Path, name: str, nproc: int, tp: int) -> dict:
     """Run the probe (under torchrun when nproc > 1) in its own session; afterwards kill whatever it left
     behind (dist-checkpoint saving spawns a multiprocessing manager). Returns the run's outputs."""
     run_dir = work / name
-    cmd = [sys.executable]
-    if nproc > 1:
-        cmd += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-    cmd += ["-m", "tests.run_probe", "--work", str(work), "--run-dir", str(run_dir)]
-    cmd += ["--steps", str(STEPS), "--tp", str(tp), "--record"]
-    log = work / f"{name}.log"
-    rc, text = run_in_own_session(cmd, log, timeout=600)
+    args = ["--work", work, "--run-dir", run_dir, "--steps", STEPS, "--tp", tp, "--record"]
+    res = run_module("tests.training.run_probe", *args, nproc=nproc, timeout=600, log=work / f"{name}.log")
+    rc, text = res.returncode, res.stdout
     assert rc == 0, text[-6000:]
     dp = nproc // tp
     for r in range(nproc):

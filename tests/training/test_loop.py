@@ -4,28 +4,24 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from nemo_resrl.checkpointing import CheckpointManager
-from nemo_resrl.run import format_row, step_records
+from nemo_resrl.training.data_order import step_records
+from nemo_resrl.training.metrics_log import format_row
+from tests.launch import run_module
 from tests.models.tiny_hf import make_tiny
-from tests.session import run_in_own_session
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(work: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     """Run the probe in its own session; afterwards kill whatever it left behind. A SIGKILLed trainer
     orphans the multiprocessing manager that dist-checkpoint saving spawns, which would otherwise keep
     our output pipes open (and this test waiting) forever."""
-    cmd = [sys.executable, "-m", "tests.run_probe", "--work", str(work), "--run-dir", str(run_dir)]
-    cmd += ["--steps", "6", *extra]
     log = run_dir.parent / f"{run_dir.name}-{len(list(run_dir.parent.glob(run_dir.name + '-*.log')))}.log"
-    rc, text = run_in_own_session(cmd, log, timeout=900)
-    return subprocess.CompletedProcess(cmd, rc, stdout=text, stderr=text[-4000:])
+    args = ["--work", work, "--run-dir", run_dir, "--steps", "6", *extra]
+    return run_module("tests.training.run_probe", *args, timeout=900, log=log)
 
 
 def _metrics(run_dir: Path) -> list[dict]:

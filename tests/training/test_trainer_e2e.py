@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from nemo_resrl.trainer import ALGORITHMS, AlgorithmConfig, StepConfig
+from tests.launch import run_module
 from tests.models.tiny_hf import make_tiny
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.distributed
 def test_resrl_steps_raise_the_reward(tmp_path):
     make_tiny(tmp_path / "qwen3", "qwen3")
-    cmd = [sys.executable, "-m", "tests.trainer_probe", "--work", str(tmp_path), "--steps", "8"]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    res = run_module("tests.training.trainer_probe", "--work", tmp_path, "--steps", "8")
     assert res.returncode == 0 and "PROBE OK" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
     history = json.loads((tmp_path / "resrl.json").read_text())
     assert [int(m["step"]) for m in history] == list(range(8))
@@ -42,8 +36,8 @@ def test_resrl_steps_raise_the_reward(tmp_path):
 @pytest.mark.distributed
 def test_dapo_dynamic_sampling_keeps_only_groups_with_signal_and_shapes_overlong(tmp_path):
     make_tiny(tmp_path / "qwen3", "qwen3")
-    cmd = [sys.executable, "-m", "tests.trainer_probe", "--work", str(tmp_path), "--algorithm", "dapo"]
-    res = subprocess.run(cmd + ["--steps", "3"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    args = ["--work", tmp_path, "--algorithm", "dapo", "--steps", "3"]
+    res = run_module("tests.training.trainer_probe", *args)
     assert res.returncode == 0 and "PROBE OK" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
     kept = json.loads((tmp_path / "dapo_kept.json").read_text())
     m = kept["metrics"]
@@ -58,12 +52,3 @@ def test_dapo_dynamic_sampling_keeps_only_groups_with_signal_and_shapes_overlong
     for h in history:
         assert -1.0 <= h["reward/overlong_penalty_mean"] < 0.0  # 8-token responses sit in the buffer
         assert h["train/update_skipped"] == 0.0 and math.isfinite(h["train/loss"])
-
-
-def test_algorithm_names_and_settings_are_validated():
-    assert set(ALGORITHMS) == {"grpo", "dr_grpo", "psr", "nsr", "w_reinforce", "dapo", "resrl"}
-    with pytest.raises(ValueError, match="algorithm.name must be one of"):
-        AlgorithmConfig(name="ppo").validate()
-    with pytest.raises(ValueError, match="trainer.mini_batches"):
-        StepConfig(mini_batches=0).validate()
-    assert AlgorithmConfig(name="resrl").uses_resrl and not AlgorithmConfig(name="grpo").uses_resrl

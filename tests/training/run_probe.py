@@ -1,10 +1,10 @@
 """``run_training`` on the tiny Qwen3 with the token-parity reward (see ``trainer_probe.py``).
 
 One process:
-    python -m tests.run_probe --work DIR --run-dir RUN --steps 6 [--kill-after 3] [--ckpt-every 1]
+    python -m tests.training.run_probe --work DIR --run-dir RUN --steps 6 [--kill-after 3] [--ckpt-every 1]
 Two ranks, tensor parallel (``--tp 2``) or data parallel (``--tp 1``: the world size gives DP):
     python -m torch.distributed.run --standalone --nproc_per_node 2 \
-        -m tests.run_probe --work DIR --run-dir RUN --steps 4 --tp 2 --record
+        -m tests.training.run_probe --work DIR --run-dir RUN --steps 4 --tp 2 --record
 
 Every rank prints ``PROBE OK rank=R world=W tp=T dp=D``. ``--record`` makes every rank write
 RUN/rank{R}.json: its layout, the history ``run_training`` returned, and per step the prompts it
@@ -41,8 +41,9 @@ def main() -> None:
     from nemo_resrl.config import load_config
     from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.rollout.engine import RolloutEngine
-    from nemo_resrl.run import run_training
-    from tests.trainer_probe import even_first_token
+    from nemo_resrl.training.data_parallel import TorchDataParallel
+    from nemo_resrl.training.loop import run_training
+    from tests.training.trainer_probe import even_first_token
 
     model = Path(args.work) / "qwen3"
     cfg = load_config(
@@ -66,7 +67,7 @@ def main() -> None:
         ]
     )
     engine = RolloutEngine(model, cfg.rollout)
-    actor = MegatronActor(cfg.actor)
+    actor = MegatronActor(cfg.actor, temperature=cfg.rollout.sampling.temperature)
     g = torch.Generator().manual_seed(0)
     records = [{"prompt_ids": torch.randint(3, 256, (6,), generator=g).tolist()} for _ in range(10)]
     steps: list[dict] = []
@@ -83,7 +84,8 @@ def main() -> None:
         )
         return res
 
-    history = run_training(cfg, actor, engine, reward_fn if args.record else even_first_token, records)
+    reward = reward_fn if args.record else even_first_token
+    history = run_training(cfg, actor, engine, reward, records, dp=TorchDataParallel())
     lay = actor.layout
     if args.record:
         out = {"rank": dist.get_rank(), "layout": vars(lay), "history": history, "steps": steps}

@@ -1,6 +1,6 @@
 """A few RL steps on the tiny Qwen3 with a real verifiable reward on token ids, in one process.
 
-    python -m tests.trainer_probe --work DIR --algorithm resrl --steps 6
+    python -m tests.training.trainer_probe --work DIR --algorithm resrl --steps 6
 
 The reward is a task the tiny random model can learn within a few steps: "start the response with an
 even token id". Writes DIR/<algorithm>.json with the per-step metrics.
@@ -42,28 +42,34 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     args = ap.parse_args()
     work = Path(args.work)
-    from nemo_resrl.algorithms.resrl import ResRLConfig
-    from nemo_resrl.models.actor import MegatronActor
-    from nemo_resrl.models.config import ActorConfig, OptimConfig
-    from nemo_resrl.rollout.config import RolloutConfig, SamplingConfig
-    from nemo_resrl.rollout.engine import RolloutEngine
-    from nemo_resrl.trainer import (
+    from nemo_resrl.config import (
+        ActorConfig,
         AlgorithmConfig,
         DynamicSamplingConfig,
+        OptimConfig,
         OverlongConfig,
-        StepConfig,
-        Trainer,
+        ResRLConfig,
+        RolloutConfig,
+        SamplingConfig,
+        TrainerConfig,
     )
+    from nemo_resrl.models.actor import MegatronActor
+    from nemo_resrl.rollout.engine import RolloutEngine
+    from nemo_resrl.training.data_parallel import TorchDataParallel
+    from nemo_resrl.training.phases import Phases
+    from nemo_resrl.training.step_metrics import StepMetrics, reduce_over_ranks
+    from nemo_resrl.training.trainer import Trainer
 
     model = work / "qwen3"
-    engine = RolloutEngine(
-        model,
-        RolloutConfig(sampling=SamplingConfig(n=8, max_tokens=8, seed=0), dtype="fp32", max_model_len=128),
+    rollout = RolloutConfig(
+        sampling=SamplingConfig(n=8, max_tokens=8, seed=0), dtype="fp32", max_model_len=128
     )
+    engine = RolloutEngine(model, rollout)
     actor = MegatronActor(
-        ActorConfig(hf_path=str(model), micro_batch_size=8, optim=OptimConfig(lr=2e-2, weight_decay=0.0))
+        ActorConfig(hf_path=str(model), micro_batch_size=8, optim=OptimConfig(lr=2e-2, weight_decay=0.0)),
+        temperature=rollout.sampling.temperature,
     )
-    algo = AlgorithmConfig(name=args.algorithm, resrl=ResRLConfig(max_rows=64, rank=8))
+    algo = AlgorithmConfig.preset(args.algorithm, resrl=ResRLConfig(max_rows=64, rank=8))
     if args.algorithm == "dapo":  # dynamic sampling + overlong shaping (max_tokens 8, last 2 tokens)
         algo.dynamic_sampling = DynamicSamplingConfig(enabled=True, max_rounds=3)
         algo.overlong = OverlongConfig(enabled=True, buffer=2, factor=1.0)
@@ -76,17 +82,24 @@ def main() -> None:
         actor,
         engine,
         even_first_token,
-        algo,
-        StepConfig(prompts_per_step=8, mini_batches=2),
+        algorithm=algo,
+        trainer=TrainerConfig(prompts_per_step=8, mini_batches=2),
+        rollout=rollout,
+        dp=TorchDataParallel(),
         refill=lambda step, round_: prompts(1000 * step + round_),
     )
     records = prompts(0)
     if args.algorithm == "dapo":  # what dynamic sampling keeps for one step, before any training
-        rollout, rewards, correct, gids, m = trainer._rollout(records)
+        m = StepMetrics()
+        batch = trainer._rollout(records, Phases(), m)
         groups = {}
-        for gid, r in zip(gids.tolist(), rewards.tolist()):
+        for gid, r in zip(batch.group_ids.tolist(), batch.rewards.tolist()):
             groups.setdefault(gid, []).append(r)
-        kept = {"groups": list(groups.values()), "metrics": m, "responses": len(rollout)}
+        kept = {
+            "groups": list(groups.values()),
+            "metrics": reduce_over_ranks([m]),
+            "responses": len(batch.rollout),
+        }
         (work / "dapo_kept.json").write_text(json.dumps(kept))
     history = [trainer.train_step(records) for _ in range(args.steps)]
     (work / f"{args.algorithm}.json").write_text(json.dumps(history, indent=1))

@@ -1,16 +1,15 @@
-"""Actor settings are checked before anything is built, with errors that name the key."""
+"""The actor section: values and the machine are checked before anything is built, with errors that
+name the key."""
 
 from __future__ import annotations
 
 import pytest
 
-from nemo_resrl.models.actor import MegatronActor
-from nemo_resrl.models.config import ActorConfig, ActorConfigError, OptimConfig
-from tests.models.tiny_hf import make_tiny
+from nemo_resrl.config import ActorConfig, ActorConfigError, ConfigError, OptimConfig
 
 
 def _env(cfg, te=False, cuda=False, cap=None):
-    return cfg.validate_environment(te_available=te, cuda=cuda, capability=cap)
+    return cfg.check_environment(te_available=te, cuda=cuda, capability=cap)
 
 
 def test_defaults_validate_and_resolve_to_local_on_cpu():
@@ -36,7 +35,7 @@ def test_defaults_validate_and_resolve_to_local_on_cpu():
 )
 def test_bad_values_name_the_key(kw, key):
     cfg = ActorConfig(**{"hf_path": "x", **kw})
-    with pytest.raises(ActorConfigError, match=key.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         cfg.validate()
 
 
@@ -59,29 +58,3 @@ def test_te_spec_without_te_and_packing_with_te_are_refused():
         _env(ActorConfig(hf_path="x", layer_spec="te").validate())
     with pytest.raises(ActorConfigError, match="pack_sequences"):
         _env(ActorConfig(hf_path="x", pack_sequences=True).validate(), te=True, cuda=True, cap=(9, 0))
-
-
-def test_actor_refuses_before_building(tmp_path):
-    """Checkpoint and layout problems surface before any process group or model exists."""
-    with pytest.raises(ActorConfigError, match="no config.json"):
-        MegatronActor(ActorConfig(hf_path=str(tmp_path / "missing")))
-    path = make_tiny(tmp_path / "q", "qwen3")  # 4 heads, 2 kv heads, 2 layers
-    with pytest.raises(
-        ActorConfigError, match="parallel=3 does not divide the model's num_attention_heads=4"
-    ):
-        MegatronActor(ActorConfig(hf_path=str(path), tensor_parallel=3))
-    with pytest.raises(ActorConfigError, match="tensor_parallel=4 does not divide the model's num_key_value"):
-        MegatronActor(ActorConfig(hf_path=str(path), tensor_parallel=4))
-    with pytest.raises(ActorConfigError, match="pipeline_parallel=4 does not divide num_hidden_layers=2"):
-        MegatronActor(ActorConfig(hf_path=str(path), pipeline_parallel=4))
-    import torch.distributed as dist
-
-    assert not dist.is_initialized()
-
-
-def test_unsupported_architecture_is_named(tmp_path):
-    import json
-
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(ActorConfigError, match="architecture GPT2LMHeadModel is not supported"):
-        MegatronActor(ActorConfig(hf_path=str(tmp_path)))

@@ -1,4 +1,4 @@
-"""Stop requests of the training run (``run.StopRequest``): signals, the stop file, agreement over
+"""Stop requests of the training run (``training.stop.StopRequest``): signals, the stop file, agreement over
 ranks; and the shell side in slurm/ without a Slurm (dry runs, task environment, shellcheck). The
 runs under a real Slurm are in tests/slurm/."""
 
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch.multiprocessing as mp
 
-from nemo_resrl.run import PREEMPTED_EXIT, Preempted, StopRequest
+from nemo_resrl.training.stop import PREEMPTED_EXIT, Preempted, StopRequest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_signals_and_the_stop_file_ask_to_stop(tmp_path):
@@ -60,7 +60,7 @@ def test_a_second_sigterm_kills_at_once(tmp_path):
     code = textwrap.dedent(
         """
         import os, signal, time
-        from nemo_resrl.run import StopRequest
+        from nemo_resrl.training.stop import StopRequest
         s = StopRequest(None, ["TERM"]); s.install()
         os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.1); assert s.poll() == "SIGTERM"
         print("first handled", flush=True)
@@ -74,7 +74,7 @@ def test_a_second_sigterm_kills_at_once(tmp_path):
 
 def test_preempted_exits_with_status_75():
     res = subprocess.run(
-        [sys.executable, "-c", "from nemo_resrl.run import Preempted; raise Preempted(3, 'SIGUSR1', 'x')"],
+        [sys.executable, "-c", "from nemo_resrl.training.stop import Preempted as P; raise P(3, 'x', 'y')"],
         cwd=ROOT,
         capture_output=True,
         timeout=120,

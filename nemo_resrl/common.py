@@ -1,0 +1,62 @@
+"""Small helpers every layer uses: input checks that fail with a clear message, and this process's rank.
+
+Nothing heavy is imported at module level (torch only inside the functions that take tensors), so the
+config schema, the data module and the algorithm core can all depend on it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+def require(cond: bool, msg: str) -> None:
+    """Raise ``ValueError(msg)`` unless ``cond``."""
+    if not cond:
+        raise ValueError(msg)
+
+
+def require_finite(t: torch.Tensor, name: str, mask: torch.Tensor | None = None) -> None:
+    """Raise if ``t`` (restricted to ``mask`` when given) holds NaN or +-inf, naming how many and where."""
+    import torch
+
+    vals = t if mask is None else t[mask.bool()]
+    bad = ~torch.isfinite(vals)
+    if bool(bad.any()):
+        n = int(bad.sum())
+        first = [int(i) for i in torch.nonzero(bad)[0].tolist()] if bad.dim() >= 1 else []
+        raise ValueError(f"{name} has {n} non-finite value(s) (NaN or inf); first at index {first}")
+
+
+def require_shape(t: torch.Tensor, shape: tuple, name: str) -> None:
+    """``shape`` entries may be None (any size)."""
+    ok = t.dim() == len(shape) and all(s is None or s == d for s, d in zip(shape, t.shape))
+    require(
+        ok, f"{name} must have shape {tuple('*' if s is None else s for s in shape)}, got {tuple(t.shape)}"
+    )
+
+
+def global_rank() -> int:
+    """This process's rank in the job: torch.distributed's once it is up, else the launcher's ``RANK``
+    (torchrun sets it before any process group exists), else 0."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_rank0() -> bool:
+    """Whether this process is rank 0 of the job (or the only process): the one that writes files."""
+    return global_rank() == 0
+
+
+def barrier() -> None:
+    """A barrier over the whole job; nothing without torch.distributed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

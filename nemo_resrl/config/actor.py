@@ -1,0 +1,174 @@
+"""The ``actor`` section: which Hugging Face checkpoint the Megatron actor starts from, how it is laid out
+(tensor x pipeline x data parallel), its precision, layer implementation, micro-batching, and the
+optimizer (``actor.optim``).
+
+``check`` tests the values alone; ``check_environment`` tests what the machine must provide
+(TransformerEngine, a GPU generation for FP8) and is called by the actor before it builds anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nemo_resrl.config.keys import ConfigError, Keys, Section
+
+DTYPES = ("fp32", "bf16")
+LAYER_SPECS = ("auto", "local", "te")
+FP8_FORMATS = ("e4m3", "hybrid")
+# recipe -> minimum CUDA compute capability (TransformerEngine's own requirements)
+FP8_RECIPES = {"delayed": (8, 9), "tensorwise": (8, 9), "blockwise": (9, 0), "mxfp8": (10, 0)}
+LR_DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root")
+
+
+class ActorConfigError(ConfigError):
+    """A bad actor setting, or a model / machine that cannot run it; the message names the key."""
+
+
+@dataclass
+class OptimConfig(Section):
+    """Adam(W) through megatron-core's optimizer, with warmup then decay (``actor.optim``)."""
+
+    KEY = "actor.optim."
+
+    lr: float = 1e-6
+    """Peak learning rate."""
+    min_lr: float = 0.0
+    """Learning rate after decay (in [0, lr])."""
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    warmup_steps: int = 0
+    """Linear warmup from lr / warmup_steps to lr over this many optimizer steps."""
+    decay_steps: int | None = None
+    """Steps of decay after warmup, after which min_lr holds (null: constant after warmup)."""
+    decay_style: str = "constant"
+    """constant | linear | cosine | inverse-square-root."""
+    use_distributed_optimizer: bool = True
+    """Shard the fp32 master weights and Adam state over data-parallel ranks (megatron's)."""
+
+    def check(self, keys: Keys) -> None:
+        keys.require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        keys.require(0 <= self.min_lr <= self.lr, "min_lr", f"must be in [0, lr], got {self.min_lr}")
+        keys.at_least(self.weight_decay, "weight_decay", 0)
+        keys.in_unit(self.adam_beta1, "adam_beta1", open_high=True)
+        keys.in_unit(self.adam_beta2, "adam_beta2", open_high=True)
+        keys.require(self.adam_eps > 0, "adam_eps", f"must be > 0, got {self.adam_eps}")
+        keys.at_least(self.clip_grad, "clip_grad", 0)
+        keys.at_least(self.warmup_steps, "warmup_steps", 0)
+        keys.require(
+            self.decay_steps is None or self.decay_steps > 0,
+            "decay_steps",
+            f"must be > 0 or null, got {self.decay_steps}",
+        )
+        keys.one_of(self.decay_style, "decay_style", LR_DECAY_STYLES)
+
+
+@dataclass
+class ActorConfig(Section):
+    """The Megatron actor (``actor``). Data parallel is world_size / (tensor_parallel x pipeline_parallel)."""
+
+    KEY = "actor."
+
+    hf_path: str = ""
+    """A Hugging Face checkpoint directory (Qwen3 / Llama dense families), or ``embedded:<name>``."""
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    dtype: str = "fp32"
+    """fp32 | bf16: parameters and activations (the optimizer keeps fp32 master weights)."""
+    layer_spec: str = "auto"
+    """local (megatron-core's torch layers: CPU and GPU), te (TransformerEngine: GPU), auto (te when
+    TransformerEngine imports and a GPU is in use, else local)."""
+    fp8: str | None = None
+    """TransformerEngine FP8 format (e4m3 | hybrid), or null; needs layer_spec te and a recent GPU."""
+    fp8_recipe: str = "delayed"
+    """delayed | tensorwise | blockwise | mxfp8."""
+    micro_batch_size: int = 4
+    """Rows per micro-batch."""
+    pack_sequences: bool = False
+    """First-fit pack several sequences into rows of max_tokens_per_row tokens (block-diagonal causal
+    attention; local layer spec only)."""
+    max_tokens_per_row: int = 4096
+    logprob_chunk_rows: int = 1024
+    """Rows of logits turned into log-probs at a time (bounds the fp32 temporaries)."""
+    seed: int = 1234
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return {"fp32": torch.float32, "bf16": torch.bfloat16}[self.dtype]
+
+    def check(self, keys: Keys) -> None:
+        keys.require(bool(self.hf_path), "hf_path", "must name a Hugging Face checkpoint directory")
+        for k in ("tensor_parallel", "pipeline_parallel", "micro_batch_size", "max_tokens_per_row"):
+            v = getattr(self, k)
+            keys.require(isinstance(v, int) and v >= 1, k, f"must be an integer >= 1, got {v!r}")
+        keys.at_least(self.logprob_chunk_rows, "logprob_chunk_rows", 1)
+        keys.one_of(self.dtype, "dtype", DTYPES)
+        keys.one_of(self.layer_spec, "layer_spec", LAYER_SPECS)
+        keys.require(
+            self.fp8 is None or self.fp8 in FP8_FORMATS,
+            "fp8",
+            f"must be null or one of {FP8_FORMATS}, got {self.fp8!r}",
+        )
+        keys.one_of(self.fp8_recipe, "fp8_recipe", FP8_RECIPES)
+        keys.require(
+            self.fp8 is None or self.layer_spec != "local",
+            "fp8",
+            f"needs the TransformerEngine layer spec ({keys.key('layer_spec')} te or auto), not local",
+        )
+        keys.require(
+            self.fp8 is None or self.dtype == "bf16",
+            "fp8",
+            f"trains with bf16 master activations: set {keys.key('dtype')} bf16 (got {self.dtype})",
+        )
+        self.optim.check(keys.sub("optim"))
+
+    def resolved_layer_spec(self, te_available: bool, cuda: bool) -> str:
+        """The layer implementation to build: ``local`` or ``te``."""
+        if self.layer_spec == "auto":
+            return "te" if (te_available and cuda) else "local"
+        return self.layer_spec
+
+    def check_environment(self, *, te_available: bool, cuda: bool, capability: tuple[int, int] | None) -> str:
+        """Check that this machine can run the config; returns the resolved layer spec.
+
+        Raises ``ActorConfigError`` before any model is built: TE spec without TransformerEngine or without
+        a GPU, FP8 without TE or on a GPU generation the recipe does not support, packing with TE.
+        """
+
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ActorConfigError(msg)
+
+        spec = self.resolved_layer_spec(te_available, cuda)
+        if spec == "te":
+            need(
+                te_available,
+                "actor.layer_spec te needs TransformerEngine, which is not installed "
+                "(pip install nemo_resrl[gpu] on a CUDA machine, or set actor.layer_spec local)",
+            )
+            need(cuda, "actor.layer_spec te needs a CUDA GPU; on CPU use actor.layer_spec local")
+        if self.fp8 is not None:
+            need(
+                te_available,
+                f"actor.fp8={self.fp8} needs TransformerEngine, which is not installed "
+                "(pip install nemo_resrl[gpu] on a CUDA machine, or set actor.fp8 null)",
+            )
+            need(cuda and capability is not None, f"actor.fp8={self.fp8} needs a CUDA GPU; none is in use")
+            low = FP8_RECIPES[self.fp8_recipe]
+            need(
+                tuple(capability) >= low,
+                f"actor.fp8_recipe {self.fp8_recipe} needs a GPU of compute capability >= "
+                f"{low[0]}.{low[1]} (Hopper is 9.0); this GPU is {capability[0]}.{capability[1]}",
+            )
+        need(
+            not (self.pack_sequences and spec == "te"),
+            "actor.pack_sequences uses block-diagonal attention masks, which the local layer spec "
+            "supports; with the TransformerEngine spec set actor.pack_sequences false",
+        )
+        return spec

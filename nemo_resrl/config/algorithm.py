@@ -1,0 +1,218 @@
+"""The ``algorithm`` section: which algorithm, its outcome advantages (``algorithm.advantage``), policy
+loss (``algorithm.loss``), ResRL weights (``algorithm.resrl``), and DAPO's dynamic sampling and overlong
+shaping. What each algorithm IS (estimator, ResRL weights or not, group-normalised or not, its recipe's
+defaults) is its spec in ``nemo_resrl.algorithms.specs``; ``AlgorithmConfig.preset(name)`` builds a
+config from it, and each ``conf/algorithm/<name>.yaml`` holds the same values (tested).
+
+The defaults are docs/algorithm.md's (the released ResRL code's, section 4-6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+from nemo_resrl.config.keys import ConfigError, Keys, Section
+
+SVD_METHODS = ("auto", "exact", "gram", "randomized")
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+KL_TYPES = ("k1", "k2", "k3", "low_var_kl")
+
+
+@dataclass
+class AdvantageConfig(Section):
+    """Settings of the outcome-advantage estimators (``algorithm.advantage``)."""
+
+    KEY = "algorithm.advantage."
+
+    epsilon: float = 1e-6
+    """Added to the group std (GRPO)."""
+    w_reinforce_lambda: float = 0.1
+    """W-REINFORCE's advantage of a correct response (NSR paper default 0.1)."""
+
+    def check(self, keys: Keys) -> None:
+        keys.require(self.epsilon > 0, "epsilon", f"must be > 0, got {self.epsilon}")
+        keys.at_least(self.w_reinforce_lambda, "w_reinforce_lambda", 0)
+
+
+@dataclass
+class PolicyLossConfig(Section):
+    """The policy loss (``algorithm.loss``), docs/algorithm.md section 6."""
+
+    KEY = "algorithm.loss."
+
+    name: str = "ppo_clip"
+    """A registered policy loss (``nemo_resrl.algorithms.losses.POLICY_LOSSES``)."""
+    clip_low: float = 0.2
+    """Ratio clip range [1 - clip_low, 1 + clip_high]."""
+    clip_high: float = 0.2
+    """DAPO's clip-higher: 0.28."""
+    dual_clip_c: float | None = 3.0
+    """Dual-clip bound for negative advantages (> 1; null disables)."""
+    log_ratio_clamp: float = 20.0
+    """|logp - old_logp| is clamped to this before exp (numerical safety, as verl)."""
+    agg: str = "token-mean"
+    """token-mean | seq-mean-token-mean | seq-mean-token-sum, over the GLOBAL batch."""
+    kl_coef: float = 0.0
+    """KL to a reference policy (k1, k2, k3 = low_var_kl); needs a reference policy."""
+    kl_type: str = "k3"
+    entropy_coef: float = 0.0
+    """Entropy bonus (subtracted from the loss)."""
+
+    def check(self, keys: Keys) -> None:
+        from nemo_resrl.algorithms.losses import POLICY_LOSSES
+
+        keys.require(
+            self.name in POLICY_LOSSES, "name", f"{self.name!r} unknown; registered: {POLICY_LOSSES.names()}"
+        )
+        keys.in_unit(self.clip_low, "clip_low", open_high=True)
+        keys.at_least(self.clip_high, "clip_high", 0)
+        keys.require(
+            self.dual_clip_c is None or self.dual_clip_c > 1,
+            "dual_clip_c",
+            f"must be > 1 or null, got {self.dual_clip_c}",
+        )
+        keys.require(self.log_ratio_clamp > 0, "log_ratio_clamp", f"must be > 0, got {self.log_ratio_clamp}")
+        keys.one_of(self.agg, "agg", AGG_MODES)
+        keys.one_of(self.kl_type, "kl_type", KL_TYPES)
+        keys.at_least(self.kl_coef, "kl_coef", 0)
+        keys.at_least(self.entropy_coef, "entropy_coef", 0)
+
+
+@dataclass
+class ResRLConfig(Section):
+    """ResRL hyper-parameters (``algorithm.resrl``); defaults are the released code's (docs/algorithm.md
+    sections 4-6)."""
+
+    KEY = "algorithm.resrl."
+
+    max_rows: int = 4096
+    """M_max: positive rows sampled per group (paper ablation 2048 - 8192)."""
+    rank: int = 64
+    """k: subspace rank (paper ablation 8 - 256)."""
+    alpha: float = 0.2
+    """Quantile of the group's negative residuals mapped to z = 0."""
+    beta: float = 0.8
+    """Quantile mapped to z = 1."""
+    xi: float = 0.1
+    """Floor weight of a negative token."""
+    lambda_pos: float = 0.1
+    """Scale of positive advantages."""
+    ln_eps: float = 1e-5
+    min_positive_tokens: int = 4
+    """Groups with fewer valid positive tokens are skipped."""
+    svd_method: str = "auto"
+    """auto | exact | gram | randomized (``algorithms/subspace.py``; chosen by benchmark)."""
+    svd_max_iter: int = 32
+    svd_oversample: int = 64
+    svd_tol: float = 1e-4
+    seed: int = 0
+    """Base seed of the positive-row sampling (combined with the step and the group id)."""
+    residual_chunk_tokens: int = 4096
+
+    def check(self, keys: Keys) -> None:
+        keys.at_least(self.max_rows, "max_rows", 2)
+        keys.at_least(self.rank, "rank", 1)
+        keys.in_unit(self.alpha, "alpha")
+        keys.in_unit(self.beta, "beta")
+        keys.require(
+            self.alpha < self.beta, "alpha", f"({self.alpha}) must be < {keys.key('beta')} ({self.beta})"
+        )
+        keys.in_unit(self.xi, "xi")
+        keys.at_least(self.lambda_pos, "lambda_pos", 0)
+        keys.require(self.ln_eps > 0, "ln_eps", f"must be > 0, got {self.ln_eps}")
+        keys.at_least(self.min_positive_tokens, "min_positive_tokens", 2)
+        keys.one_of(self.svd_method, "svd_method", SVD_METHODS)
+        keys.at_least(self.svd_max_iter, "svd_max_iter", 0)
+        keys.require(self.svd_tol > 0, "svd_tol", f"must be > 0, got {self.svd_tol}")
+        keys.at_least(self.svd_oversample, "svd_oversample", 0)
+        keys.at_least(self.residual_chunk_tokens, "residual_chunk_tokens", 1)
+
+
+@dataclass
+class DynamicSamplingConfig(Section):
+    """DAPO dynamic sampling (``algorithm.dynamic_sampling``): drop groups whose task rewards are all
+    equal and generate more prompts, up to ``max_rounds`` generation rounds per step (the first
+    included), until the step has ``trainer.prompts_per_step`` groups with signal. A step short of that
+    trains on what it kept (logged); a step where a data-parallel rank kept nothing skips its update."""
+
+    KEY = "algorithm.dynamic_sampling."
+
+    enabled: bool = False
+    max_rounds: int = 3
+
+    def check(self, keys: Keys) -> None:
+        keys.at_least(self.max_rounds, "max_rounds", 1)
+
+
+@dataclass
+class OverlongConfig(Section):
+    """DAPO's soft overlong punishment (``algorithm.overlong``), added to the task reward: 0 up to
+    ``max_tokens - buffer`` response tokens, then linearly down to ``-factor`` at
+    ``rollout.sampling.max_tokens``."""
+
+    KEY = "algorithm.overlong."
+
+    enabled: bool = False
+    buffer: int = 0
+    """0: a fifth of rollout.sampling.max_tokens (DAPO: 4096 of 20480)."""
+    factor: float = 1.0
+
+    def check(self, keys: Keys) -> None:
+        keys.at_least(self.buffer, "buffer", 0)
+        keys.at_least(self.factor, "factor", 0)
+
+
+@dataclass
+class AlgorithmConfig(Section):
+    """Which algorithm and its settings (``algorithm``). ``conf/algorithm/<name>.yaml`` is the preset of
+    each; ``algorithm.name=<name>`` on the command line selects that preset too."""
+
+    KEY = "algorithm."
+
+    name: str = "resrl"
+    """grpo | dr_grpo | psr | nsr | w_reinforce | dapo | resrl (``nemo_resrl.algorithms.specs``)."""
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    resrl: ResRLConfig = field(default_factory=ResRLConfig)
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
+
+    def check(self, keys: Keys) -> None:
+        from nemo_resrl.algorithms.specs import ALGORITHM_SPECS
+
+        keys.require(
+            self.name in ALGORITHM_SPECS,
+            "name",
+            f"must be one of {ALGORITHM_SPECS.names()}, got {self.name!r}",
+        )
+        self.advantage.check(keys.sub("advantage"))
+        self.loss.check(keys.sub("loss"))
+        self.resrl.check(keys.sub("resrl"))
+        self.dynamic_sampling.check(keys.sub("dynamic_sampling"))
+        self.overlong.check(keys.sub("overlong"))
+
+    @property
+    def spec(self):
+        """This algorithm's ``AlgorithmSpec``."""
+        from nemo_resrl.algorithms.specs import algorithm_spec
+
+        return algorithm_spec(self.name)
+
+    @classmethod
+    def preset(cls, name: str, **changes) -> AlgorithmConfig:
+        """The config of algorithm ``name`` with its recipe's defaults (what ``algorithm=<name>`` loads),
+        then ``changes`` (section objects or values) on top."""
+        from nemo_resrl.algorithms.specs import algorithm_spec
+
+        spec = algorithm_spec(name)
+        loss_fields = {f.name for f in fields(PolicyLossConfig)}
+        unknown = set(spec.loss) - loss_fields
+        if unknown:  # pragma: no cover - guarded by the spec tests
+            raise ConfigError(f"algorithm spec {name}: unknown loss fields {sorted(unknown)}")
+        base = cls(
+            name=name,
+            loss=replace(PolicyLossConfig(), **spec.loss),
+            dynamic_sampling=DynamicSamplingConfig(enabled=spec.dynamic_sampling),
+            overlong=OverlongConfig(enabled=spec.overlong),
+        )
+        return replace(base, **changes)

@@ -1,0 +1,83 @@
+"""The ``rollout`` section: the vLLM engine and how it samples (``rollout.sampling``).
+
+The eval config (``config/eval.py``) is this section plus what evaluation needs, at the top level of its
+own file, so its keys are ``sampling.n``, ``max_model_len``, ... and its errors say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nemo_resrl.config.keys import Keys, Section
+
+ROLLOUT_DTYPES = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class SamplingConfig(Section):
+    """How responses are sampled (``rollout.sampling``)."""
+
+    KEY = "rollout.sampling."
+
+    n: int = 8
+    """Responses per prompt (the GRPO group size G)."""
+    temperature: float = 1.0
+    """The policy trained is softmax(logits / temperature), the distribution sampled from."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0: off."""
+    max_tokens: int = 1024
+    """Response budget (cut to what the context leaves)."""
+    seed: int | None = 0
+    """Base seed: each prompt samples from its own stream derived from it and its global index; a
+    training run also salts it per step (null: unseeded)."""
+    stop_on_eos: bool = True
+
+    def check(self, keys: Keys) -> None:
+        keys.require(isinstance(self.n, int) and self.n >= 1, "n", f"must be >= 1, got {self.n!r}")
+        keys.at_least(self.temperature, "temperature", 0)
+        keys.require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        keys.require(self.top_k >= 0, "top_k", f"must be >= 0 (0 = off), got {self.top_k}")
+        keys.at_least(self.max_tokens, "max_tokens", 1)
+
+
+@dataclass
+class RolloutConfig(Section):
+    """The vLLM engine (``rollout``)."""
+
+    KEY = "rollout."
+
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    max_model_len: int = 4096
+    """Prompt + response tokens."""
+    dtype: str = "auto"
+    """auto (the checkpoint's) | fp32 | bf16."""
+    tensor_parallel: int = 1
+    """vLLM tensor parallel; in training it must equal actor.tensor_parallel (colocated ranks)."""
+    gpu_memory_utilization: float = 0.5
+    """GPU: the fraction of the device vLLM may take for weights + KV cache."""
+    kv_cache_memory_bytes: int = 256 << 20
+    """CPU: the KV cache size (vLLM would otherwise reserve most of the RAM)."""
+    enforce_eager: bool | None = None
+    """null: eager on CPU (no graph capture there), CUDA graphs on GPU."""
+    sleep_while_training: bool = True
+    """GPU: free weights + KV cache while the actor trains."""
+    consistency_warn: float = 1.05
+    """Warn when token_mult_prob_error (mean exp|logp_vllm - logp_actor|) exceeds it."""
+
+    def check(self, keys: Keys) -> None:
+        self.sampling.check(keys.sub("sampling"))
+        keys.at_least(self.max_model_len, "max_model_len", 2)
+        keys.one_of(self.dtype, "dtype", ROLLOUT_DTYPES)
+        keys.at_least(self.tensor_parallel, "tensor_parallel", 1)
+        keys.require(
+            0 < self.gpu_memory_utilization <= 1,
+            "gpu_memory_utilization",
+            f"must be in (0, 1], got {self.gpu_memory_utilization}",
+        )
+        keys.require(
+            self.kv_cache_memory_bytes >= 1 << 20,
+            "kv_cache_memory_bytes",
+            f"must be >= 1 MiB (1048576), got {self.kv_cache_memory_bytes}",
+        )
+        keys.at_least(self.consistency_warn, "consistency_warn", 1)

@@ -1,0 +1,233 @@
+"""Building the actor: a megatron-core GPT model from a Hugging Face checkpoint through megatron-bridge,
+laid out tensor x pipeline x data parallel, wrapped in megatron's DDP, and its optimizer with the
+learning-rate schedule.
+
+``build_model(cfg)`` -> ``MegatronModel`` (the chunks and the facts every pass needs);
+``build_optimizer(model)`` -> (megatron optimizer, ``OptimizerParamScheduler``). Collective over all
+ranks of the job.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nemo_resrl.compat import import_megatron_bridge, running_on_cpu, transformer_engine_available
+from nemo_resrl.compat.bridge_config import fix_rotary_base
+from nemo_resrl.config.actor import ActorConfig, ActorConfigError, OptimConfig
+from nemo_resrl.convert.mapping import SUPPORTED_ARCHITECTURES
+from nemo_resrl.models.parallel import ParallelLayout, init_parallel
+from nemo_resrl.models.tp_attributes import mark_tensor_parallel_params
+
+# fusions megatron-bridge may turn on that the local (non-TE) layer spec cannot run on CPU
+CPU_OFF_FUSIONS = (
+    "gradient_accumulation_fusion",
+    "bias_activation_fusion",
+    "masked_softmax_fusion",
+    "persist_layer_norm",
+    "apply_rope_fusion",
+    "bias_dropout_fusion",
+    "cross_entropy_loss_fusion",
+)
+
+
+def read_hf_config(path: str) -> dict:
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.is_file():
+        raise ActorConfigError(f"actor.hf_path {path!r} has no config.json (not a Hugging Face checkpoint)")
+    return json.loads(cfg_file.read_text())
+
+
+def check_model_fits_layout(hf: dict, cfg: ActorConfig) -> None:
+    """The architecture is supported and the tensor / pipeline sizes divide the model's dimensions."""
+    arch = (hf.get("architectures") or ["?"])[0]
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ActorConfigError(
+            f"actor.hf_path: architecture {arch} is not supported; supported: {SUPPORTED_ARCHITECTURES}"
+        )
+    tp, pp = cfg.tensor_parallel, cfg.pipeline_parallel
+    heads, kv = hf["num_attention_heads"], hf.get("num_key_value_heads", hf["num_attention_heads"])
+    checks = (
+        (heads % tp == 0, f"num_attention_heads={heads}"),
+        (kv % tp == 0, f"num_key_value_heads={kv}"),
+        (hf["vocab_size"] % tp == 0, f"vocab_size={hf['vocab_size']}"),
+        (hf["intermediate_size"] % tp == 0, f"intermediate_size={hf['intermediate_size']}"),
+    )
+    for ok, what in checks:
+        if not ok:
+            raise ActorConfigError(f"actor.tensor_parallel={tp} does not divide the model's {what}")
+    if hf["num_hidden_layers"] % pp != 0:
+        raise ActorConfigError(
+            f"actor.pipeline_parallel={pp} does not divide num_hidden_layers={hf['num_hidden_layers']}"
+        )
+
+
+@dataclass
+class MegatronModel:
+    """A built actor model: the DDP-wrapped megatron chunks (one: no virtual pipeline), the bridge that
+    maps it to HF names, this rank's place in the grid, and the model facts the passes need."""
+
+    cfg: ActorConfig
+    hf_config: dict
+    layout: ParallelLayout
+    device: torch.device
+    spec: str  # the layer implementation built: local | te
+    bridge: object
+    chunks: list  # [DistributedDataParallel]
+    model_config: object
+    gpt: torch.nn.Module  # the unwrapped GPTModel of this pipeline stage
+    padded_vocab: int
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.hf_config["vocab_size"])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.hf_config["hidden_size"])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.hf_config["num_hidden_layers"])
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(module, "module"):
+        module = module.module
+    return module
+
+
+def build_model(cfg: ActorConfig) -> MegatronModel:
+    """Check the machine and the model against ``cfg``, join the process groups, build the model (module
+    docstring). Raises ``ActorConfigError`` before anything is allocated when they cannot run."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer.module import Float16Module
+    from megatron.core.utils import get_model_config
+
+    cuda = not running_on_cpu()
+    capability = torch.cuda.get_device_capability() if cuda else None
+    spec = cfg.check_environment(
+        te_available=transformer_engine_available(), cuda=cuda, capability=capability
+    )
+    hf_config = read_hf_config(cfg.hf_path)
+    check_model_fits_layout(hf_config, cfg)
+    layout = init_parallel(cfg.tensor_parallel, cfg.pipeline_parallel, cfg.seed)
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+
+    bridge = import_megatron_bridge().AutoBridge.from_hf_pretrained(cfg.hf_path, torch_dtype=cfg.torch_dtype)
+    provider = bridge.to_megatron_provider(load_weights=True)
+    fix_rotary_base(provider, hf_config)
+    provider.tensor_model_parallel_size = cfg.tensor_parallel
+    provider.pipeline_model_parallel_size = cfg.pipeline_parallel
+    provider.sequence_parallel = False
+    bf16 = cfg.dtype == "bf16"
+    provider.params_dtype = cfg.torch_dtype
+    provider.pipeline_dtype = cfg.torch_dtype
+    provider.autocast_dtype = cfg.torch_dtype
+    provider.bf16 = bf16
+    provider.fp16 = False
+    provider.hidden_dropout = 0.0
+    provider.attention_dropout = 0.0
+    if spec == "local":
+        for name in CPU_OFF_FUSIONS:
+            setattr(provider, name, False)
+        provider.transformer_layer_spec = get_gpt_layer_local_spec(
+            qk_layernorm=bool(getattr(provider, "qk_layernorm", False)), normalization="RMSNorm"
+        )
+    if cfg.fp8 is not None:
+        provider.fp8 = cfg.fp8
+        provider.fp8_recipe = cfg.fp8_recipe
+    provider.finalize()
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=cfg.optim.use_distributed_optimizer,
+    )
+    # DDP is wrapped here rather than by the bridge: its wrapper opens a CUDA side stream.
+    raw = provider.provide_distributed_model(
+        wrap_with_ddp=False,
+        use_cpu_initialization=not cuda,
+        fp16=False,
+        bf16=bf16,
+        mixed_precision_wrapper=Float16Module if bf16 else None,
+    )
+    if len(raw) != 1:
+        raise ActorConfigError("virtual pipeline parallelism is not supported")
+    for c in raw:
+        mark_tensor_parallel_params(c, cfg.tensor_parallel)
+    chunks = [
+        DistributedDataParallel(config=get_model_config(c), ddp_config=ddp_config, module=c) for c in raw
+    ]
+    for c in chunks:
+        c.broadcast_params()  # every data-parallel replica starts from identical weights
+    gpt = _unwrap(chunks[0])
+    return MegatronModel(
+        cfg=cfg,
+        hf_config=hf_config,
+        layout=layout,
+        device=device,
+        spec=spec,
+        bridge=bridge,
+        chunks=chunks,
+        model_config=get_model_config(chunks[0]),
+        gpt=gpt,
+        padded_vocab=int(gpt.vocab_size),
+    )
+
+
+def make_lr_scheduler(optimizer, o: OptimConfig):
+    """megatron's OptimizerParamScheduler: linear warmup from lr / warmup_steps (so the first step is not
+    wasted at lr 0) to lr over ``warmup_steps`` optimizer steps, then ``decay_style`` from lr to min_lr
+    over ``decay_steps`` (constant lr when decay_steps is None)."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    decay = o.decay_steps is not None
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=o.lr / o.warmup_steps if o.warmup_steps > 0 else o.lr,
+        max_lr=o.lr,
+        min_lr=o.min_lr if decay else o.lr,
+        lr_warmup_steps=o.warmup_steps,
+        lr_decay_steps=o.warmup_steps + (o.decay_steps if decay else 1),
+        lr_decay_style=o.decay_style if decay else "constant",
+        start_wd=o.weight_decay,
+        end_wd=o.weight_decay,
+        wd_incr_steps=1,
+        wd_incr_style="constant",
+    )
+
+
+def build_optimizer(model: MegatronModel):
+    """Adam through megatron-core (distributed optimizer when configured), grad clipping, the LR
+    schedule; hooks megatron's gradient finalisation into the model config. Returns (optimizer,
+    scheduler)."""
+    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    cfg = model.cfg
+    o = cfg.optim
+    opt_cfg = OptimizerConfig(
+        optimizer="adam",
+        lr=o.lr,
+        min_lr=o.min_lr,
+        weight_decay=o.weight_decay,
+        adam_beta1=o.adam_beta1,
+        adam_beta2=o.adam_beta2,
+        adam_eps=o.adam_eps,
+        clip_grad=o.clip_grad,
+        bf16=cfg.dtype == "bf16",
+        fp16=False,
+        params_dtype=cfg.torch_dtype,
+        use_distributed_optimizer=o.use_distributed_optimizer,
+    )
+    optimizer = get_megatron_optimizer(opt_cfg, model.chunks)
+    scheduler = make_lr_scheduler(optimizer, o)
+    mc = model.model_config
+    mc.finalize_model_grads_func = finalize_model_grads
+    mc.no_sync_func = model.chunks[0].no_sync
+    mc.grad_scale_func = optimizer.scale_loss
+    return optimizer, scheduler

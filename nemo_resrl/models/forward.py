@@ -1,0 +1,232 @@
+"""Running the actor's model: micro-batch layouts, megatron's forward(-backward) schedule, per-token
+log-probs from vocab-parallel logits, the penultimate-layer hook, and the broadcasts that hand results
+from the stage that computed them to every rank of a data-parallel replica.
+
+``ForwardRunner`` holds no weights of its own: it runs a ``MegatronModel`` (``build.py``). Log-probs are
+those of softmax(logits / ``temperature``), the distribution the rollout sampled from (verl and NeMo RL
+do the same); the temperature is fixed when the actor is built (``rollout.sampling.temperature``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from nemo_resrl.models.batch import Layout, MicroBatch, Sequences, TokenOutputs, make_layout
+from nemo_resrl.models.build import MegatronModel
+from nemo_resrl.models.logprobs import vocab_parallel_logprobs
+
+
+@dataclass
+class PenultimateChunk:
+    """Layer L-2 outputs of one micro-batch's response tokens, handed to the consumer.
+
+    seq_index / resp_pos: int64 [n] (sequence in the caller's batch, position in its response);
+    hidden: [n, d] in the activation dtype, detached, on the compute device. Identical on every
+    tensor-parallel rank of the owning stage (no sequence parallelism).
+    """
+
+    seq_index: torch.Tensor
+    resp_pos: torch.Tensor
+    hidden: torch.Tensor
+
+
+PenultimateConsumer = Callable[[PenultimateChunk], None]
+
+
+class ForwardRunner:
+    """Forward passes of one built model (module docstring); every call is collective over all ranks."""
+
+    def __init__(self, model: MegatronModel, temperature: float = 1.0) -> None:
+        self.m = model
+        self.temperature = float(temperature)
+        self._current_mb: MicroBatch | None = None
+        self._pen_stage: int | None = None
+
+    # ------------------------------------------------------------------ layout and schedule
+    def layout(self, seqs: Sequences, phases: list[int] | None = None) -> Layout:
+        """Micro-batches of ``seqs`` (``phases``: sequences of phase p run before any of phase p + 1)."""
+        m = self.m
+        seqs.check_vocab(m.vocab_size)
+        max_pos = int(m.hf_config.get("max_position_embeddings", 1 << 30))
+        longest = max(t.numel() for t in seqs.tokens)
+        if longest > max_pos:
+            raise ValueError(f"a sequence of {longest} tokens exceeds max_position_embeddings={max_pos}")
+        return make_layout(
+            seqs,
+            m.cfg.micro_batch_size,
+            pack=m.cfg.pack_sequences,
+            max_tokens_per_row=m.cfg.max_tokens_per_row,
+            uniform_shape=m.layout.pp > 1,
+            phases=phases,
+        )
+
+    def run(self, layout: Layout, loss_func_of: Callable, forward_only: bool) -> list:
+        """megatron's schedule over ``layout``'s micro-batches; ``loss_func_of(mb, output)`` is called on
+        the last stage with the logits [rows, S, V/tp]. Returns the schedule's per-micro-batch outputs."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        def forward_step(data_iterator, model):
+            mb = next(data_iterator).to(self.m.device)
+            self._current_mb = mb
+            out = model(mb.tokens, mb.position_ids, mb.attention_mask)
+            return out, lambda output: loss_func_of(mb, output)
+
+        try:
+            return get_forward_backward_func()(
+                forward_step_func=forward_step,
+                data_iterator=iter(layout.micro_batches),
+                model=self.m.chunks,
+                num_microbatches=len(layout.micro_batches),
+                seq_length=layout.seq_len,
+                micro_batch_size=layout.rows,
+                forward_only=forward_only,
+            )
+        finally:
+            self._current_mb = None
+
+    def token_logprobs(
+        self, logits: torch.Tensor, mb: MicroBatch, with_entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """logits [rows, S, V/tp] -> (logp [n], entropy [n] or None) of the micro-batch's response tokens,
+        of the policy at ``temperature`` (logits divided by it, as the sampler does)."""
+        from megatron.core import parallel_state as ps
+
+        m = self.m
+        v_local = logits.shape[-1]
+        flat = logits.reshape(-1, v_local)
+        vocab_start = m.layout.tp_rank * v_local
+        if m.padded_vocab > m.vocab_size and vocab_start + v_local > m.vocab_size:
+            cols = torch.arange(vocab_start, vocab_start + v_local, device=flat.device) >= m.vocab_size
+            flat = flat.masked_fill(cols, float("-inf"))
+        rows = flat.index_select(0, mb.flat_pos)
+        if self.temperature != 1.0:
+            rows = rows / self.temperature
+        labels = mb.labels.reshape(-1).index_select(0, mb.flat_pos)
+        return vocab_parallel_logprobs(
+            rows,
+            labels,
+            vocab_start=vocab_start,
+            group=ps.get_tensor_model_parallel_group() if m.layout.tp > 1 else None,
+            chunk_rows=m.cfg.logprob_chunk_rows,
+            with_entropy=with_entropy,
+        )
+
+    # ------------------------------------------------------------------ broadcasts
+    def broadcast_from_last_stage(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` from the last pipeline stage to every stage of this replica; returned on the CPU."""
+        if self.m.layout.pp > 1:
+            from megatron.core import parallel_state as ps
+
+            t = t.to(self.m.device).contiguous()
+            dist.broadcast(
+                t,
+                src=ps.get_pipeline_model_parallel_last_rank(),
+                group=ps.get_pipeline_model_parallel_group(),
+            )
+        return t.cpu()
+
+    def penultimate_layer(self) -> torch.nn.Module | None:
+        """The decoder layer with 0-based global index L-2 if this pipeline stage owns it."""
+        target = self.m.num_layers - 1  # megatron's layer_number is 1-based
+        for layer in self.m.gpt.decoder.layers:
+            if layer.layer_number == target:
+                return layer
+        return None
+
+    def owns_penultimate_layer(self) -> bool:
+        """Whether this pipeline stage holds decoder layer L-2 (where penultimate consumers run)."""
+        return self.penultimate_layer() is not None
+
+    def penultimate_stage(self) -> int:
+        """The pipeline rank that owns decoder layer L-2 (collective over the pipeline group once)."""
+        if self._pen_stage is None:
+            lay = self.m.layout
+            if lay.pp == 1:
+                self._pen_stage = 0
+            else:
+                from megatron.core import parallel_state as ps
+
+                flag = torch.tensor([lay.pp_rank if self.owns_penultimate_layer() else -1]).to(self.m.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=ps.get_pipeline_model_parallel_group())
+                self._pen_stage = int(flag)
+        return self._pen_stage
+
+    def broadcast_from_penultimate_owner(self, t: torch.Tensor) -> torch.Tensor:
+        """Copy ``t`` from tensor rank 0 of the stage owning layer L-2 to every tensor / pipeline rank of
+        this data-parallel replica; returns it on the CPU."""
+        from megatron.core import parallel_state as ps
+
+        lay = self.m.layout
+        stage = self.penultimate_stage()
+        t = t.to(self.m.device).contiguous()
+        if lay.tp > 1 and lay.pp_rank == stage:
+            dist.broadcast(
+                t, src=ps.get_tensor_model_parallel_src_rank(), group=ps.get_tensor_model_parallel_group()
+            )
+        if lay.pp > 1:
+            group = ps.get_pipeline_model_parallel_group()
+            dist.broadcast(t, src=dist.get_process_group_ranks(group)[stage], group=group)
+        return t.cpu()
+
+    # ------------------------------------------------------------------ the forward-only pass
+    @torch.no_grad()
+    def logprobs(
+        self,
+        seqs: Sequences,
+        *,
+        with_entropy: bool = False,
+        penultimate_consumer: PenultimateConsumer | None = None,
+        phases: list[int] | None = None,
+    ) -> TokenOutputs:
+        """Per-response-token log-probs [B, T] (and entropy) of ``seqs`` under the current weights.
+
+        ``penultimate_consumer``, if given, is called once per micro-batch, on the ranks of the stage that
+        owns decoder layer L-2, with that layer's output at the positions that predict the response
+        tokens (the same shift as the log-probs). Nothing else keeps hidden states. ``phases`` (one int
+        per sequence) makes every sequence of phase p reach the consumer before any of phase p + 1.
+        """
+        layout = self.layout(seqs, phases)
+        _, mask = seqs.response_tokens()
+        B, T = mask.shape
+        dev = self.m.device
+        logp = torch.zeros(B, T, dtype=torch.float32, device=dev)
+        ent = torch.zeros(B, T, dtype=torch.float32, device=dev) if with_entropy else None
+
+        def loss_func(mb: MicroBatch, output: torch.Tensor):
+            lp, e = self.token_logprobs(output, mb, with_entropy)
+            logp[mb.seq_index, mb.resp_pos] = lp.float()
+            if e is not None:
+                ent[mb.seq_index, mb.resp_pos] = e.float()
+            return output.new_zeros(()), {}
+
+        handle = None
+        if penultimate_consumer is not None:
+            if self.m.num_layers < 2:
+                raise ValueError("a penultimate-layer consumer needs a model with at least 2 decoder layers")
+            layer = self.penultimate_layer()
+            if layer is not None:
+                handle = layer.register_forward_hook(self._penultimate_hook(penultimate_consumer))
+        for c in self.m.chunks:
+            c.eval()
+        try:
+            self.run(layout, loss_func, forward_only=True)
+        finally:
+            if handle is not None:
+                handle.remove()
+        logp = self.broadcast_from_last_stage(logp)
+        if ent is not None:
+            ent = self.broadcast_from_last_stage(ent)
+        return TokenOutputs(logprobs=logp, entropy=ent, mask=mask)
+
+    def _penultimate_hook(self, consumer: PenultimateConsumer):
+        def hook(module, inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output  # [S, rows, d]
+            mb = self._current_mb
+            flat = hidden.detach().transpose(0, 1).reshape(-1, hidden.shape[-1])
+            consumer(PenultimateChunk(mb.seq_index, mb.resp_pos, flat.index_select(0, mb.flat_pos)))
+
+        return hook

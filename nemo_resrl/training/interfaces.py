@@ -1,0 +1,116 @@
+"""The narrow interfaces the trainer talks to (NeMo RL's ``PolicyInterface`` / ``GenerationInterface``).
+
+The trainer (``trainer.py``) only ever calls these three objects, so its logic (phase order,
+dynamic-sampling rounds, data-parallel metric reduction, mini-batches, skipped updates, the LLD
+measurement) runs with fakes in tests, in seconds; the Megatron actor (``models/actor.py``), the vLLM
+engine (``rollout/engine.py``) and ``TorchDataParallel`` (``data_parallel.py``) implement them for real.
+
+Every call on a policy or an engine is collective over the ranks of the job; every data-parallel call is
+collective over the data-parallel group. Tensors cross these interfaces on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from nemo_resrl.algorithms.resrl import ResponseMeta, ResRLStats
+from nemo_resrl.config.algorithm import PolicyLossConfig, ResRLConfig
+from nemo_resrl.config.rollout import SamplingConfig
+from nemo_resrl.models.batch import Sequences, TokenOutputs
+from nemo_resrl.rollout.batch import RefitStats, RolloutBatch
+
+
+@dataclass
+class ResRLRequest:
+    """Ask the log-prob pass for ResRL weights (docs/algorithm.md sections 3-5): this rank's responses'
+    ``meta`` (groups, step-unique response ids, outcome advantages), the settings, and the step (it
+    seeds the positive-row sample)."""
+
+    meta: ResponseMeta
+    cfg: ResRLConfig
+    step: int
+
+
+@dataclass
+class LogprobResult:
+    """A log-prob pass over B sequences: ``outputs`` (log-probs, mask [B, T]); with a ``ResRLRequest``,
+    ``weights`` [B, T] (1 outside negative tokens of active groups) and the per-group ``stats``."""
+
+    outputs: TokenOutputs
+    weights: torch.Tensor | None = None
+    stats: ResRLStats | None = None
+
+
+class PolicyInterface(Protocol):
+    """The actor being trained. Log-probs are those of softmax(logits / T) at the sampling temperature T
+    (fixed when the policy is built, from ``rollout.sampling.temperature``; the trainer checks it)."""
+
+    temperature: float
+
+    def logprobs(self, seqs: Sequences, *, resrl: ResRLRequest | None = None) -> LogprobResult:
+        """Forward-only pass over this rank's ``seqs`` at the current weights; with ``resrl`` the ResRL
+        weights ride on the same pass (groups may span data-parallel ranks)."""
+        ...
+
+    def train_step(
+        self,
+        seqs: Sequences,
+        old_logprobs: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        loss_cfg: PolicyLossConfig,
+    ) -> dict[str, float]:
+        """One optimizer step on this rank's share (per-token inputs response-aligned [B, T]), the loss
+        normalised by GLOBAL counts; returns metrics identical on every rank (loss terms, grad_norm, lr,
+        update_ok)."""
+        ...
+
+    def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The current weights as (HF name, full tensor) for the rollout engine's refit."""
+        ...
+
+
+class GenerationInterface(Protocol):
+    """The rollout engine: samples responses, takes new weights, can free its memory while training."""
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig, *, first_index: int = 0
+    ) -> RolloutBatch:
+        """``sampling.n`` responses per token-id prompt; prompt i samples from a stream seeded by the
+        sampling seed and its global index ``first_index + i``."""
+        ...
+
+    def refit(self, weights: Iterable[tuple[str, torch.Tensor]]) -> RefitStats: ...
+
+    def sleep(self) -> None: ...
+
+    def wake_up(self) -> None: ...
+
+
+class DataParallelInterface(Protocol):
+    """This rank's place among the data-parallel replicas, and the two collectives the trainer needs."""
+
+    size: int
+    rank: int
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sums over the data-parallel ranks."""
+        ...
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order."""
+        ...
+
+
+__all__ = [
+    "DataParallelInterface",
+    "GenerationInterface",
+    "LogprobResult",
+    "PolicyInterface",
+    "ResRLRequest",
+    "ResponseMeta",
+]

@@ -1,0 +1,170 @@
+"""The training run around ``Trainer.train_step``: resume, the step loop, evaluation, checkpoints, the
+metrics files, the per-step table, and the stop protocol (``stop.py``). ``nemo-resrl train`` builds the
+pieces from the config (``nemo_resrl/launch.py``) and calls ``run_training``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch.distributed as dist
+
+from nemo_resrl.checkpointing import CheckpointManager
+from nemo_resrl.common import is_rank0
+from nemo_resrl.config.run import RunConfig
+from nemo_resrl.training.data_order import step_records
+from nemo_resrl.training.interfaces import DataParallelInterface, GenerationInterface
+from nemo_resrl.training.metrics_log import (
+    MetricsLog,
+    Progress,
+    format_row,
+    plot_reward_curve,
+    require_logging_backends,
+)
+from nemo_resrl.training.stop import PREEMPTED_FILE, Preempted, StopRequest
+from nemo_resrl.training.trainer import RewardFn, Trainer
+
+# test hook: SIGKILL this process right after the checkpoint of this step (resume tests)
+KILL_AFTER_STEP_ENV = "NEMO_RESRL_TEST_KILL_AFTER_STEP"
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj) + "\n")
+    os.replace(tmp, path)
+
+
+def run_training(
+    cfg: RunConfig,
+    policy,
+    engine: GenerationInterface,
+    reward_fn: RewardFn,
+    records: Sequence[dict],
+    *,
+    dp: DataParallelInterface,
+    eval_records: Sequence[dict] | None = None,
+    print_fn: Callable[[str], None] = print,
+) -> list[dict]:
+    """Train ``cfg.trainer.steps`` steps (resuming from the latest checkpoint if enabled); returns the
+    per-step metrics of the whole run.
+
+    ``policy`` implements ``PolicyInterface`` plus ``save_checkpoint(path)`` / ``load_checkpoint(path)``
+    (the checkpoints). With ``trainer.eval_every`` > 0 and ``eval_records``, greedy accuracy on them is
+    measured after every ``eval_every``-th step and the last one (``eval/`` keys of that step's row). A
+    stop request (``stop.py``) ends the run after the current step with a checkpoint of it, and raises
+    ``Preempted``.
+    """
+    run_dir = Path(cfg.logging.run_dir)
+    require_logging_backends(cfg.logging.tensorboard, cfg.logging.wandb)
+    ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last)
+    per_step, seed = cfg.trainer.prompts_per_step, cfg.trainer.seed
+    extra_rounds = max(1, cfg.algorithm.dynamic_sampling.max_rounds - 1)
+
+    def refill(step: int, round_: int) -> list[dict]:  # a second shuffled stream, position (step, round)
+        return step_records(records, step * extra_rounds + round_ - 1, per_step, seed + 1)
+
+    progress = Progress(cfg.logging.progress, cfg.trainer.steps, 0, print_fn)
+    trainer = Trainer(
+        policy,
+        engine,
+        reward_fn,
+        algorithm=cfg.algorithm,
+        trainer=cfg.trainer,
+        rollout=cfg.rollout,
+        dp=dp,
+        refill=refill,
+        on_phase=progress.phase,
+    )
+    history: list[dict] = []
+    latest = ckpt.latest() if cfg.checkpoint.resume else None
+    saved: tuple[int, Path] | None = None  # (step, directory) of this run's latest checkpoint
+    if latest is not None:
+        state = ckpt.load(latest, policy)
+        trainer.step, history = int(state["step"]), list(state["history"])
+        saved = (trainer.step, latest)
+        engine.refit(policy.export_weights())  # the engine starts from the HF weights: bring it level
+        progress.write(f"resumed from {latest} (next step {trainer.step})")
+        if progress.bar is not None:
+            progress.bar.update(trainer.step)
+    log = MetricsLog(
+        run_dir,
+        cfg.logging.tensorboard,
+        history,
+        wandb_project=cfg.logging.wandb_project if cfg.logging.wandb else None,
+        config=asdict(cfg),
+    )
+    preempted_file = run_dir / PREEMPTED_FILE
+    if is_rank0():
+        preempted_file.unlink(missing_ok=True)  # from an earlier attempt of this run
+    progress.write(format_row({}, header=True))
+    for m in history:
+        progress.write(format_row(m))
+    kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "-1"))
+    every_eval = cfg.trainer.eval_every if eval_records else 0
+    stop = StopRequest.from_env()
+    stop.install()
+    reason, checkpoint = "", None
+    first_save = True
+
+    def save() -> None:
+        nonlocal saved, first_save
+        progress.phase("checkpoint")
+        with stop.ignored_by_new_processes() if first_save else contextlib.nullcontext():
+            path = ckpt.save(trainer.step, policy, {"step": trainer.step, "history": history})
+        first_save, saved = False, (trainer.step, path)
+
+    try:
+        while trainer.step < cfg.trainer.steps:
+            reason = stop.poll()  # once per step, before it: every rank agrees
+            if reason:
+                break
+            step = trainer.step
+            m = trainer.train_step(step_records(records, step, per_step, seed))
+            last = trainer.step == cfg.trainer.steps
+            if every_eval and (trainer.step % every_eval == 0 or last):
+                progress.phase("eval")
+                m.update(trainer.evaluate(eval_records))
+            history.append(m)
+            log.write(m)
+            progress.write(format_row(m))
+            progress.advance()
+            if cfg.checkpoint.every and (trainer.step % cfg.checkpoint.every == 0 or last):
+                save()
+            if step == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+        if reason and trainer.step > 0:
+            if saved is None or saved[0] != trainer.step:  # off the checkpoint.every grid: save it now
+                save()
+            checkpoint = str(saved[1])
+    finally:
+        stop.restore()
+    progress.close()
+    log.close()
+    if is_rank0() and history:
+        png = plot_reward_curve(history, run_dir / "reward_curve.png")
+        print_fn(f"reward curve: {png}")
+        if (run_dir / "metrics.jsonl").is_file():  # every step of the run so far, resumes included
+            from nemo_resrl.plotting import load_run, plot_runs
+
+            plots = plot_runs([load_run(run_dir)], run_dir / "plots")
+            print_fn(f"training curves: {run_dir / 'plots'} ({len(plots['written'])} PNG files)")
+    if reason:
+        stopped = Preempted(trainer.step, reason, checkpoint)
+        if is_rank0():
+            _write_json_atomic(
+                preempted_file, {"step": trainer.step, "reason": reason, "checkpoint": checkpoint}
+            )
+            what = f"checkpoint saved: {checkpoint}" if checkpoint else "no step finished, nothing to save"
+            print_fn(f"preempted at step {trainer.step} ({reason}), {what}")
+            sys.stdout.flush()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.barrier()  # rank 0 has written everything before any rank exits (srun --kill-on-bad-exit)
+        raise stopped
+    return history

@@ -1,0 +1,347 @@
+"""The RL step, glue only: rollout -> rewards -> advantages -> old-log-prob pass (+ ResRL weights) ->
+updates -> refit -> metrics. The math lives in ``nemo_resrl.algorithms``; the trainer talks to a policy,
+a rollout engine and a data-parallel group through ``interfaces.py`` only.
+
+With several data-parallel replicas every replica takes its share of the step's prompts (groups stay
+whole), generates and grades them, and the policy's passes combine the shares (ResRL groups, global
+loss normalisation); metrics are reduced over replicas by kind (``step_metrics.py``).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import torch
+
+from nemo_resrl.algorithms.advantages import ADVANTAGE_ESTIMATORS, broadcast_to_tokens
+from nemo_resrl.algorithms.resrl import ResponseMeta, token_advantages
+from nemo_resrl.algorithms.shaping import nonzero_variance_groups, overlong_penalty
+from nemo_resrl.config.algorithm import AlgorithmConfig
+from nemo_resrl.config.rollout import RolloutConfig
+from nemo_resrl.config.run import TrainerConfig
+from nemo_resrl.models.batch import Sequences
+from nemo_resrl.rewards.base import RewardResult
+from nemo_resrl.rollout.batch import RolloutBatch, check_consistency, concat_rollouts, token_mult_prob_error
+from nemo_resrl.training.interfaces import (
+    DataParallelInterface,
+    GenerationInterface,
+    PolicyInterface,
+    ResRLRequest,
+)
+from nemo_resrl.training.phases import Phases
+from nemo_resrl.training.step_metrics import StepMetrics, reduce_over_ranks
+
+log = logging.getLogger(__name__)
+
+WEIGHT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  # logged as weights/negative_p10 ... _p90
+
+
+class Graded(Protocol):
+    rewards: torch.Tensor  # [N] float
+    correct: torch.Tensor  # [N] bool
+    counts: collections.Counter
+
+
+RewardFn = Callable[[RolloutBatch, Sequence[dict]], Graded]
+# a step's extra prompts for dynamic-sampling round r >= 1 (a function of step and round: resume-safe)
+RefillFn = Callable[[int, int], Sequence[dict]]
+
+
+@dataclass
+class StepBatch:
+    """The responses a step trains on (this rank's share): rollout, rewards [N], correct [N], global
+    group ids [N]."""
+
+    rollout: RolloutBatch
+    rewards: torch.Tensor
+    correct: torch.Tensor
+    group_ids: torch.Tensor
+
+
+class Trainer:
+    """Runs RL steps; see the module docstring.
+
+    ``refill(step, round)`` gives the extra prompts of dynamic-sampling rounds; ``on_phase(label)`` is
+    told each phase as it starts (progress display).
+    """
+
+    def __init__(
+        self,
+        policy: PolicyInterface,
+        engine: GenerationInterface,
+        reward_fn: RewardFn,
+        *,
+        algorithm: AlgorithmConfig,
+        trainer: TrainerConfig,
+        rollout: RolloutConfig,
+        dp: DataParallelInterface,
+        refill: RefillFn | None = None,
+        on_phase: Callable[[str], None] | None = None,
+    ):
+        self.policy, self.engine, self.reward_fn, self.dp = policy, engine, reward_fn, dp
+        self.algo, self.cfg, self.rollout_cfg = algorithm, trainer, rollout
+        self.spec = algorithm.spec
+        self.refill = refill
+        self.on_phase = on_phase
+        if float(policy.temperature) != float(rollout.sampling.temperature):
+            raise ValueError(
+                f"the policy's log-probs are at temperature {policy.temperature} but "
+                f"rollout.sampling.temperature is {rollout.sampling.temperature}: build the policy with the "
+                "sampling temperature"
+            )
+        if algorithm.dynamic_sampling.enabled and refill is None:
+            raise ValueError("algorithm.dynamic_sampling needs a refill function for its extra rounds")
+        self.step = 0
+        self.last_phases: list[str] = []  # the phase labels of the last step, in order
+
+    # ------------------------------------------------------------------ rollout
+    def _share(self, records: Sequence[dict]) -> tuple[list[dict], int]:
+        """This data-parallel rank's prompts of the step, and the global index of the first one."""
+        n = len(records)
+        per = -(-n // self.dp.size)
+        start = min(n, self.dp.rank * per)
+        return list(records[start : start + per]), start
+
+    def _sampling(self, round_: int):
+        """The step's sampling settings: a fresh, reproducible stream per step and round (resume repeats
+        it)."""
+        sampling = self.rollout_cfg.sampling
+        if sampling.seed is not None:
+            salt = 7919 * (self.cfg.seed + 1) * (self.step + 1) + 104_729 * round_
+            sampling = replace(sampling, seed=(sampling.seed + salt) % (1 << 30))
+        return sampling
+
+    def _round(
+        self, records: Sequence[dict], round_: int, phases: Phases
+    ) -> tuple[RolloutBatch, Graded, torch.Tensor]:
+        """Generate and grade this rank's share of ``records``: (rollout, graded, global group ids)."""
+        local, first = self._share(records)
+        if not local:
+            raise ValueError(
+                f"this data-parallel rank got no prompt: trainer.prompts_per_step ({len(records)}) must be "
+                f">= the data-parallel size ({self.dp.size})"
+            )
+        with phases("generate", "generate" if round_ == 0 else f"generate (round {round_ + 1})"):
+            self.engine.wake_up()
+            rollout = self.engine.generate(
+                [r["prompt_ids"] for r in local], self._sampling(round_), first_index=first
+            )
+        with phases("reward"):
+            graded = self.reward_fn(rollout, local)
+        group_ids = rollout.prompt_index + first + round_ * len(records)
+        return rollout, graded, group_ids
+
+    def _rollout(self, records: Sequence[dict], phases: Phases, m: StepMetrics) -> StepBatch | None:
+        """The step's responses; with dynamic sampling only groups with reward variance, over up to
+        ``max_rounds`` rounds (None when this rank kept none). Reward metrics cover EVERY generated
+        response."""
+        ds = self.algo.dynamic_sampling
+        kept: list[StepBatch] = []
+        generated: list[Graded] = []
+        target, kept_global, dropped_global = len(records), 0, 0
+        rounds = ds.max_rounds if ds.enabled else 1
+        for r in range(rounds):
+            batch = records if r == 0 else self.refill(self.step, r)  # type: ignore[misc]
+            rollout, graded, gids = self._round(batch, r, phases)
+            generated.append(graded)
+            if not ds.enabled:
+                kept.append(StepBatch(rollout, graded.rewards, graded.correct, gids))
+                break
+            keep = nonzero_variance_groups(graded.rewards.float(), gids)
+            n_groups = len(set(gids.tolist()))
+            n_kept = len(set(gids[keep].tolist()))
+            if n_kept:
+                idx = keep.nonzero().flatten()
+                sub = rollout.subset(idx)
+                kept.append(StepBatch(sub, graded.rewards[idx], graded.correct[idx], gids[idx]))
+            local_kept = sum(len(set(b.group_ids.tolist())) for b in kept)
+            k, d, ranks_empty = self.dp.sum([n_kept, n_groups - n_kept, float(local_kept == 0)])
+            kept_global, dropped_global = kept_global + k, dropped_global + d
+            if kept_global >= target and ranks_empty == 0:
+                break
+        self._reward_metrics(generated, m)
+        if ds.enabled:
+            m.global_(
+                {
+                    "dynamic_sampling/rounds": float(r + 1),
+                    "dynamic_sampling/kept_groups": kept_global,
+                    "dynamic_sampling/dropped_groups": dropped_global,
+                    "dynamic_sampling/short": float(kept_global < target),
+                }
+            )
+            if kept_global < target:
+                log.warning(
+                    "step %d: dynamic sampling kept %d of %d groups after %d rounds (%d had no reward "
+                    "variance); training on what it kept (raise algorithm.dynamic_sampling.max_rounds)",
+                    self.step,
+                    kept_global,
+                    target,
+                    r + 1,
+                    dropped_global,
+                )
+        if not kept:
+            return None
+        return StepBatch(
+            concat_rollouts([b.rollout for b in kept]),
+            torch.cat([b.rewards for b in kept]),
+            torch.cat([b.correct for b in kept]),
+            torch.cat([b.group_ids for b in kept]),
+        )
+
+    @staticmethod
+    def _reward_metrics(generated: Sequence[Graded], m: StepMetrics) -> None:
+        counts: collections.Counter = collections.Counter()
+        for g in generated:
+            counts.update(g.counts)
+        graded = RewardResult(
+            torch.cat([g.rewards for g in generated]), torch.cat([g.correct for g in generated]), counts
+        )
+        values = graded.as_metrics()
+        n = values.pop("reward/n")
+        m.sum({"reward/n": n})
+        m.sum({k: v for k, v in values.items() if k.startswith("reward/count/")})
+        m.weighted({k: v for k, v in values.items() if not k.startswith("reward/count/")}, weight=n)
+
+    # ------------------------------------------------------------------ the step
+    def train_step(self, records: Sequence[dict]) -> dict[str, float]:
+        """One RL step on ``records`` (each with ``prompt_ids``: list[int], plus what the reward needs);
+        returns the step's metrics, reduced over data-parallel ranks."""
+        phases = Phases(self.on_phase)
+        m = StepMetrics()
+        m.global_({"step": float(self.step)})
+        batch = self._rollout(records, phases, m)
+        if self.dp.sum([float(batch is None)])[0] > 0:  # dynamic sampling left a rank without any group
+            log.warning("step %d: a data-parallel rank kept no group with reward variance", self.step)
+            m.global_({"train/update_skipped": 1.0})
+            return self._finish(m, phases)
+        rollout, n_per = batch.rollout, self.rollout_cfg.sampling.n
+        response_ids = batch.group_ids * n_per + torch.arange(len(rollout)) % n_per
+        shaped = batch.rewards.float()
+        ol = self.algo.overlong
+        if ol.enabled:
+            max_len = self.rollout_cfg.sampling.max_tokens
+            buffer = ol.buffer or max(1, max_len // 5)
+            penalty = overlong_penalty(rollout.lengths, max_len, min(buffer, max_len), ol.factor)
+            shaped = shaped + penalty
+            m.weighted({"reward/overlong_penalty_mean": float(penalty.mean())}, weight=len(rollout))
+        adv = ADVANTAGE_ESTIMATORS.get(self.spec.estimator)(
+            shaped, batch.correct, batch.group_ids, self.algo.advantage
+        )
+        seqs = rollout.to_sequences()
+        label = "old log-probs" + (" + ResRL" if self.spec.resrl_weights else "")
+        with phases("old_logprobs", label):
+            request = None
+            if self.spec.resrl_weights:
+                meta = ResponseMeta(group_ids=batch.group_ids, response_ids=response_ids, advantages=adv)
+                request = ResRLRequest(meta=meta, cfg=self.algo.resrl, step=self.step)
+            old = self.policy.logprobs(seqs, resrl=request)
+            mask = old.outputs.mask
+            if old.weights is not None:
+                token_adv = token_advantages(adv, old.weights, self.algo.resrl.lambda_pos) * mask
+                m.global_(old.stats.as_metrics())
+                m.mean(negative_weight_metrics(old.weights, mask, adv))
+            else:
+                token_adv = broadcast_to_tokens(adv, mask)
+        consistency = token_mult_prob_error(rollout.response_logprobs(), old.outputs.logprobs, mask)
+        check_consistency(consistency, self.rollout_cfg, self.step)
+        self.engine.sleep()
+        with phases("train"):
+            update = self._updates(seqs, old.outputs.logprobs, token_adv, mask)
+        every = self.cfg.lld_every
+        if every and self.step % every == 0:
+            with phases("lld", "log-likelihood displacement"):
+                m.global_(self._positive_lld(seqs, old.outputs.logprobs, mask, batch.correct))
+        with phases("refit"):
+            self.engine.wake_up()
+            refit = self.engine.refit(self.policy.export_weights())
+        m.global_({f"train/{k}": v for k, v in update.items()})
+        m.global_({"train/update_skipped": 0.0})
+        m.mean(
+            {
+                "response/length_mean": float(rollout.lengths.float().mean()),
+                "response/truncated_frac": float(rollout.truncated.float().mean()),
+                "rollout/token_mult_prob_error": consistency,
+                "refit/bytes": float(refit.bytes),
+            }
+        )
+        return self._finish(m, phases)
+
+    def _finish(self, m: StepMetrics, phases: Phases) -> dict[str, float]:
+        m.mean(phases.metrics())
+        self.last_phases = list(phases.order)
+        self.step += 1
+        return reduce_over_ranks(self.dp.all_gather(m))
+
+    def _updates(self, seqs: Sequences, old_logp, token_adv, mask) -> dict[str, float]:
+        """``trainer.mini_batches`` optimizer updates over the step's responses; metrics averaged over
+        them."""
+        parts = torch.arange(len(seqs)).chunk(self.cfg.mini_batches)
+        acc: dict[str, float] = {}
+        for idx in parts:
+            i = idx.tolist()
+            sub = Sequences([seqs.tokens[j] for j in i], [seqs.prompt_lens[j] for j in i])
+            width = max(sub.response_lens)
+            out = self.policy.train_step(
+                sub, old_logp[i, :width], token_adv[i, :width], mask[i, :width], self.algo.loss
+            )
+            for k, v in out.items():
+                acc[k] = acc.get(k, 0.0) + v / len(parts)
+        return acc
+
+    def _positive_lld(self, seqs: Sequences, old_logp, mask, correct: torch.Tensor) -> dict[str, float]:
+        """Mean change of log pi(y+ | c) over the step's correct responses, after minus before the step's
+        updates (sequence sums and per token), over all data-parallel ranks."""
+        pos = correct.nonzero().flatten().tolist()
+        total = n_tok = 0.0  # sum over the positives' tokens of (new - old) log-prob, and their count
+        if pos:
+            sub = Sequences([seqs.tokens[i] for i in pos], [seqs.prompt_lens[i] for i in pos])
+            new = self.policy.logprobs(sub).outputs
+            width = new.logprobs.shape[1]
+            delta = (new.logprobs - old_logp[pos, :width]) * mask[pos, :width]
+            total, n_tok = float(delta.sum()), float(mask[pos, :width].sum())
+        total, n_seq, n_tok = self.dp.sum([total, float(len(pos)), n_tok])
+        if n_seq == 0:
+            return {"lld/positives": 0.0}
+        return {
+            "lld/positives": n_seq,
+            "lld/seq_logp_delta_mean": total / n_seq,  # the mean change of log pi(y+ | c)
+            "lld/token_logp_delta_mean": total / max(n_tok, 1.0),
+        }
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, records: Sequence[dict]) -> dict[str, float]:
+        """Greedy (one response per prompt) accuracy on ``records``, over all data-parallel ranks."""
+        local, _ = self._share(records)
+        greedy = replace(self.rollout_cfg.sampling, n=1, temperature=0.0, seed=None)
+        self.engine.wake_up()
+        rollout = self.engine.generate([r["prompt_ids"] for r in local], greedy)
+        graded = self.reward_fn(rollout, local)
+        total, correct, length, n = self.dp.sum(
+            [
+                float(graded.rewards.sum()),
+                float(graded.correct.sum()),
+                float(rollout.lengths.sum()),
+                float(len(rollout)),
+            ]
+        )
+        return {
+            "eval/reward_mean": total / n,
+            "eval/accuracy": correct / n,
+            "eval/length_mean": length / n,
+            "eval/n": n,
+        }
+
+
+def negative_weight_metrics(weights: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor) -> dict[str, float]:
+    """The distribution of the ResRL weights of this rank's negative tokens (A < 0): mean and the
+    ``WEIGHT_QUANTILES`` (``nemo-resrl plot`` draws them as bands); NaN when there is none."""
+    w = weights[mask.bool() & (adv < 0)[:, None]].float()
+    out = {"weights/negative_mean": float(w.mean()) if w.numel() else float("nan")}
+    qs = w.quantile(torch.tensor(WEIGHT_QUANTILES)) if w.numel() else None
+    for i, q in enumerate(WEIGHT_QUANTILES):
+        out[f"weights/negative_p{round(q * 100)}"] = float(qs[i]) if qs is not None else float("nan")
+    return out

@@ -1,0 +1,45 @@
+"""Running a test probe as its own process, alone or under torchrun: the one place the command line is
+built (``--standalone``: torchrun picks a free rendezvous port itself, so concurrent jobs cannot race).
+
+    res = run_module("tests.models.actor_probe", "--work", str(work), nproc=2)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+
+The ``torchrun`` fixture of ``tests/conftest.py`` is this function.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def module_command(module: str, *args: str, nproc: int = 1) -> list[str]:
+    """``python -m module args`` for one process, under ``torch.distributed.run`` for more."""
+    if nproc == 1:
+        return [sys.executable, "-m", module, *args]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    return [*launcher, "-m", module, *args]
+
+
+def run_module(
+    module: str,
+    *args: str,
+    nproc: int = 1,
+    timeout: float = 900,
+    log: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run ``module`` from the repository root and wait. With ``log``, output goes to that file and the
+    process runs in its own session, whose leftovers are killed afterwards (a SIGKILLed trainer orphans
+    the manager process that megatron's checkpoint saving starts); the log's text is returned as stdout
+    (and its tail as stderr). ``env``: the environment (default: this process's)."""
+    cmd = module_command(module, *map(str, args), nproc=nproc)
+    if log is None:
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    from tests.session import run_in_own_session
+
+    rc, text = run_in_own_session(cmd, log, timeout=timeout)
+    return subprocess.CompletedProcess(cmd, rc, stdout=text, stderr=text[-4000:])

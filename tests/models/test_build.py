@@ -1,0 +1,35 @@
+"""The actor refuses a model or a layout it cannot run before any process group or model exists."""
+
+from __future__ import annotations
+
+import pytest
+
+from nemo_resrl.config.actor import ActorConfig, ActorConfigError
+from nemo_resrl.models.actor import MegatronActor
+from tests.models.tiny_hf import make_tiny
+
+
+def test_actor_refuses_before_building(tmp_path):
+    """Checkpoint and layout problems surface before any process group or model exists."""
+    with pytest.raises(ActorConfigError, match="no config.json"):
+        MegatronActor(ActorConfig(hf_path=str(tmp_path / "missing")))
+    path = make_tiny(tmp_path / "q", "qwen3")  # 4 heads, 2 kv heads, 2 layers
+    with pytest.raises(
+        ActorConfigError, match="parallel=3 does not divide the model's num_attention_heads=4"
+    ):
+        MegatronActor(ActorConfig(hf_path=str(path), tensor_parallel=3))
+    with pytest.raises(ActorConfigError, match="tensor_parallel=4 does not divide the model's num_key_value"):
+        MegatronActor(ActorConfig(hf_path=str(path), tensor_parallel=4))
+    with pytest.raises(ActorConfigError, match="pipeline_parallel=4 does not divide num_hidden_layers=2"):
+        MegatronActor(ActorConfig(hf_path=str(path), pipeline_parallel=4))
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(ActorConfigError, match="architecture GPT2LMHeadModel is not supported"):
+        MegatronActor(ActorConfig(hf_path=str(tmp_path)))

@@ -21,7 +21,7 @@ from nemo_resrl.algorithms.advantages import ADVANTAGE_ESTIMATORS, broadcast_to_
 from nemo_resrl.algorithms.resrl import ResponseMeta, token_advantages
 from nemo_resrl.algorithms.shaping import nonzero_variance_groups, overlong_penalty
 from nemo_resrl.config.algorithm import AlgorithmConfig
-from nemo_resrl.config.rollout import RolloutConfig
+from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
 from nemo_resrl.config.run import TrainerConfig
 from nemo_resrl.models.batch import Sequences
 from nemo_resrl.rewards.base import RewardResult
@@ -106,12 +106,12 @@ class Trainer:
         start = min(n, self.dp.rank * per)
         return list(records[start : start + per]), start
 
-    def _sampling(self, round_: int):
-        """The step's sampling settings: a fresh, reproducible stream per step and round (resume repeats
-        it)."""
+    def sampling_for(self, step: int, round_: int) -> SamplingConfig:
+        """The sampling settings of generation round ``round_`` of ``step``: a fresh, reproducible stream
+        per step and round (a resumed run repeats it)."""
         sampling = self.rollout_cfg.sampling
         if sampling.seed is not None:
-            salt = 7919 * (self.cfg.seed + 1) * (self.step + 1) + 104_729 * round_
+            salt = 7919 * (self.cfg.seed + 1) * (step + 1) + 104_729 * round_
             sampling = replace(sampling, seed=(sampling.seed + salt) % (1 << 30))
         return sampling
 
@@ -128,7 +128,7 @@ class Trainer:
         with phases("generate", "generate" if round_ == 0 else f"generate (round {round_ + 1})"):
             self.engine.wake_up()
             rollout = self.engine.generate(
-                [r["prompt_ids"] for r in local], self._sampling(round_), first_index=first
+                [r["prompt_ids"] for r in local], self.sampling_for(self.step, round_), first_index=first
             )
         with phases("reward"):
             graded = self.reward_fn(rollout, local)

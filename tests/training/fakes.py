@@ -1,0 +1,220 @@
+"""Fakes behind the trainer's interfaces, for fast tests of its orchestration (``test_trainer.py``).
+
+They are small but real: ``BigramPolicy`` is a trainable bigram language model (logits of token t from
+token t-1) whose "penultimate representation" is the embedding of the previous token, trained with the
+project's policy loss and ResRL weights (the single-process ``compute_resrl_weights``); ``BigramEngine``
+samples from its own copy of the same model (seeded per prompt, as vLLM is), so the consistency metric
+is exactly 1 until a refit is missed. ``ThreadDataParallel`` runs several trainers in threads as
+data-parallel ranks. Every call is appended to a shared ``events`` list, so tests can check the order.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Iterable
+
+import torch
+
+from nemo_resrl.algorithms.losses import compute_policy_loss, local_counts
+from nemo_resrl.algorithms.resrl import compute_resrl_weights
+from nemo_resrl.models.batch import Sequences, TokenOutputs
+from nemo_resrl.rewards.base import RewardResult
+from nemo_resrl.rollout.batch import RefitStats, RolloutBatch
+from nemo_resrl.training.interfaces import LogprobResult
+
+VOCAB, HIDDEN, EOS = 16, 8, 0
+
+
+class BigramPolicy:
+    """A bigram LM trained by the project's loss; see the module docstring."""
+
+    def __init__(self, temperature: float = 1.0, lr: float = 0.05, seed: int = 0, events: list | None = None):
+        g = torch.Generator().manual_seed(seed)
+        self.emb = torch.nn.Parameter(torch.randn(VOCAB, HIDDEN, generator=g))
+        self.out = torch.nn.Parameter(torch.randn(HIDDEN, VOCAB, generator=g))
+        self.opt = torch.optim.Adam([self.emb, self.out], lr=lr)
+        self.temperature = temperature
+        self.events = events if events is not None else []
+        self.train_calls: list[dict] = []  # what each train_step received
+        self.logprob_calls: list[dict] = []
+
+    # the model
+    def _logits(self, prev: torch.Tensor) -> torch.Tensor:
+        return (self.emb[prev] @ self.out) / self.temperature
+
+    def _token_logprobs(self, seqs: Sequences) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logp [B, T] with grad, hidden [B, T, d], mask [B, T]) of the response tokens."""
+        ids, mask = seqs.response_tokens()
+        B, T = mask.shape
+        prev = torch.zeros(B, T, dtype=torch.long)
+        for i, (tok, p) in enumerate(zip(seqs.tokens, seqs.prompt_lens)):
+            n = tok.numel() - p
+            prev[i, :n] = tok[p - 1 : p - 1 + n]
+        logp = torch.log_softmax(self._logits(prev), dim=-1).gather(-1, ids.clamp_min(0)[..., None])[..., 0]
+        return logp * mask, self.emb[prev].detach(), mask
+
+    # PolicyInterface
+    def logprobs(self, seqs: Sequences, *, resrl=None) -> LogprobResult:
+        self.events.append("policy.logprobs" + ("+resrl" if resrl is not None else ""))
+        with torch.no_grad():
+            logp, hidden, mask = self._token_logprobs(seqs)
+        out = TokenOutputs(logprobs=logp.float(), entropy=None, mask=mask)
+        self.logprob_calls.append({"n": len(seqs), "resrl": resrl is not None})
+        if resrl is None:
+            return LogprobResult(outputs=out)
+        res = compute_resrl_weights(
+            hidden,
+            mask,
+            resrl.meta.group_ids,
+            resrl.meta.advantages,
+            resrl.cfg,
+            step=resrl.step,
+            response_ids=resrl.meta.response_ids,
+        )
+        return LogprobResult(outputs=out, weights=res.weights, stats=res.stats)
+
+    def train_step(self, seqs, old_logprobs, advantages, mask, loss_cfg) -> dict[str, float]:
+        self.events.append("policy.train_step")
+        self.train_calls.append(
+            {"seqs": seqs, "old": old_logprobs.clone(), "adv": advantages.clone(), "mask": mask.clone()}
+        )
+        logp, _, resp_mask = self._token_logprobs(seqs)
+        m = mask.bool() & resp_mask
+        loss, metrics = compute_policy_loss(logp, old_logprobs, advantages, m, loss_cfg, local_counts(m))
+        self.opt.zero_grad()
+        loss.backward()
+        grad_norm = torch.cat([p.grad.flatten() for p in (self.emb, self.out)]).norm()
+        self.opt.step()
+        out = {k: float(v) for k, v in metrics.items()}
+        out.update(grad_norm=float(grad_norm), lr=self.opt.param_groups[0]["lr"], update_ok=1.0)
+        return out
+
+    def export_weights(self):
+        self.events.append("policy.export_weights")
+        yield "emb", self.emb.detach().clone()
+        yield "out", self.out.detach().clone()
+
+    # what the run's checkpoints need
+    def save_checkpoint(self, path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        state = {"emb": self.emb.detach(), "out": self.out.detach(), "opt": self.opt.state_dict()}
+        torch.save(state, path / "policy.pt")
+
+    def load_checkpoint(self, path) -> None:
+        state = torch.load(path / "policy.pt", weights_only=False)
+        with torch.no_grad():
+            self.emb.copy_(state["emb"])
+            self.out.copy_(state["out"])
+        self.opt.load_state_dict(state["opt"])
+
+
+class BigramEngine:
+    """Samples from its own copy of a ``BigramPolicy``'s weights; see the module docstring."""
+
+    def __init__(self, policy: BigramPolicy, events: list | None = None):
+        self.emb = policy.emb.detach().clone()
+        self.out = policy.out.detach().clone()
+        self.asleep = False
+        self.events = events if events is not None else policy.events
+        self.generated: list[dict] = []  # the prompts and first index of each generate call
+        self.refits = 0
+
+    def generate(self, prompts, sampling, *, first_index: int = 0) -> RolloutBatch:
+        assert not self.asleep, "generate() on a sleeping engine"
+        self.events.append("engine.generate")
+        self.generated.append({"prompts": [list(p) for p in prompts], "first_index": first_index})
+        idx, resp, lps, trunc = [], [], [], []
+        for i, p in enumerate(prompts):
+            g = torch.Generator()
+            if sampling.seed is not None:
+                g.manual_seed(sampling.seed * 1_000_003 + first_index + i)
+            for _ in range(sampling.n):
+                prev, toks, lp = int(p[-1]), [], []
+                for _ in range(sampling.max_tokens):
+                    logits = self.emb[prev] @ self.out
+                    if sampling.temperature == 0:
+                        t = int(logits.argmax())
+                        lp.append(float(torch.log_softmax(logits, -1)[t]))
+                    else:
+                        logps = torch.log_softmax(logits / sampling.temperature, -1)
+                        t = int(torch.multinomial(logps.exp(), 1, generator=g))
+                        lp.append(float(logps[t]))
+                    toks.append(t)
+                    prev = t
+                    if sampling.stop_on_eos and t == EOS:
+                        break
+                idx.append(i)
+                resp.append(toks)
+                lps.append(torch.tensor(lp))
+                trunc.append(not (sampling.stop_on_eos and toks[-1] == EOS))
+        return RolloutBatch(
+            prompts=[list(p) for p in prompts],
+            prompt_index=torch.tensor(idx, dtype=torch.long),
+            responses=resp,
+            logprobs=lps,
+            truncated=torch.tensor(trunc),
+            lengths=torch.tensor([len(r) for r in resp]),
+        )
+
+    def refit(self, weights: Iterable[tuple[str, torch.Tensor]]) -> RefitStats:
+        assert not self.asleep, "refit() on a sleeping engine"
+        self.events.append("engine.refit")
+        n = b = 0
+        for name, t in weights:
+            getattr(self, name).copy_(t)
+            n, b = n + 1, b + t.numel() * t.element_size()
+        self.refits += 1
+        return RefitStats(tensors=n, bytes=b, calls=1, seconds=0.0)
+
+    def sleep(self) -> None:
+        self.events.append("engine.sleep")
+        self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.events.append("engine.wake_up")
+        self.asleep = False
+
+
+def even_first_token(rollout: RolloutBatch, records) -> RewardResult:
+    """Reward 1 when a response starts with an even token id; a record may force its group's outcome
+    with ``"force": 0 | 1`` (a group without reward variance)."""
+    rewards = []
+    for p, r in zip(rollout.prompt_index.tolist(), rollout.responses):
+        force = records[p].get("force")
+        rewards.append(float(force) if force is not None else float(len(r) > 0 and r[0] % 2 == 0))
+    t = torch.tensor(rewards)
+    return RewardResult(t, t > 0, collections.Counter(ok=len(rewards)))
+
+
+def prompts(n: int, seed: int = 0, **extra) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    return [{"prompt_ids": torch.randint(1, VOCAB, (3,), generator=g).tolist(), **extra} for _ in range(n)]
+
+
+class ThreadGroup:
+    """The shared state of ``size`` data-parallel ranks running in threads."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.barrier = threading.Barrier(size, timeout=30)
+        self.slots: list = [None] * size
+
+
+class ThreadDataParallel:
+    """``DataParallelInterface`` over threads: all-gather through shared slots and a barrier."""
+
+    def __init__(self, group: ThreadGroup, rank: int) -> None:
+        self.group, self.rank, self.size = group, rank, group.size
+
+    def all_gather(self, obj):
+        g = self.group
+        g.slots[self.rank] = obj
+        g.barrier.wait()
+        out = list(g.slots)
+        g.barrier.wait()  # everyone has read before the slots are reused
+        return out
+
+    def sum(self, values: list[float]) -> list[float]:
+        return [float(sum(col)) for col in zip(*self.all_gather(list(values)))]

@@ -1,0 +1,312 @@
+"""The trainer's orchestration with fakes behind its interfaces (``fakes.py``), in seconds: the phase
+order, dynamic-sampling rounds, data-parallel metric reduction, mini-batches, skipped updates, the LLD
+measurement, the ResRL weights reaching the loss, and the run loop with checkpoints and resume.
+
+The same trainer runs on the real stack in ``test_trainer_e2e.py`` and ``test_loop*.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+
+import pytest
+import torch
+
+from nemo_resrl.algorithms.advantages import grpo_advantage
+from nemo_resrl.config import (
+    AdvantageConfig,
+    AlgorithmConfig,
+    ResRLConfig,
+    RolloutConfig,
+    RunConfig,
+    SamplingConfig,
+    TrainerConfig,
+)
+from nemo_resrl.training.data_parallel import SingleProcess
+from nemo_resrl.training.loop import run_training
+from nemo_resrl.training.step_metrics import StepMetrics, reduce_over_ranks
+from nemo_resrl.training.trainer import Trainer
+from tests.training.fakes import (
+    BigramEngine,
+    BigramPolicy,
+    ThreadDataParallel,
+    ThreadGroup,
+    even_first_token,
+    prompts,
+)
+
+N = 4  # responses per prompt
+ROLLOUT = RolloutConfig(sampling=SamplingConfig(n=N, temperature=1.0, max_tokens=5, seed=0))
+RESRL = ResRLConfig(max_rows=64, rank=4)
+
+
+def make(algorithm: str = "resrl", *, dp=None, refill=None, events=None, seed=0, **trainer_kw):
+    events = [] if events is None else events
+    policy = BigramPolicy(seed=seed, events=events)
+    engine = BigramEngine(policy, events)
+    algo = AlgorithmConfig.preset(algorithm, resrl=RESRL)
+    cfg = TrainerConfig(**{"prompts_per_step": 4, **trainer_kw})
+    trainer = Trainer(
+        policy,
+        engine,
+        even_first_token,
+        algorithm=algo,
+        trainer=cfg,
+        rollout=ROLLOUT,
+        dp=dp or SingleProcess(),
+        refill=refill,
+    )
+    return trainer, policy, engine, events
+
+
+def test_one_step_runs_the_phases_in_order_with_the_engine_asleep_while_training():
+    trainer, policy, engine, events = make("resrl", mini_batches=2)
+    m = trainer.train_step(prompts(4))
+    assert trainer.last_phases == [
+        "generate",
+        "reward",
+        "old log-probs + ResRL",
+        "train",
+        "log-likelihood displacement",
+        "refit",
+    ]
+    assert events == [
+        "engine.generate",
+        "policy.logprobs+resrl",
+        "engine.sleep",
+        "policy.train_step",
+        "policy.train_step",
+        "policy.logprobs",  # the LLD pass over the correct responses, after the updates
+        "engine.wake_up",
+        "engine.refit",
+        "policy.export_weights",  # a lazy stream: the refit pulls the weights as it loads them
+    ]
+    assert trainer.step == 1 and m["step"] == 0.0 and m["train/update_skipped"] == 0.0
+    for phase in ("generate", "reward", "old_logprobs", "train", "lld", "refit"):
+        assert m[f"time/{phase}_s"] >= 0.0
+    # the engine now holds the trained weights: the next step's sampler and actor agree exactly
+    assert torch.equal(engine.emb, policy.emb.detach()) and torch.equal(engine.out, policy.out.detach())
+    m2 = trainer.train_step(prompts(4, seed=1))
+    assert m2["rollout/token_mult_prob_error"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_grpo_skips_the_resrl_pass_and_trains_on_the_broadcast_advantage():
+    trainer, policy, _, events = make("grpo")
+    trainer.train_step(prompts(4))
+    assert "policy.logprobs+resrl" not in events and trainer.last_phases[2] == "old log-probs"
+    call = policy.train_calls[0]
+    adv = call["adv"]
+    # every valid token of a response carries the response's advantage; padding 0
+    per_response = adv.sum(1) / call["mask"].sum(1)
+    assert torch.allclose(adv, per_response[:, None] * call["mask"])
+
+
+def test_resrl_weights_reach_the_loss_as_token_advantages():
+    trainer, policy, engine, _ = make("resrl")
+    records = prompts(4)
+    # the step's inputs, reproduced independently: same rollout (same seeds), same rewards, same weights
+    rollout = engine.generate([r["prompt_ids"] for r in records], trainer.sampling_for(0, 0))
+    graded = even_first_token(rollout, records)
+    adv = grpo_advantage(graded.rewards, graded.correct, rollout.prompt_index, AdvantageConfig())
+    trainer.train_step(records)
+    call = policy.train_calls[0]
+    pos, neg = adv > 0, adv < 0
+    assert pos.any() and neg.any()
+    mask = call["mask"]
+    # positives: lambda_pos * A on every token
+    assert torch.allclose(call["adv"][pos], (RESRL.lambda_pos * adv[pos, None] * mask[pos]).float())
+    # negatives: w * A with w in [xi, 1], not all equal to 1 (the subspace did something)
+    w = call["adv"][neg] / adv[neg, None]
+    w = w[mask[neg]]
+    assert float(w.min()) >= RESRL.xi - 1e-6 and float(w.max()) <= 1 + 1e-6 and float(w.min()) < 0.99
+    m = trainer.train_step(prompts(4, seed=1))
+    assert RESRL.xi <= m["weights/negative_mean"] <= 1.0 and m["resrl/groups_active"] >= 1
+    assert m["weights/negative_p10"] <= m["weights/negative_p50"] <= m["weights/negative_p90"]
+
+
+def test_mini_batches_split_the_step_into_disjoint_updates():
+    trainer, policy, _, _ = make("grpo", mini_batches=3)
+    m = trainer.train_step(prompts(4))
+    sizes = [len(c["seqs"]) for c in policy.train_calls]
+    assert len(sizes) == 3 and sum(sizes) == 4 * N
+    seen = [tuple(t.tolist()) for c in policy.train_calls for t in c["seqs"].tokens]
+    assert len(seen) == 4 * N  # every response trained on once
+    assert m["train/update_ok"] == 1.0 and math.isfinite(m["train/loss"])
+
+
+def test_dynamic_sampling_refills_until_the_step_has_groups_with_signal():
+    calls = []
+
+    def refill(step, round_):
+        calls.append((step, round_))
+        return prompts(4, seed=100 + round_)  # mixed outcomes: some groups have reward variance
+
+    trainer, policy, engine, _ = make("dapo", refill=refill)
+    records = prompts(4, force=1)  # round 1: every group all-correct, no signal
+    m = trainer.train_step(records)
+    assert calls[0] == (0, 1)
+    rounds = int(m["dynamic_sampling/rounds"])
+    assert rounds == len(engine.generated) == len(calls) + 1 >= 2
+    assert m["reward/n"] == N * 4 * rounds  # reward metrics cover every generated response
+    assert m["dynamic_sampling/dropped_groups"] >= 4
+    kept = policy.train_calls[0]["seqs"]
+    assert len(kept) == N * m["dynamic_sampling/kept_groups"]
+    # what was trained: only groups whose rewards differ (the all-correct first round is gone)
+    groups = {}
+    for toks, plen, a in zip(kept.tokens, kept.prompt_lens, policy.train_calls[0]["adv"]):
+        groups.setdefault(tuple(toks[:plen].tolist()), []).append(float(a[0]))
+    assert all(max(v) > min(v) for v in groups.values())
+    assert m["dynamic_sampling/short"] == float(m["dynamic_sampling/kept_groups"] < 4)
+
+
+def test_a_step_with_no_group_left_skips_its_update():
+    trainer, policy, engine, events = make("dapo", refill=lambda step, r: prompts(4, seed=r, force=0))
+    m = trainer.train_step(prompts(4, force=1))
+    assert m["train/update_skipped"] == 1.0 and m["dynamic_sampling/rounds"] == 3
+    assert m["dynamic_sampling/kept_groups"] == 0 and m["dynamic_sampling/short"] == 1.0
+    assert not policy.train_calls and engine.refits == 0 and "engine.sleep" not in events
+    assert trainer.step == 1 and "train/loss" not in m
+
+
+def test_the_lld_is_the_change_of_the_correct_responses_log_likelihood():
+    trainer, policy, engine, _ = make("grpo", lld_every=2)
+    records = prompts(4)
+    before = BigramPolicy(seed=0)  # the same initial weights
+    m = trainer.train_step(records)
+    # reproduce the step's rollout with the initial weights, then its correct responses' log-likelihood
+    batch = BigramEngine(before).generate([r["prompt_ids"] for r in records], trainer.sampling_for(0, 0))
+    graded = even_first_token(batch, records)
+    seqs = batch.to_sequences()
+    old = before.logprobs(seqs).outputs
+    new = policy.logprobs(seqs).outputs
+    pos = graded.correct
+    delta = ((new.logprobs - old.logprobs) * old.mask)[pos].sum(1)
+    assert m["lld/positives"] == float(pos.sum()) > 0
+    assert m["lld/seq_logp_delta_mean"] == pytest.approx(float(delta.mean()), rel=1e-4, abs=1e-5)
+    assert "lld/positives" not in trainer.train_step(prompts(4, seed=1))  # lld_every=2: step 1 has none
+
+
+def test_data_parallel_ranks_take_their_share_and_reduce_metrics_by_kind():
+    group = ThreadGroup(2)
+    results: dict[int, dict] = {}
+    trainers = {r: make("resrl", dp=ThreadDataParallel(group, r), seed=0) for r in range(2)}
+    records = prompts(4)
+
+    def run(rank):
+        results[rank] = trainers[rank][0].train_step(records)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert set(results) == {0, 1}
+    # each rank generated its own half, with the global index of its first prompt
+    gen = [trainers[r][2].generated[0] for r in range(2)]
+    assert [g["first_index"] for g in gen] == [0, 2]
+    assert gen[0]["prompts"] + gen[1]["prompts"] == [r["prompt_ids"] for r in records]
+    m0, m1 = results[0], results[1]
+    assert m0 == m1  # every rank reports the same reduced metrics
+    assert m0["reward/n"] == 4 * N  # counts summed
+    # the reward mean is over every response of the step (both halves)
+    rewards = []
+    for r in range(2):
+        engine = BigramEngine(BigramPolicy(seed=0))
+        share = records[2 * r : 2 * r + 2]
+        batch = engine.generate(
+            [x["prompt_ids"] for x in share], trainers[r][0].sampling_for(0, 0), first_index=2 * r
+        )
+        rewards += even_first_token(batch, share).rewards.tolist()
+    assert m0["reward/mean"] == pytest.approx(sum(rewards) / len(rewards))
+
+
+def test_reduce_over_ranks_by_kind():
+    a, b = StepMetrics(), StepMetrics()
+    for m, n, mean, t in ((a, 2.0, 1.0, 3.0), (b, 6.0, 0.0, 5.0)):
+        m.sum({"reward/n": n})
+        m.weighted({"reward/mean": mean}, weight=n)
+        m.mean({"time/train_s": t})
+        m.global_({"train/loss": 0.5})
+    a.sum({"reward/count/timeout": 1.0})  # only one rank saw a timeout
+    out = reduce_over_ranks([a, b])
+    assert out == {
+        "reward/n": 8.0,
+        "reward/mean": 0.25,
+        "time/train_s": 4.0,
+        "train/loss": 0.5,
+        "reward/count/timeout": 1.0,
+    }
+    c = StepMetrics()
+    c.mean({"train/loss": 1.0})
+    with pytest.raises(ValueError, match="different kinds"):
+        reduce_over_ranks([a, c])
+
+
+def test_evaluate_is_greedy_with_one_response_per_prompt():
+    trainer, _, engine, _ = make("grpo")
+    out = trainer.evaluate(prompts(3))
+    assert out["eval/n"] == 3.0 and 0.0 <= out["eval/accuracy"] <= 1.0
+    again = trainer.evaluate(prompts(3))
+    assert again == out  # greedy: the same answers
+
+
+def test_settings_the_trainer_cannot_run_are_refused():
+    with pytest.raises(ValueError, match="refill"):
+        make("dapo")
+    policy = BigramPolicy(temperature=0.7)
+    with pytest.raises(ValueError, match="rollout.sampling.temperature is 1.0"):
+        Trainer(
+            policy,
+            BigramEngine(policy),
+            even_first_token,
+            algorithm=AlgorithmConfig.preset("grpo"),
+            trainer=TrainerConfig(),
+            rollout=ROLLOUT,
+            dp=SingleProcess(),
+        )
+
+
+def _run_cfg(run_dir, steps: int) -> RunConfig:
+    cfg = RunConfig()
+    cfg.actor.hf_path = "fake"
+    cfg.rollout = ROLLOUT
+    cfg.algorithm = AlgorithmConfig.preset("resrl", resrl=RESRL)
+    cfg.trainer = TrainerConfig(steps=steps, prompts_per_step=4, eval_every=2, eval_prompts=3)
+    cfg.checkpoint.every, cfg.checkpoint.keep_last = 1, 2
+    cfg.logging.run_dir, cfg.logging.tensorboard, cfg.logging.progress = str(run_dir), False, False
+    return cfg.validate()
+
+
+def _loop(run_dir, steps: int) -> list[dict]:
+    policy = BigramPolicy(seed=0)
+    engine = BigramEngine(policy)
+    records, held_out = prompts(6), prompts(3, seed=9)
+    cfg = _run_cfg(run_dir, steps)
+    return run_training(
+        cfg,
+        policy,
+        engine,
+        even_first_token,
+        records,
+        dp=SingleProcess(),
+        eval_records=held_out,
+        print_fn=lambda s: None,
+    )
+
+
+def _without_times(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in history]
+
+
+def test_the_run_loop_resumed_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path):
+    whole = _loop(tmp_path / "whole", 4)
+    assert [m["step"] for m in whole] == [0, 1, 2, 3] and "eval/accuracy" in whole[1]
+    _loop(tmp_path / "split", 2)
+    resumed = _loop(tmp_path / "split", 4)
+    assert _without_times(resumed) == _without_times(whole)
+    lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [0, 1, 2, 3]
+    kept = sorted(p.name for p in (tmp_path / "split" / "checkpoints").iterdir())
+    assert kept == ["step_000003", "step_000004"]

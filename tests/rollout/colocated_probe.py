@@ -30,7 +30,8 @@ def main() -> None:
     from nemo_resrl.config.algorithm import PolicyLossConfig
     from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
     from nemo_resrl.models.actor import MegatronActor
-    from nemo_resrl.rollout.engine import RolloutEngine, token_mult_prob_error
+    from nemo_resrl.rollout.batch import token_mult_prob_error
+    from nemo_resrl.rollout.engine import RolloutEngine
 
     model = work / "qwen3"
     g = torch.Generator().manual_seed(0)

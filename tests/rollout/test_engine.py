@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
-from nemo_resrl.rollout.engine import check_consistency, check_model_for_rollout, token_mult_prob_error
+from nemo_resrl.rollout.batch import check_consistency, token_mult_prob_error
+from nemo_resrl.rollout.engine import check_model_for_rollout
 from tests.launch import run_module
 from tests.models.tiny_hf import make_tiny
 

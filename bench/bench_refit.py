@@ -46,9 +46,9 @@ def main() -> None:
     args = ap.parse_args()
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.config.actor import ActorConfig
     from nemo_resrl.config.rollout import RolloutConfig
+    from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.rollout.engine import RolloutEngine
 
     with tempfile.TemporaryDirectory() as tmp:

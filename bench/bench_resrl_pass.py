@@ -107,9 +107,9 @@ class PeakMemory:
 
 def run_variant(args) -> dict:
     from nemo_resrl.algorithms.resrl import ResRLConfig, compute_resrl_weights
+    from nemo_resrl.config.actor import ActorConfig
     from nemo_resrl.distributed.resrl_pass import ResponseMeta, old_logprobs_with_resrl
     from nemo_resrl.models.actor import MegatronActor
-    from nemo_resrl.config.actor import ActorConfig
 
     dtype = "bf16" if torch.cuda.is_available() else "fp32"
     actor = MegatronActor(ActorConfig(hf_path=args.model, micro_batch_size=args.micro_batch, dtype=dtype))

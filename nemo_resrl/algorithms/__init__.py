@@ -1,7 +1,7 @@
 """Pure-torch RL algorithm core: no distributed state, no model code.
 
 advantages  outcome advantage estimators (grpo, dr_grpo, psr, nsr, w_reinforce), registry ADVANTAGE_ESTIMATORS
-resrl       ResRL token weights and token-wise advantages (docs/algorithm.md sections 3-6)
+resrl       ResRL token weights and token-wise advantages (docs/algorithm.md §3-6)
 subspace    positive subspace fit (exact / gram / randomized SVD) and residual energy
 losses      policy losses (registry POLICY_LOSSES), KL, the single aggregation point
 shaping     length-scaled reward, DAPO overlong penalty and dynamic-sampling filter

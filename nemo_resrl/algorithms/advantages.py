@@ -1,4 +1,4 @@
-"""Outcome advantage estimators (SPEC sections 1 and 8), one uniform signature, registered by name.
+"""Outcome advantage estimators (docs/algorithm.md §1 and 8), one uniform signature, registered by name.
 
 Every estimator maps per-response scalars to per-response advantages::
 
@@ -64,7 +64,8 @@ def group_normalized_advantages(
 def grpo_advantage(
     rewards: torch.Tensor, correct: torch.Tensor, group_ids: torch.Tensor, cfg: AdvantageConfig
 ) -> torch.Tensor:
-    """GRPO: group-normalised by mean and unbiased std (SPEC 1). Also DAPO's and ResRL's base advantage."""
+    """GRPO: group-normalised by mean and unbiased std (docs/algorithm.md §1); also DAPO's and ResRL's
+    base advantage."""
     _check_inputs(rewards, correct, group_ids)
     return group_normalized_advantages(rewards, group_ids, norm_by_std=True, epsilon=cfg.epsilon)
 
@@ -73,7 +74,7 @@ def grpo_advantage(
 def dr_grpo_advantage(
     rewards: torch.Tensor, correct: torch.Tensor, group_ids: torch.Tensor, cfg: AdvantageConfig
 ) -> torch.Tensor:
-    """Dr.GRPO: ``r - mean_g`` without the std division (SPEC 1, ``norm_by_std: false``)."""
+    """Dr.GRPO: ``r - mean_g`` without the std division (docs/algorithm.md §1, ``norm_by_std: false``)."""
     _check_inputs(rewards, correct, group_ids)
     return group_normalized_advantages(rewards, group_ids, norm_by_std=False, epsilon=cfg.epsilon)
 
@@ -82,7 +83,7 @@ def dr_grpo_advantage(
 def psr_advantage(
     rewards: torch.Tensor, correct: torch.Tensor, group_ids: torch.Tensor, cfg: AdvantageConfig
 ) -> torch.Tensor:
-    """PSR: +1 for correct responses, 0 for the rest (SPEC 8)."""
+    """PSR: +1 for correct responses, 0 for the rest (docs/algorithm.md §8)."""
     _check_inputs(rewards, correct, group_ids)
     return correct.to(rewards.dtype)
 
@@ -91,7 +92,7 @@ def psr_advantage(
 def nsr_advantage(
     rewards: torch.Tensor, correct: torch.Tensor, group_ids: torch.Tensor, cfg: AdvantageConfig
 ) -> torch.Tensor:
-    """NSR: -1 for incorrect responses, 0 for the rest (SPEC 8)."""
+    """NSR: -1 for incorrect responses, 0 for the rest (docs/algorithm.md §8)."""
     _check_inputs(rewards, correct, group_ids)
     return -(~correct).to(rewards.dtype)
 
@@ -100,7 +101,7 @@ def nsr_advantage(
 def w_reinforce_advantage(
     rewards: torch.Tensor, correct: torch.Tensor, group_ids: torch.Tensor, cfg: AdvantageConfig
 ) -> torch.Tensor:
-    """W-REINFORCE: lambda for correct, -1 for incorrect, no group normalisation (SPEC 8)."""
+    """W-REINFORCE: lambda for correct, -1 for incorrect, no group normalisation (docs/algorithm.md §8)."""
     _check_inputs(rewards, correct, group_ids)
     lam = torch.full_like(rewards, cfg.w_reinforce_lambda)
     return torch.where(correct, lam, -torch.ones_like(rewards))

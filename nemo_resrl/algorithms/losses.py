@@ -1,4 +1,4 @@
-"""Policy losses (SPEC section 6), registered by name, with ONE normalisation point: ``aggregate``.
+"""Policy losses (docs/algorithm.md §6), registered by name, with ONE normalisation point: ``aggregate``.
 
 A registered policy loss maps per-token tensors to per-token losses::
 
@@ -47,7 +47,7 @@ def ppo_clip_loss(
     mask: torch.Tensor,
     cfg: PolicyLossConfig,
 ) -> PolicyLossTerms:
-    """PPO clipped surrogate with clip-higher and dual clip (SPEC 6).
+    """PPO clipped surrogate with clip-higher and dual clip (docs/algorithm.md §6).
 
     ``l = max(-A rho, -A clip(rho, 1 - eps_low, 1 + eps_high))``; for A < 0, ``l = min(l, -A c)``.
     """

@@ -1,4 +1,4 @@
-"""Evaluation metrics (SPEC section 9): Avg@k, unbiased pass@k (Chen et al. 2021), maj@k."""
+"""Evaluation metrics (docs/algorithm.md §9): Avg@k, unbiased pass@k (Chen et al. 2021), maj@k."""
 
 from __future__ import annotations
 

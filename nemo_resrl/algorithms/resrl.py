@@ -1,4 +1,4 @@
-"""ResRL token weights (SPEC sections 3-6): a public API a verl or NeMo RL trainer can call.
+"""ResRL token weights (docs/algorithm.md §3-6): a public API a verl or NeMo RL trainer can call.
 
 For each prompt group, the penultimate-layer representations of the CORRECT (positive) responses span
 a low-rank subspace; each token of an INCORRECT (negative) response is penalised in proportion to how
@@ -8,10 +8,10 @@ genuinely wrong ones the full weight 1.
 Building blocks (pure functions, no distributed state; ``nemo_resrl.distributed`` composes the same
 blocks across ranks so both paths give identical weights):
 
-    normalize_hidden         h [N, d] -> x [N, d]       non-parametric LayerNorm in float32 (SPEC 3)
+    normalize_hidden         h [N, d] -> x [N, d]       non-parametric LayerNorm in float32 (§3)
     group_sample_seed        (seed, step, group id) -> int   one seed per group and step
     sample_row_indices       pool size, M_max, seed -> sorted indices [M] (uniform, no replacement)
-    group_skip_reason        SPEC 4.5 degenerate-group rules -> None or a reason string
+    group_skip_reason        docs/algorithm.md §4.5 degenerate-group rules -> None or a reason string
     fit_positive_subspace    x+ [M, d] -> (mu [d], V_k [d, k])            (subspace.py)
     residual_energy          x- [T, d], (mu, V_k) -> R [T]                 (subspace.py)
     quantile_gate            R [n] (ALL negative tokens of a group) -> w [n] in [xi, 1]
@@ -38,7 +38,7 @@ from nemo_resrl.algorithms.subspace import fit_positive_subspace, residual_energ
 from nemo_resrl.common import require, require_finite, require_shape
 from nemo_resrl.config.algorithm import ResRLConfig
 
-# Reasons a group gets no ResRL weights (all its weights stay 1), SPEC 4.5.
+# Reasons a group gets no ResRL weights (all its weights stay 1), docs/algorithm.md §4.5.
 SKIP_NO_POSITIVE = "no_positive_response"
 SKIP_NO_NEGATIVE = "no_negative_response"
 SKIP_FEW_POSITIVE_TOKENS = "too_few_positive_tokens"
@@ -52,12 +52,12 @@ SKIP_REASONS = (
     SKIP_NO_NEGATIVE_TOKENS,
 )
 
-QUANTILE_SPAN_FLAT = 1e-5  # q_hi - q_lo below this: every weight gets z = 0.5 (SPEC 5)
-QUANTILE_SPAN_FLOOR = 1e-6  # denominator floor (SPEC 5)
+QUANTILE_SPAN_FLAT = 1e-5  # q_hi - q_lo below this: every weight gets z = 0.5 (docs/algorithm.md §5)
+QUANTILE_SPAN_FLOOR = 1e-6  # denominator floor (docs/algorithm.md §5)
 
 
 def normalize_hidden(h: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Non-parametric LayerNorm over the last dim, in float32 (SPEC 3): [..., d] -> [..., d]."""
+    """Non-parametric LayerNorm over the last dim, in float32 (docs/algorithm.md §3): [..., d] -> [..., d]."""
     return F.layer_norm(h.float(), (h.shape[-1],), eps=eps)
 
 
@@ -86,7 +86,8 @@ def group_skip_reason(
     hidden_dim: int,
     cfg: ResRLConfig,
 ) -> str | None:
-    """SPEC 4.5: why a group gets no ResRL weights (its weights stay 1), or None if it is active."""
+    """Why a group gets no ResRL weights (its weights stay 1), or None if it is active
+    (docs/algorithm.md §4.5)."""
     if num_positive_responses == 0:
         return SKIP_NO_POSITIVE
     if num_negative_responses == 0:
@@ -113,7 +114,7 @@ def linear_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
 
 
 def quantile_bounds(residuals: torch.Tensor, alpha: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q_lo, q_hi): the alpha and beta quantiles of ALL of one group's negative residuals [n] (SPEC 5).
+    """(q_lo, q_hi): the alpha and beta quantiles of ALL of one group's negative residuals [n] (§5).
 
     Split from ``gate`` so that a group spread over ranks gathers only its residual scalars, computes
     the bounds once, and gates each rank's own tokens.
@@ -125,7 +126,7 @@ def quantile_bounds(residuals: torch.Tensor, alpha: float, beta: float) -> tuple
 
 
 def gate(residuals: torch.Tensor, q_lo: torch.Tensor, q_hi: torch.Tensor, xi: float) -> torch.Tensor:
-    """Weights ``xi + (1 - xi) z``, ``z = clamp((R - q_lo) / (q_hi - q_lo), 0, 1)`` (SPEC 5): [n] -> [n]."""
+    """Weights ``xi + (1 - xi) z``, ``z = clamp((R - q_lo) / (q_hi - q_lo), 0, 1)`` (§5): [n] -> [n]."""
     r = residuals.float()
     span = q_hi - q_lo
     if float(span) < QUANTILE_SPAN_FLAT:
@@ -136,14 +137,14 @@ def gate(residuals: torch.Tensor, q_lo: torch.Tensor, q_hi: torch.Tensor, xi: fl
 
 
 def quantile_gate(residuals: torch.Tensor, alpha: float, beta: float, xi: float) -> torch.Tensor:
-    """Token weights from ALL of one group's negative residuals [n] -> [n] in [xi, 1] (SPEC 5)."""
+    """Token weights from ALL of one group's negative residuals [n] -> [n] in [xi, 1] (§5)."""
     require(residuals.dim() == 1 and residuals.numel() > 0, "quantile_gate needs a non-empty 1-D tensor")
     q_lo, q_hi = quantile_bounds(residuals, alpha, beta)
     return gate(residuals, q_lo, q_hi, xi)
 
 
 def token_advantages(advantages: torch.Tensor, weights: torch.Tensor, lambda_pos: float) -> torch.Tensor:
-    """``A~ = lambda_pos * A`` for positive responses (A > 0), ``w * A`` for the rest (SPEC 6).
+    """``A~ = lambda_pos * A`` for positive responses (A > 0), ``w * A`` for the rest (docs/algorithm.md §6).
 
     advantages [B], weights [B, T] -> [B, T] (same dtype as ``advantages``).
     """
@@ -221,7 +222,7 @@ def compute_resrl_weights(
                    whose logits predict each response token (same alignment as the log-probs).
     response_mask: [B, T] valid response tokens (bool or 0/1).
     group_ids:     [B] integer prompt-group id; must be unique per group within the step.
-    advantages:    [B] outcome advantages; A > 0 marks the positive set (SPEC 2).
+    advantages:    [B] outcome advantages; A > 0 marks the positive set (docs/algorithm.md §2).
     response_ids:  [B] ids fixing the positive pool's sampling order (default: batch position). Give
                    the same ids in any split of the batch to get the same sample.
     """

@@ -1,4 +1,4 @@
-"""Reward shaping and batch filtering: SPEC section 7 (length-scaled reward) and DAPO (section 8)."""
+"""Reward shaping and batch filtering: docs/algorithm.md §7 (length-scaled reward) and DAPO (section 8)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
     spec = algorithm_spec("dapo")
     spec.estimator        # the outcome-advantage estimator (``ADVANTAGE_ESTIMATORS`` key)
-    spec.resrl_weights    # whether negative tokens get ResRL weights (docs/algorithm.md sections 3-6)
+    spec.resrl_weights    # whether negative tokens get ResRL weights (docs/algorithm.md §3-6)
     spec.group_normalised # whether the advantage compares responses within a prompt group (needs n >= 2)
     spec.loss             # the recipe's policy-loss settings (``algorithm.loss`` values)
     spec.dynamic_sampling / spec.overlong   # DAPO's extras, on by default for this recipe
@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 from nemo_resrl.algorithms.registry import Registry
 
-# the PPO-clip recipe every algorithm here starts from (docs/algorithm.md section 6)
+# the PPO-clip recipe every algorithm here starts from (docs/algorithm.md §6)
 _PPO_CLIP = {
     "clip_low": 0.2,
     "clip_high": 0.2,

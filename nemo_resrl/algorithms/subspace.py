@@ -1,4 +1,4 @@
-"""Low-rank subspace of a group's positive token representations (SPEC section 4, steps 3-4).
+"""Low-rank subspace of a group's positive token representations (docs/algorithm.md §4, steps 3-4).
 
 ``fit_positive_subspace(x_pos)`` returns ``(mu, V_k)``: the mean of the rows of ``x_pos`` [M, d] and an
 orthonormal basis [d, k] of the top-k right singular vectors of the centred rows. Three methods give

@@ -15,7 +15,7 @@ calls it only then. Each part fixes a failure that ``tests/compat/test_cpu_patch
              calls ``torch.cuda.get_rng_state``).
 
 Not included, because the CPU stack (megatron-core 0.16.1) does not need it: megatron-core >= 0.19's DDP
-also calls ``torch.cuda.current_stream()`` (see shared/feasibility if you move a CPU machine to 0.19).
+also calls ``torch.cuda.current_stream()`` (a CPU machine moved to 0.19 needs a patch for it too).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ class AdvantageConfig(Section):
 
 @dataclass
 class PolicyLossConfig(Section):
-    """The policy loss (``algorithm.loss``), docs/algorithm.md section 6."""
+    """The policy loss (``algorithm.loss``), docs/algorithm.md §6."""
 
     KEY = "algorithm.loss."
 

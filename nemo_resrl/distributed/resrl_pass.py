@@ -4,7 +4,8 @@ The old-log-prob pass (forward only, at the rollout weights) runs anyway for GRP
 
 1. Plan (every rank, from a tiny all-gather of per-response metadata over data parallel): each
    group's positive pool (valid tokens of its positive responses, ordered by (response id, position)),
-   its skip reason (SPEC 4.5), its owner (active groups round-robin over the data-parallel ranks) and
+   its skip reason (docs/algorithm.md §4.5), its owner (active groups round-robin over the data-parallel
+   ranks) and
    its sampled pool indices, drawn with the same seed as the single-process ``compute_resrl_weights``:
    the sample is uniform over the WHOLE group, whichever rank holds which response.
 2. One forward pass with the positive responses first (phase 0) and the negative ones after
@@ -24,7 +25,7 @@ Only tensor rank 0 of the pipeline stage that owns layer L-2 does steps 2-5 (ten
 same hidden states): one gather per tensor-parallel group, not one per rank. Extra memory: the
 sampled rows (<= M x d per group, spread over ranks), the projectors (groups x d x (k + 1)), and one
 float per negative token. Nothing keeps all hidden states, and no group is ever split into parts
-that silently get weight 1 (the released code's defect, SPEC 10).
+that silently get weight 1 (the released code's defect, docs/algorithm.md §10).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Evaluation metrics of n sampled responses per problem, as pure functions.
 
 - ``avg_at_n``: mean correctness over all n samples (Avg@n).
-- ``pass_at_k`` (from ``nemo_resrl.algorithms.metrics``, SPEC 9): the unbiased estimator of Chen et al.
-  (2021), 1 - C(n-c, k) / C(n, k), computed as a product (no overflow for large n).
+- ``pass_at_k`` (from ``nemo_resrl.algorithms.metrics``, docs/algorithm.md §9): the unbiased estimator of
+  Chen et al. (2021), 1 - C(n-c, k) / C(n, k), computed as a product (no overflow for large n).
 - ``expected_maj_at_k``: the EXPECTED accuracy of majority voting over a uniformly random k-subset of the n
   samples. Answers are grouped into classes by their (normalised) extracted answer; a sample with no
   answer never votes; a tie between classes is broken uniformly at random (a tie between a correct and a

@@ -1,2 +1,2 @@
 """The Megatron actor: building from HF via megatron-bridge, forward-only log-prob + penultimate capture,
-train step, checkpoints (issue 3; being built)."""
+train step, checkpoints (``docs/actor.md``)."""

@@ -4,7 +4,7 @@ megatron-bridge, laid out tensor x pipeline x data parallel; the trainer's ``Pol
 The work is split by job, and this class wires the parts together:
 - ``build.py``: the model (bridge, DDP, layer spec) and the optimizer with its LR schedule;
 - ``forward.py``: layouts, megatron's schedule, chunked vocab-parallel log-probs at the sampling
-  temperature, the layer L-2 hook (docs/algorithm.md section 3), broadcasts between stages;
+  temperature, the layer L-2 hook (docs/algorithm.md §3), broadcasts between stages;
 - ``train_step.py``: one optimizer step with the globally normalised policy loss;
 - ``checkpoint.py``: dist-checkpoints (the model loads at any TP / PP layout);
 - ``nemo_resrl.distributed.resrl_pass``: the ResRL weights riding on the old-log-prob pass.

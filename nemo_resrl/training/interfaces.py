@@ -26,7 +26,7 @@ from nemo_resrl.rollout.batch import RefitStats, RolloutBatch
 
 @dataclass
 class ResRLRequest:
-    """Ask the log-prob pass for ResRL weights (docs/algorithm.md sections 3-5): this rank's responses'
+    """Ask the log-prob pass for ResRL weights (docs/algorithm.md §3-5): this rank's responses'
     ``meta`` (groups, step-unique response ids, outcome advantages), the settings, and the step (it
     seeds the positive-row sample)."""
 

@@ -1,4 +1,5 @@
-"""Independent float64 reference implementations written from SPEC.md, used by the algorithm tests.
+"""Independent float64 reference implementations written from docs/algorithm.md (sections cited as §N),
+used by the algorithm tests.
 
 Deliberately plain (python loops, numpy float64): they never call the code under test.
 """
@@ -9,7 +10,7 @@ import numpy as np
 
 
 def grpo(rewards, groups, norm_by_std=True, eps=1e-6):
-    """SPEC 1: A_i = (r_i - mean_g) / (std_g + eps) (unbiased std) or r_i - mean_g; equal rewards -> 0."""
+    """§1: A_i = (r_i - mean_g) / (std_g + eps) (unbiased std) or r_i - mean_g; equal rewards -> 0."""
     rewards = np.asarray(rewards, dtype=np.float64)
     groups = list(groups)
     out = np.zeros_like(rewards)
@@ -26,7 +27,7 @@ def grpo(rewards, groups, norm_by_std=True, eps=1e-6):
 
 
 def layer_norm(h, eps=1e-5):
-    """SPEC 3: non-parametric LayerNorm over the last axis."""
+    """docs/algorithm.md §3: non-parametric LayerNorm over the last axis."""
     h = np.asarray(h, dtype=np.float64)
     mu = h.mean(axis=-1, keepdims=True)
     var = ((h - mu) ** 2).mean(axis=-1, keepdims=True)
@@ -34,7 +35,7 @@ def layer_norm(h, eps=1e-5):
 
 
 def subspace(x_pos, rank):
-    """SPEC 4 steps 3-4 with numpy's float64 SVD: (mu [d], V_k [d, k]), k = min(rank, M - 1, d)."""
+    """§4 steps 3-4 with numpy's float64 SVD: (mu [d], V_k [d, k]), k = min(rank, M - 1, d)."""
     x_pos = np.asarray(x_pos, dtype=np.float64)
     m, d = x_pos.shape
     mu = x_pos.mean(axis=0)
@@ -44,7 +45,7 @@ def subspace(x_pos, rank):
 
 
 def residuals(x, mu, v):
-    """SPEC 5: R = ||xc - V V^T xc||^2 / d, xc = x - mu, row by row."""
+    """docs/algorithm.md §5: R = ||xc - V V^T xc||^2 / d, xc = x - mu, row by row."""
     out = []
     for row in np.asarray(x, dtype=np.float64):
         xc = row - mu
@@ -54,7 +55,7 @@ def residuals(x, mu, v):
 
 
 def gate(r, alpha, beta, xi):
-    """SPEC 5: quantile gating to [xi, 1] (numpy's default linear quantile)."""
+    """docs/algorithm.md §5: quantile gating to [xi, 1] (numpy's default linear quantile)."""
     q_lo, q_hi = np.quantile(r, alpha), np.quantile(r, beta)
     if q_hi - q_lo < 1e-5:
         z = np.full_like(r, 0.5)
@@ -78,7 +79,7 @@ def resrl_weights(
     min_pos_tokens=4,
     ln=True,
 ):
-    """SPEC 2-5 for a whole batch: weights [B, T] (1 for positives, skipped groups and padding).
+    """docs/algorithm.md §2-5 for a whole batch: weights [B, T] (1 for positives, skipped groups and padding).
 
     rows_for_group(gid, pool_size) -> indices of the sampled pool rows; None means take all rows.
     """

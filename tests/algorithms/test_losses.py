@@ -1,7 +1,7 @@
-"""Tests of nemo_resrl.algorithms.losses (SPEC section 6) and the registry.
+"""Tests of nemo_resrl.algorithms.losses (docs/algorithm.md §6) and the registry.
 
-Every expected value comes from the float64 reference below, written from SPEC.md's formulas token by
-token in plain Python (math module); the code under test is never used to produce an expected value.
+Every expected value comes from the float64 reference below, written from docs/algorithm.md's formulas
+token by token in plain Python (math module); the code under test is never used to produce an expected value.
 """
 
 import math
@@ -35,7 +35,7 @@ CLIP_CONFIGS = [(0.2, 0.2, 3.0), (0.2, 0.28, 3.0), (0.2, 0.28, None), (0.1, 0.5,
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Independent float64 reference (SPEC 6), plain python per token.
+# Independent float64 reference (docs/algorithm.md §6), plain python per token.
 # ----------------------------------------------------------------------------------------------------------
 def ref_token(lp, olp, a, clip_low, clip_high, dual_c, log_ratio_clamp=20.0):
     """Per-token PPO surrogate. Returns (loss, d loss / d lp, clipped flag, dual flag, ratio)."""
@@ -100,7 +100,7 @@ def ref_weights(mask, mode, n_tok, n_seq):
 
 
 def ref_aggregate(values, mask, mode, n_tok, n_seq):
-    """SPEC 6 aggregation written directly (per-sequence means for seq-mean-token-mean)."""
+    """docs/algorithm.md §6 aggregation written directly (per-sequence means for seq-mean-token-mean)."""
     if mode == "token-mean":
         total = sum(v for vr, mr in zip(values, mask) for v, m in zip(vr, mr) if m)
         return total / n_tok if n_tok > 0 else 0.0

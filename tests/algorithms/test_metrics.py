@@ -1,4 +1,4 @@
-"""Tests of nemo_resrl.algorithms.metrics (SPEC 9): Avg@k, unbiased pass@k, maj@k.
+"""Tests of nemo_resrl.algorithms.metrics (docs/algorithm.md §9): Avg@k, unbiased pass@k, maj@k.
 
 pass@k is checked against brute-force enumeration of all size-k subsets and against exact rational
 arithmetic (1 - C(n-c, k) / C(n, k)); maj@k and Avg@k against small plain-python references.

@@ -86,7 +86,7 @@ def test_weights_with_subsampling_match_reference_given_the_same_rows():
     ],
 )
 def test_reference_comparison_can_fail(mutation):
-    """The tolerance above is tight enough that an altered SPEC formula is detected."""
+    """The tolerance above is tight enough that an altered formula is detected."""
     hidden, mask, groups, adv = _batch(seed=1)
     got = compute_resrl_weights(hidden, mask, groups, adv, CFG).weights.double().numpy()
     kw = dict(rank=CFG.rank, alpha=CFG.alpha, beta=CFG.beta, xi=CFG.xi)

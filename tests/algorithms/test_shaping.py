@@ -1,6 +1,8 @@
-"""Tests of nemo_resrl.algorithms.shaping: SPEC 7 (length-scaled reward) and DAPO's shaping (SPEC 8).
+"""Tests of nemo_resrl.algorithms.shaping: docs/algorithm.md §7 (length-scaled reward) and DAPO's shaping
+(§8).
 
-Expected values come from the plain-python references below (written from SPEC.md) or are hand-computed.
+Expected values come from the plain-python references below (written from docs/algorithm.md) or are
+hand-computed.
 """
 
 import math
@@ -21,7 +23,7 @@ F64 = torch.float64
 
 
 def ref_length_scaled(r, L, start=3500, max_length=4096, end_scale=0.7):
-    """SPEC 7, one response, branch by branch."""
+    """docs/algorithm.md §7, one response, branch by branch."""
     if r <= 0:
         return r
     if L <= start:
@@ -32,7 +34,7 @@ def ref_length_scaled(r, L, start=3500, max_length=4096, end_scale=0.7):
 
 
 def ref_overlong(L, max_length, buffer, factor=1.0):
-    """SPEC 8 (DAPO): factor * min(-(L - (L_max - buf)) / buf, 0)."""
+    """docs/algorithm.md §8 (DAPO): factor * min(-(L - (L_max - buf)) / buf, 0)."""
     return factor * min(-(L - (max_length - buffer)) / buffer, 0.0)
 
 

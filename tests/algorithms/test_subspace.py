@@ -48,7 +48,7 @@ def test_exact_matches_numpy_float64_reference(m, d):
 @pytest.mark.parametrize("method", SVD_METHODS)
 @pytest.mark.parametrize("m,d", [(300, 64), (48, 128), (600, 200)])  # the last: q = k + 64 < min(m, d)
 def test_every_method_matches_exact_subspace(method, m, d):
-    """The requirement of SPEC 4.4: any method must reproduce exact SVD's subspace (principal angles)."""
+    """docs/algorithm.md §4.4: any method must reproduce exact SVD's subspace (principal angles)."""
     x = _decaying(m, d, seed=2, gap_at=16)
     exact = fit_positive_subspace(x, 16, method="exact")
     other = fit_positive_subspace(x, 16, method=method)

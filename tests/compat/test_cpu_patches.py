@@ -57,16 +57,19 @@ def test_schedule_and_grad_clipping_need_the_cuda_to_cpu_mode():
     _fails(_probe("train_clip", "--skip", "mode"), "Torch not compiled with CUDA enabled")
 
 
+@pytest.mark.slow
 def test_pipeline_parallel_needs_the_synchronize_patch():
     _ok(_probe("pp2", nproc=2), times=2)
     _fails(_probe("pp2", "--skip", "sync", nproc=2), "Torch not compiled with CUDA enabled")
 
 
+@pytest.mark.slow
 def test_gloo_scatter_of_non_contiguous_views_needs_the_contiguous_patch():
     _ok(_probe("scatter", nproc=2), times=2)
     _fails(_probe("scatter", "--no-scatter-fix", nproc=2), "want")
 
 
+@pytest.mark.slow
 def test_megatron_bridge_imports_with_a_scoped_te_stub():
     code = (
         "import sys; from nemo_resrl.compat import import_megatron_bridge, transformer_engine_available\n"

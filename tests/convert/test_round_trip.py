@@ -102,6 +102,7 @@ def test_from_hf_checkpoint_loads_at_tp2_and_pp2_with_the_hf_logits(work, layout
     assert _max_diff(logits["loaded"], ref) < TOL
 
 
+@pytest.mark.slow
 def test_vllm_loads_the_converted_model_with_its_log_probs(work, tmp_path):
     """vLLM's log-probs of its own samples equal transformers' on the converted directory."""
     hf = convert_to_hf(work / "qwen3_tp2pp1" / "ckpt", tmp_path / "hf", max_shard_bytes=100_000)

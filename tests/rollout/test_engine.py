@@ -146,6 +146,7 @@ def test_colocated_tensor_parallel_engine_refits_from_a_tp2_actor(tmp_path, torc
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_refit_of_tied_embeddings_repacks_the_cpu_lm_head(tmp_path, torchrun):
     make_tiny(tmp_path / "llama_tied", "llama", tie=True)
     res = torchrun("tests.rollout.tied_probe", "--work", tmp_path)

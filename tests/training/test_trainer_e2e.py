@@ -16,6 +16,7 @@ from tests.models.tiny_hf import make_tiny
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_resrl_steps_raise_the_reward(tmp_path):
     make_tiny(tmp_path / "qwen3", "qwen3")
     res = run_module("tests.training.trainer_probe", "--work", tmp_path, "--steps", "8")
@@ -34,6 +35,7 @@ def test_resrl_steps_raise_the_reward(tmp_path):
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_dapo_dynamic_sampling_keeps_only_groups_with_signal_and_shapes_overlong(tmp_path):
     make_tiny(tmp_path / "qwen3", "qwen3")
     args = ["--work", tmp_path, "--algorithm", "dapo", "--steps", "3"]

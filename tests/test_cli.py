@@ -41,6 +41,15 @@ def test_a_bad_override_exits_2_naming_the_key(capsys):
     assert "stepz" in capsys.readouterr().err
 
 
+def test_a_users_config_dir_is_laid_over_the_shipped_configs(tmp_path, capsys):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text("# @package _global_\nactor:\n  hf_path: /my/model\n")
+    assert main(["train", "--config-dir", str(tmp_path), "--print-config", "model=mine"]) == 0
+    assert "hf_path: /my/model" in capsys.readouterr().out
+    assert main(["train", "--config-dir", str(tmp_path / "missing"), "--print-config"]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
 def test_a_bad_dataset_exits_2_naming_the_row_before_any_model_is_built(tmp_path, capsys):
     data = tmp_path / "bad.jsonl"
     data.write_text(

@@ -24,7 +24,7 @@ from nemo_resrl.config.algorithm import AlgorithmConfig
 from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
 from nemo_resrl.config.run import TrainerConfig
 from nemo_resrl.models.batch import Sequences
-from nemo_resrl.rewards.base import RewardResult
+from nemo_resrl.rewards.base import REASONS
 from nemo_resrl.rollout.batch import RolloutBatch, check_consistency, concat_rollouts, token_mult_prob_error
 from nemo_resrl.training.interfaces import (
     DataParallelInterface,
@@ -119,12 +119,13 @@ class Trainer:
         self, records: Sequence[dict], round_: int, phases: Phases
     ) -> tuple[RolloutBatch, Graded, torch.Tensor]:
         """Generate and grade this rank's share of ``records``: (rollout, graded, global group ids)."""
-        local, first = self._share(records)
-        if not local:
+        n, size = len(records), self.dp.size
+        if (size - 1) * -(-n // size) >= n:  # the last rank's share would be empty: every rank raises
             raise ValueError(
-                f"this data-parallel rank got no prompt: trainer.prompts_per_step ({len(records)}) must be "
-                f">= the data-parallel size ({self.dp.size})"
+                f"{n} prompts cannot be shared by {size} data-parallel ranks (each takes ceil({n} / {size})):"
+                " make trainer.prompts_per_step a multiple of the data-parallel size"
             )
+        local, first = self._share(records)
         with phases("generate", "generate" if round_ == 0 else f"generate (round {round_ + 1})"):
             self.engine.wake_up()
             rollout = self.engine.generate(
@@ -194,17 +195,20 @@ class Trainer:
 
     @staticmethod
     def _reward_metrics(generated: Sequence[Graded], m: StepMetrics) -> None:
+        """Over every generated response of this rank: counts (summed over ranks) and means (weighted by
+        the responses)."""
         counts: collections.Counter = collections.Counter()
         for g in generated:
             counts.update(g.counts)
-        graded = RewardResult(
-            torch.cat([g.rewards for g in generated]), torch.cat([g.correct for g in generated]), counts
-        )
-        values = graded.as_metrics()
-        n = values.pop("reward/n")
+        rewards = torch.cat([g.rewards for g in generated]).float()
+        correct = torch.cat([g.correct for g in generated])
+        n = float(rewards.numel())
         m.sum({"reward/n": n})
-        m.sum({k: v for k, v in values.items() if k.startswith("reward/count/")})
-        m.weighted({k: v for k, v in values.items() if not k.startswith("reward/count/")}, weight=n)
+        m.sum({f"reward/count/{r}": float(counts.get(r, 0)) for r in sorted(set(REASONS) | set(counts))})
+        if n:
+            m.weighted(
+                {"reward/mean": float(rewards.mean()), "reward/accuracy": float(correct.float().mean())}, n
+            )
 
     # ------------------------------------------------------------------ the step
     def train_step(self, records: Sequence[dict]) -> dict[str, float]:

@@ -310,3 +310,13 @@ def test_the_run_loop_resumed_from_a_checkpoint_equals_the_uninterrupted_run(tmp
     assert [json.loads(x)["step"] for x in lines] == [0, 1, 2, 3]
     kept = sorted(p.name for p in (tmp_path / "split" / "checkpoints").iterdir())
     assert kept == ["step_000003", "step_000004"]
+
+
+def test_a_step_that_leaves_a_data_parallel_rank_without_prompts_is_refused_on_every_rank():
+    """5 prompts over 4 ranks: ceil(5 / 4) = 2 each leaves rank 3 empty; every rank must raise (a rank
+    that went on alone would wait in a collective forever)."""
+    group = ThreadGroup(4)
+    for rank in range(4):
+        trainer = make("grpo", dp=ThreadDataParallel(group, rank))[0]
+        with pytest.raises(ValueError, match="5 prompts cannot be shared by 4 data-parallel ranks"):
+            trainer.train_step(prompts(5))

@@ -175,7 +175,9 @@ def test_signal_to_one_of_two_ranks_stops_both_after_the_same_step(slurm, tmp_pa
     if slurm.cpus < 2:
         pytest.skip("needs 2 CPUs")
     make_tiny(tmp_path / "qwen3", "qwen3")
-    steps = 5
+    # 8 steps of about 1 s: the signal (sent once 2 steps are logged, after an scontrol round trip) must
+    # arrive well before the run ends (with 5 steps it once landed after the last one)
+    steps = 8
     probe = dict(PROBE_WORK=str(tmp_path), PROBE_STEPS=str(steps), PROBE_CKPT_EVERY="100", NPROC_PER_NODE="2")
     args = ["--ntasks=2", "--cpus-per-task=1"]
     whole_dir, run_dir = tmp_path / "whole", tmp_path / "stopped"

@@ -21,11 +21,30 @@ import torch
 STUB_VERSION = "0.0.0+nemo_resrl_stub"
 
 
-def transformer_engine_available() -> bool:
+class TransformerEngineImportError(ImportError):
+    """TransformerEngine is installed but does not import (typically a build for another torch / CUDA)."""
+
+
+def transformer_engine_available(check_import: bool = False) -> bool:
+    """Whether TransformerEngine is installed. ``check_import``: also import ``transformer_engine.pytorch``
+    and raise ``TransformerEngineImportError`` with the real error if that fails (an ABI mismatch passes
+    the installed-package check and would crash later, deep inside the model build)."""
     mod = sys.modules.get("transformer_engine")
-    if mod is not None:
-        return getattr(mod, "__version__", "") != STUB_VERSION
-    return importlib.util.find_spec("transformer_engine") is not None
+    if mod is not None and getattr(mod, "__version__", "") == STUB_VERSION:
+        return False
+    spec = importlib.util.find_spec("transformer_engine") if mod is None else mod.__spec__
+    if spec is None:
+        return False
+    if check_import:
+        try:
+            importlib.import_module("transformer_engine.pytorch")
+        except Exception as e:
+            raise TransformerEngineImportError(
+                f"TransformerEngine is installed ({spec.origin}) but does not import: "
+                f"{type(e).__name__}: {e}. Its build must match this torch and CUDA: reinstall it for "
+                "them, or uninstall it and set actor.layer_spec local"
+            ) from e
+    return True
 
 
 class _Unavailable(torch.nn.Module):

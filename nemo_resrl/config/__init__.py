@@ -16,7 +16,7 @@ planner can read a config without the training stack.
 Each field carries its docstring on the line below it (as megatron-core's configs do).
 """
 
-from nemo_resrl.config.actor import ActorConfig, ActorConfigError, OptimConfig
+from nemo_resrl.config.actor import ActorConfig, ActorConfigError, OffloadConfig, OptimConfig
 from nemo_resrl.config.algorithm import (
     AdvantageConfig,
     AlgorithmConfig,
@@ -45,6 +45,7 @@ __all__ = [
     "EvalConfig",
     "Keys",
     "LoggingConfig",
+    "OffloadConfig",
     "OptimConfig",
     "OverlongConfig",
     "PolicyLossConfig",

@@ -67,6 +67,26 @@ class OptimConfig(Section):
 
 
 @dataclass
+class OffloadConfig(Section):
+    """What the actor moves to host memory while the colocated rollout engine holds the device
+    (``actor.offload``; NeMo RL's ``offload_before_refit`` / ``offload_after_refit``). Each part goes
+    back before it is needed: the parameters before the log-prob pass, the optimizer state and the
+    gradient buffers before training."""
+
+    KEY = "actor.offload."
+
+    optimizer: bool = False
+    """Adam moments and fp32 master weights: off the device from after training until the next training."""
+    grads: bool = False
+    """The gradient buffers (zeroed at every step, so nothing is copied): freed after training."""
+    params: bool = False
+    """The model's parameters: off the device from after the refit until the next log-prob pass."""
+
+    def check(self, keys: Keys) -> None:
+        pass
+
+
+@dataclass
 class ActorConfig(Section):
     """The Megatron actor (``actor``). Data parallel is world_size / (tensor_parallel x pipeline_parallel)."""
 
@@ -94,7 +114,14 @@ class ActorConfig(Section):
     logprob_chunk_rows: int = 1024
     """Rows of logits turned into log-probs at a time (bounds the fp32 temporaries)."""
     seed: int = 1234
+    gradient_accumulation_fusion: bool = False
+    """Fused weight-gradient accumulation. Set explicitly: megatron-bridge turns it on whenever TE imports,
+    and megatron-core's non-TE output layer then needs APEX's fused kernel."""
+    pad_to_multiple: int | None = None
+    """Pad every micro-batch's sequence length to a multiple of this (null: what the FP8 recipe needs,
+    16, or 128 for blockwise / mxfp8; 1 without FP8). Padding changes no log-prob or loss."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
 
     @property
     def torch_dtype(self):
@@ -126,10 +153,26 @@ class ActorConfig(Section):
             "fp8",
             f"trains with bf16 master activations: set {keys.key('dtype')} bf16 (got {self.dtype})",
         )
+        keys.require(
+            self.pad_to_multiple is None or self.pad_to_multiple >= 1,
+            "pad_to_multiple",
+            f"must be >= 1 or null, got {self.pad_to_multiple}",
+        )
         self.optim.check(keys.sub("optim"))
+        self.offload.check(keys.sub("offload"))
+
+    @property
+    def token_multiple(self) -> int:
+        """The multiple every micro-batch's sequence length is padded to (``pad_to_multiple``)."""
+        if self.pad_to_multiple is not None:
+            return self.pad_to_multiple
+        if self.fp8 is None:
+            return 1
+        return 128 if self.fp8_recipe in ("blockwise", "mxfp8") else 16
 
     def resolved_layer_spec(self, te_available: bool, cuda: bool) -> str:
-        """The layer implementation to build: ``local`` or ``te``."""
+        """The layer implementation to build: ``local`` or ``te`` (``auto`` without TE on a GPU is refused by
+        ``check_environment``)."""
         if self.layer_spec == "auto":
             return "te" if (te_available and cuda) else "local"
         return self.layer_spec
@@ -146,6 +189,13 @@ class ActorConfig(Section):
                 raise ActorConfigError(msg)
 
         spec = self.resolved_layer_spec(te_available, cuda)
+        need(
+            not (cuda and self.layer_spec == "auto" and not te_available),
+            "actor.layer_spec auto on a GPU needs TransformerEngine, which is not installed: megatron-core's "
+            "local layers materialise the attention scores (about 3.3 GiB per layer at 7.4k tokens for an "
+            "8B model). Install it (tools/install.sh .venv gpu,te), or set actor.layer_spec local to accept "
+            "the memory cost",
+        )
         if spec == "te":
             need(
                 te_available,
@@ -166,6 +216,11 @@ class ActorConfig(Section):
                 f"actor.fp8_recipe {self.fp8_recipe} needs a GPU of compute capability >= "
                 f"{low[0]}.{low[1]} (Hopper is 9.0); this GPU is {capability[0]}.{capability[1]}",
             )
+        need(
+            not (self.gradient_accumulation_fusion and spec != "te"),
+            "actor.gradient_accumulation_fusion needs the TransformerEngine layer spec (megatron-core's "
+            "local layers need APEX's fused kernel for it, which is not a dependency); set it false",
+        )
         need(
             not (self.pack_sequences and spec == "te"),
             "actor.pack_sequences uses block-diagonal attention masks, which the local layer spec "

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from nemo_resrl.config.keys import Keys, Section
 
 ROLLOUT_DTYPES = ("auto", "fp32", "bf16")
+SEED_MODES = ("prompt", "step")
 
 
 @dataclass
@@ -29,8 +30,12 @@ class SamplingConfig(Section):
     max_tokens: int = 1024
     """Response budget (cut to what the context leaves)."""
     seed: int | None = 0
-    """Base seed: each prompt samples from its own stream derived from it and its global index; a
-    training run also salts it per step (null: unseeded)."""
+    """Base seed (null: unseeded); a training run salts it per step and generation round."""
+    seed_mode: str = "prompt"
+    """prompt: every prompt samples from its own stream (seed, global prompt index), so samples do not
+    depend on how prompts are split over data-parallel ranks; step: the engine's generator is seeded
+    once per call and requests carry no seed (vLLM's GPU sampler handles seeded requests one by one at
+    every decode step, which is slow), repeatable for the same split only."""
     stop_on_eos: bool = True
 
     def check(self, keys: Keys) -> None:
@@ -39,6 +44,7 @@ class SamplingConfig(Section):
         keys.require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         keys.require(self.top_k >= 0, "top_k", f"must be >= 0 (0 = off), got {self.top_k}")
         keys.at_least(self.max_tokens, "max_tokens", 1)
+        keys.one_of(self.seed_mode, "seed_mode", SEED_MODES)
 
 
 @dataclass
@@ -61,7 +67,12 @@ class RolloutConfig(Section):
     enforce_eager: bool | None = None
     """null: eager on CPU (no graph capture there), CUDA graphs on GPU."""
     sleep_while_training: bool = True
-    """GPU: free weights + KV cache while the actor trains."""
+    """GPU: free the engine's memory from after generation until the refit (the actor's log-prob pass and
+    training run meanwhile)."""
+    sleep_level: int = 1
+    """vLLM sleep level: 1 keeps a host copy of the weights; 2 drops them (less host memory, nothing to
+    copy back; the refit must then rewrite every weight, which it does, but buffers that are not
+    weights are lost too: not measured)."""
     consistency_warn: float = 1.05
     """Warn when token_mult_prob_error (mean exp|logp_vllm - logp_actor|) exceeds it."""
 
@@ -81,3 +92,4 @@ class RolloutConfig(Section):
             f"must be >= 1 MiB (1048576), got {self.kv_cache_memory_bytes}",
         )
         keys.at_least(self.consistency_warn, "consistency_warn", 1)
+        keys.one_of(self.sleep_level, "sleep_level", (1, 2))

@@ -27,6 +27,7 @@ from nemo_resrl.models import checkpoint
 from nemo_resrl.models.batch import Sequences, TokenOutputs
 from nemo_resrl.models.build import build_model, build_optimizer
 from nemo_resrl.models.forward import ForwardRunner, PenultimateChunk, PenultimateConsumer
+from nemo_resrl.models.offload import ActorMemory
 from nemo_resrl.models.train_step import train_step
 
 __all__ = ["MegatronActor", "PenultimateChunk", "PenultimateConsumer", "TokenOutputs"]
@@ -41,6 +42,7 @@ class MegatronActor:
         self.model = build_model(cfg)
         self.optimizer, self.scheduler = build_optimizer(self.model)
         self.forward = ForwardRunner(self.model, temperature)
+        self.memory = ActorMemory(cfg.offload, self.model.chunks, self.optimizer)
         self.step = 0  # optimizer steps taken (restored by load_checkpoint)
 
     # ------------------------------------------------------------------ facts
@@ -97,6 +99,7 @@ class MegatronActor:
         ref_logprobs: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """One optimizer step on this rank's share (``train_step.py``); metrics identical on all ranks."""
+        self.memory.before_training()  # a no-op unless something is offloaded
         out = train_step(
             self.forward,
             self.optimizer,
@@ -112,7 +115,22 @@ class MegatronActor:
         return out
 
     def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        return self.export_hf_weights()
+        """The refit's stream: on a GPU the tensors stay on the device (the engine runs in this process
+        and copies them device to device); on CPU they are CPU tensors anyway."""
+        return self.export_hf_weights(cpu=self.device.type == "cpu")
+
+    # the colocated memory lifecycle (``actor.offload``; ``offload.py``), in the trainer's phase order
+    def prepare_for_logprobs(self) -> None:
+        self.memory.before_forward()
+
+    def prepare_for_training(self) -> None:
+        self.memory.before_training()
+
+    def prepare_for_refit(self) -> None:
+        self.memory.after_training()
+
+    def finish_refit(self) -> None:
+        self.memory.after_refit()
 
     # ------------------------------------------------------------------ forward-only pass
     def forward_logprobs(
@@ -124,6 +142,7 @@ class MegatronActor:
         phases: list[int] | None = None,
     ) -> TokenOutputs:
         """Per-response-token log-probs [B, T] (``ForwardRunner.logprobs``)."""
+        self.memory.before_forward()  # a no-op unless the parameters are offloaded
         return self.forward.logprobs(
             seqs, with_entropy=with_entropy, penultimate_consumer=penultimate_consumer, phases=phases
         )
@@ -135,22 +154,26 @@ class MegatronActor:
         return self.forward.broadcast_from_penultimate_owner(t)
 
     # ------------------------------------------------------------------ weights out / checkpoints
-    def export_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Stream the current weights as (HF name, full tensor on CPU); collective over all ranks.
+    def export_hf_weights(self, *, cpu: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+        """Stream the current weights as (HF name, full tensor, on the CPU unless ``cpu=False``); collective
+        over all ranks.
 
         A yielded tensor may share storage with a live parameter (when no gather or concatenation was
         needed): consume it, or copy it, before the next optimizer step.
         """
-        yield from self.model.bridge.export_hf_weights(self.model.chunks, cpu=True, show_progress=False)
+        self.memory.before_forward()
+        yield from self.model.bridge.export_hf_weights(self.model.chunks, cpu=cpu, show_progress=False)
 
     def save_hf(self, path: str | os.PathLike) -> None:
         """Write an HF directory (config, tokenizer if any, safetensors) that transformers loads."""
+        self.memory.before_forward()
         self.model.bridge.save_hf_pretrained(self.model.chunks, str(path), show_progress=False)
 
     def save_checkpoint(
         self, path: str | os.PathLike, *, with_optimizer: bool = True, optim_sharding: str = "dp_reshardable"
     ) -> None:
         """Megatron dist-checkpoint of the model (and optimizer + LR schedule + step): ``checkpoint.py``."""
+        self.memory.before_training()  # whatever is offloaded comes back first
         checkpoint.save_checkpoint(
             self.model,
             path,
@@ -162,6 +185,7 @@ class MegatronActor:
 
     def load_checkpoint(self, path: str | os.PathLike, *, with_optimizer: bool = True) -> None:
         """Load a dist-checkpoint written by ``save_checkpoint`` (model: any TP / PP layout)."""
+        self.memory.before_training()
         step = checkpoint.load_checkpoint(
             self.model,
             path,

@@ -110,9 +110,8 @@ def build_model(cfg: ActorConfig) -> MegatronModel:
 
     cuda = not running_on_cpu()
     capability = torch.cuda.get_device_capability() if cuda else None
-    spec = cfg.check_environment(
-        te_available=transformer_engine_available(), cuda=cuda, capability=capability
-    )
+    te = transformer_engine_available(check_import=cuda)  # on a GPU a broken TE install says why here
+    spec = cfg.check_environment(te_available=te, cuda=cuda, capability=capability)
     hf_config = read_hf_config(cfg.hf_path)
     check_model_fits_layout(hf_config, cfg)
     layout = init_parallel(cfg.tensor_parallel, cfg.pipeline_parallel, cfg.seed)
@@ -132,6 +131,8 @@ def build_model(cfg: ActorConfig) -> MegatronModel:
     provider.fp16 = False
     provider.hidden_dropout = 0.0
     provider.attention_dropout = 0.0
+    # set explicitly: megatron-bridge turns it on whenever TE imports (actor.gradient_accumulation_fusion)
+    provider.gradient_accumulation_fusion = cfg.gradient_accumulation_fusion
     if spec == "local":
         for name in CPU_OFF_FUSIONS:
             setattr(provider, name, False)

@@ -60,6 +60,7 @@ class ForwardRunner:
             m.cfg.micro_batch_size,
             pack=m.cfg.pack_sequences,
             max_tokens_per_row=m.cfg.max_tokens_per_row,
+            seq_len_multiple=m.cfg.token_multiple,  # FP8 GEMMs need token dimensions divisible by 16 / 128
             uniform_shape=m.layout.pp > 1,
             phases=phases,
         )

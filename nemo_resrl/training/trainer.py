@@ -238,6 +238,8 @@ class Trainer:
         seqs = rollout.to_sequences()
         label = "old log-probs" + (" + ResRL" if self.spec.resrl_weights else "")
         with phases("old_logprobs", label):
+            self.engine.sleep()  # the engine's memory goes to the actor from here until the refit
+            self.policy.prepare_for_logprobs()
             request = None
             if self.spec.resrl_weights:
                 meta = ResponseMeta(group_ids=batch.group_ids, response_ids=response_ids, advantages=adv)
@@ -252,16 +254,15 @@ class Trainer:
                 token_adv = broadcast_to_tokens(adv, mask)
         consistency = token_mult_prob_error(rollout.response_logprobs(), old.outputs.logprobs, mask)
         check_consistency(consistency, self.rollout_cfg, self.step)
-        self.engine.sleep()
         with phases("train"):
+            self.policy.prepare_for_training()
             update = self._updates(seqs, old.outputs.logprobs, token_adv, mask)
         every = self.cfg.lld_every
         if every and self.step % every == 0:
             with phases("lld", "log-likelihood displacement"):
                 m.global_(self._positive_lld(seqs, old.outputs.logprobs, mask, batch.correct))
         with phases("refit"):
-            self.engine.wake_up()
-            refit = self.engine.refit(self.policy.export_weights())
+            refit = self._refit()
         m.global_({f"train/{k}": v for k, v in update.items()})
         m.global_({"train/update_skipped": 0.0})
         m.mean(
@@ -273,6 +274,16 @@ class Trainer:
             }
         )
         return self._finish(m, phases)
+
+    def _refit(self):
+        """The colocated refit, in NeMo RL's order: release what training held, wake the engine's weights
+        only, stream the new weights in, release the parameters if configured, then wake the KV cache."""
+        self.policy.prepare_for_refit()
+        self.engine.wake_up(["weights"])
+        stats = self.engine.refit(self.policy.export_weights())
+        self.policy.finish_refit()
+        self.engine.wake_up(["kv_cache"])
+        return stats
 
     def _finish(self, m: StepMetrics, phases: Phases) -> dict[str, float]:
         m.mean(phases.metrics())

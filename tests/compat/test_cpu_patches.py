@@ -98,3 +98,26 @@ def test_te_stub_modules_refuse_to_build():
         with pytest.raises(RuntimeError, match="TransformerEngine is not installed"):
             te.Linear(4, 4)
     assert "transformer_engine" not in sys.modules
+
+
+def test_a_transformer_engine_that_does_not_import_says_why(tmp_path):
+    """An install built for another torch / CUDA is found by the package check; on a GPU the actor then
+    imports it and reports the real error instead of crashing deep inside the model build."""
+    pkg = tmp_path / "transformer_engine"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "raise ImportError('libtransformer_engine.so: undefined symbol: _ZN3c104cuda')\n"
+    )
+    code = (
+        "from nemo_resrl.compat.te_stub import TransformerEngineImportError, transformer_engine_available\n"
+        "assert transformer_engine_available()  # found: the plain check cannot tell\n"
+        "try:\n"
+        "    transformer_engine_available(check_import=True)\n"
+        "except TransformerEngineImportError as e:\n"
+        "    print('REFUSED', e)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "REFUSED" in res.stdout and "undefined symbol: _ZN3c104cuda" in res.stdout
+    assert "actor.layer_spec local" in res.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nemo_resrl.config import ActorConfig, ActorConfigError, ConfigError, OptimConfig
+from nemo_resrl.config import ActorConfig, ActorConfigError, ConfigError, OffloadConfig, OptimConfig
 
 
 def _env(cfg, te=False, cuda=False, cap=None):
@@ -58,3 +58,37 @@ def test_te_spec_without_te_and_packing_with_te_are_refused():
         _env(ActorConfig(hf_path="x", layer_spec="te").validate())
     with pytest.raises(ActorConfigError, match="pack_sequences"):
         _env(ActorConfig(hf_path="x", pack_sequences=True).validate(), te=True, cuda=True, cap=(9, 0))
+
+
+def test_auto_layer_spec_on_a_gpu_without_transformer_engine_is_refused_unless_local_is_chosen():
+    with pytest.raises(ActorConfigError, match="auto on a GPU needs TransformerEngine.*layer_spec local"):
+        _env(ActorConfig(hf_path="x"), te=False, cuda=True, cap=(9, 0))
+    assert _env(ActorConfig(hf_path="x", layer_spec="local"), te=False, cuda=True, cap=(9, 0)) == "local"
+    assert _env(ActorConfig(hf_path="x"), te=False, cuda=False) == "local"  # CPU: local is the only choice
+
+
+def test_gradient_accumulation_fusion_is_explicit_and_needs_the_te_spec():
+    assert ActorConfig().gradient_accumulation_fusion is False
+    cfg = ActorConfig(hf_path="x", gradient_accumulation_fusion=True)
+    with pytest.raises(ActorConfigError, match="gradient_accumulation_fusion needs the TransformerEngine"):
+        _env(cfg, te=False, cuda=False)
+    assert _env(cfg, te=True, cuda=True, cap=(9, 0)) == "te"
+
+
+@pytest.mark.parametrize(
+    "kw, multiple",
+    [
+        ({}, 1),
+        ({"fp8": "hybrid", "dtype": "bf16"}, 16),
+        ({"fp8": "e4m3", "fp8_recipe": "blockwise", "dtype": "bf16"}, 128),
+        ({"fp8": "e4m3", "fp8_recipe": "mxfp8", "dtype": "bf16"}, 128),
+        ({"pad_to_multiple": 8}, 8),
+    ],
+)
+def test_micro_batches_are_padded_to_what_the_fp8_recipe_needs(kw, multiple):
+    assert ActorConfig(hf_path="x", **kw).validate().token_multiple == multiple
+
+
+def test_offload_switches_are_part_of_the_actor_section():
+    cfg = ActorConfig(hf_path="x", offload=OffloadConfig(optimizer=True, grads=True, params=True)).validate()
+    assert cfg.offload.params and cfg.offload.grads and cfg.offload.optimizer

@@ -95,6 +95,19 @@ class BigramPolicy:
         yield "emb", self.emb.detach().clone()
         yield "out", self.out.detach().clone()
 
+    # the memory lifecycle: recorded (the Megatron actor's is tested in tests/models/test_offload.py)
+    def prepare_for_logprobs(self) -> None:
+        self.events.append("policy.prepare_for_logprobs")
+
+    def prepare_for_training(self) -> None:
+        self.events.append("policy.prepare_for_training")
+
+    def prepare_for_refit(self) -> None:
+        self.events.append("policy.prepare_for_refit")
+
+    def finish_refit(self) -> None:
+        self.events.append("policy.finish_refit")
+
     # what the run's checkpoints need
     def save_checkpoint(self, path) -> None:
         path.mkdir(parents=True, exist_ok=True)
@@ -115,13 +128,13 @@ class BigramEngine:
     def __init__(self, policy: BigramPolicy, events: list | None = None):
         self.emb = policy.emb.detach().clone()
         self.out = policy.out.detach().clone()
-        self.asleep = False
+        self.awake = {"weights", "kv_cache"}
         self.events = events if events is not None else policy.events
         self.generated: list[dict] = []  # the prompts and first index of each generate call
         self.refits = 0
 
     def generate(self, prompts, sampling, *, first_index: int = 0) -> RolloutBatch:
-        assert not self.asleep, "generate() on a sleeping engine"
+        assert self.awake == {"weights", "kv_cache"}, f"generate() with only {self.awake} awake"
         self.events.append("engine.generate")
         self.generated.append({"prompts": [list(p) for p in prompts], "first_index": first_index})
         idx, resp, lps, trunc = [], [], [], []
@@ -158,7 +171,7 @@ class BigramEngine:
         )
 
     def refit(self, weights: Iterable[tuple[str, torch.Tensor]]) -> RefitStats:
-        assert not self.asleep, "refit() on a sleeping engine"
+        assert "weights" in self.awake, "refit() with the weights asleep"
         self.events.append("engine.refit")
         n = b = 0
         for name, t in weights:
@@ -169,12 +182,13 @@ class BigramEngine:
 
     def sleep(self) -> None:
         self.events.append("engine.sleep")
-        self.asleep = True
+        self.awake = set()
 
-    def wake_up(self) -> None:
-        if self.asleep:
-            self.events.append("engine.wake_up")
-        self.asleep = False
+    def wake_up(self, tags=None) -> None:
+        want = set(tags or ("weights", "kv_cache"))
+        if want - self.awake:
+            self.events.append("engine.wake_up:" + ",".join(sorted(want - self.awake)))
+        self.awake |= want
 
 
 def even_first_token(rollout: RolloutBatch, records) -> RewardResult:

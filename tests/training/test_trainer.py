@@ -61,7 +61,9 @@ def make(algorithm: str = "resrl", *, dp=None, refill=None, events=None, seed=0,
     return trainer, policy, engine, events
 
 
-def test_one_step_runs_the_phases_in_order_with_the_engine_asleep_while_training():
+def test_one_step_runs_the_phases_in_order_with_the_colocated_memory_lifecycle():
+    """The engine sleeps before the log-prob pass and wakes its weights for the refit, its KV cache only
+    after it; the policy is told at each turn (NeMo RL's order)."""
     trainer, policy, engine, events = make("resrl", mini_batches=2)
     m = trainer.train_step(prompts(4))
     assert trainer.last_phases == [
@@ -74,14 +76,19 @@ def test_one_step_runs_the_phases_in_order_with_the_engine_asleep_while_training
     ]
     assert events == [
         "engine.generate",
-        "policy.logprobs+resrl",
         "engine.sleep",
+        "policy.prepare_for_logprobs",
+        "policy.logprobs+resrl",
+        "policy.prepare_for_training",
         "policy.train_step",
         "policy.train_step",
         "policy.logprobs",  # the LLD pass over the correct responses, after the updates
-        "engine.wake_up",
+        "policy.prepare_for_refit",
+        "engine.wake_up:weights",
         "engine.refit",
         "policy.export_weights",  # a lazy stream: the refit pulls the weights as it loads them
+        "policy.finish_refit",
+        "engine.wake_up:kv_cache",
     ]
     assert trainer.step == 1 and m["step"] == 0.0 and m["train/update_skipped"] == 0.0
     for phase in ("generate", "reward", "old_logprobs", "train", "lld", "refit"):
@@ -167,6 +174,7 @@ def test_a_step_with_no_group_left_skips_its_update():
     assert m["train/update_skipped"] == 1.0 and m["dynamic_sampling/rounds"] == 3
     assert m["dynamic_sampling/kept_groups"] == 0 and m["dynamic_sampling/short"] == 1.0
     assert not policy.train_calls and engine.refits == 0 and "engine.sleep" not in events
+    assert engine.awake == {"weights", "kv_cache"}  # ready for the next step
     assert trainer.step == 1 and "train/loss" not in m
 
 

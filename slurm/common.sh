@@ -97,6 +97,9 @@ resrl_launch_command() {
       # one task per process; slurm/task.sh maps SLURM_PROCID etc. to RANK / LOCAL_RANK / WORLD_SIZE.
       # (srun >= 22.05 does not take --cpus-per-task from the allocation by itself)
       if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then cpus=(--cpus-per-task="$SLURM_CPUS_PER_TASK"); fi
+      # with GPUs, every task sees all of its node's GPUs and picks LOCAL_RANK's (torch.cuda.set_device):
+      # srun's default binding would give each task one GPU, on which LOCAL_RANK > 0 does not exist
+      if [ "${SLURM_GPUS_ON_NODE:-0}" != 0 ]; then cpus+=(--gpu-bind="${RESRL_GPU_BIND:-none}"); fi
       LAUNCH=(srun --nodes="$NNODES" --ntasks="$world" --ntasks-per-node="$NPROC_PER_NODE" "${cpus[@]}"
         --kill-on-bad-exit=1 --output="$LOG_DIR/rank%t.log"
         bash "$ROOT/slurm/task.sh" "$PYTHON" "$@")

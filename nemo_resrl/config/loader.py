@@ -34,7 +34,7 @@ _NAME = re.compile(r"^algorithm\.name=(.*)$")
 
 def _omegaconf_error(e: OmegaConfBaseException) -> ConfigError:
     key = getattr(e, "full_key", None)
-    msg = e.msg if hasattr(e, "msg") else str(e)
+    msg = (e.msg if hasattr(e, "msg") else str(e)).strip().splitlines()[0]  # not OmegaConf's type dump
     return ConfigError(f"{key}: {msg}" if key else msg)
 
 
@@ -97,6 +97,9 @@ def _hydra_error(e: Exception) -> ConfigError:
         if known is not None and key.rpartition(".")[2] not in known:
             where = key.rpartition(".")[0] or "the top level"
             return ConfigError(f"{key}: no such key; {where} has: {', '.join(known)}")
+    cause = e.__cause__
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        return _omegaconf_error(cause)  # e.g. a wrong type: name the key and what it needs
     return ConfigError(msg)
 
 

@@ -24,10 +24,11 @@ GROUPS = {
 def _overrides(group: str, option: str) -> list[str]:
     """What loading ``group=option`` needs besides (GPU presets need a checkpoint path)."""
     out = [f"{group}={option}"]
+    gpu = ["actor.hf_path=/ckpt/model", "data.path=/data/math.jsonl"]
     if group == "model" and option != "cpu_smollm2":
-        out.append("actor.hf_path=/ckpt/model")
+        out += gpu
     if group == "precision" and option == "fp8":
-        out += ["model=qwen3_8b", "actor.hf_path=/ckpt/model"]
+        out += ["model=qwen3_8b", *gpu]
     return out
 
 
@@ -139,6 +140,7 @@ def _sections(cls=RunConfig, prefix: str = "") -> list[str]:
 BAD_PER_SECTION = {
     "actor": ("actor.micro_batch_size=0", "actor.micro_batch_size"),
     "actor.optim": ("actor.optim.lr=-1", "actor.optim.lr"),
+    "actor.offload": ("actor.offload.params=maybe", "actor.offload.params"),
     "rollout": ("rollout.gpu_memory_utilization=1.5", "rollout.gpu_memory_utilization"),
     "rollout.sampling": ("rollout.sampling.top_p=0", "rollout.sampling.top_p"),
     "algorithm": ("algorithm.name=ppo", "algorithm.name"),
@@ -167,7 +169,7 @@ def test_a_bad_value_in_every_section_names_the_full_key(section):
     override, key = BAD_PER_SECTION[section]
     with pytest.raises(ConfigError) as e:
         load_config([override])
-    assert str(e.value).startswith(key + " "), str(e.value)
+    assert str(e.value).startswith((key + " ", key + ": ")), str(e.value)
 
 
 @pytest.mark.parametrize(
@@ -220,9 +222,16 @@ def test_unknown_keys_and_added_keys_are_refused_with_the_section_keys():
         load_config(["algorithm=ppo"])
 
 
-def test_gpu_presets_need_a_checkpoint_path():
+@pytest.mark.parametrize("model", [m for m in GROUPS["model"] if m.startswith("qwen3")])
+def test_gpu_presets_need_a_checkpoint_and_a_training_set(model):
+    """The GPU presets do not inherit the CPU default's 8 one-digit sums (every group would have zero
+    reward variance on a real model): they ask for a math training set and grade it with math-verify."""
     with pytest.raises(ConfigError, match="hf_path"):
-        load_config(["model=qwen3_8b"])
+        load_config([f"model={model}", "data.path=/data/math.jsonl"])
+    with pytest.raises(ConfigError, match="data.path"):
+        load_config([f"model={model}", "actor.hf_path=/ckpt/model"])
+    cfg = load_config([f"model={model}", "actor.hf_path=/ckpt/model", "data.path=/data/math.jsonl"])
+    assert (cfg.data.source, cfg.reward.name, cfg.rollout.sampling.seed_mode) == ("jsonl", "math", "step")
 
 
 def test_a_users_config_dir_adds_options_and_replaces_shipped_files(tmp_path):

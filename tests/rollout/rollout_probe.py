@@ -98,6 +98,15 @@ def main() -> None:
     tail = engine.generate(prompts[1:], first_index=1)
     res["first_index_repeats_the_whole_batch"] = tail.responses == a.responses[4:]
     res["first_index_0_differs"] = engine.generate(prompts[1:]).responses != a.responses[4:]
+    # seed_mode step: the engine's generator is seeded per call, requests carry no seed
+    step_mode = SamplingConfig(n=4, temperature=1.0, max_tokens=16, seed=1, seed_mode="step")
+    s1, s2 = engine.generate(prompts, step_mode), engine.generate(prompts, step_mode)
+    s3 = engine.generate(
+        prompts, SamplingConfig(n=4, temperature=1.0, max_tokens=16, seed=5, seed_mode="step")
+    )
+    res["step_mode_repeats"] = s1.responses == s2.responses
+    res["step_mode_other_seed_differs"] = s3.responses != s1.responses
+    res["step_mode_differs_from_prompt_mode"] = s1.responses != a.responses
 
     # 2. bad input: clear errors naming the prompt or key
     errors = {}

@@ -40,6 +40,14 @@ def test_generation_returns_consistent_ids_logprobs_and_lengths(probe):
 @pytest.mark.distributed
 def test_seeded_generation_repeats_exactly(probe):
     assert probe["seeded_repeat_equal"]
+
+
+@pytest.mark.distributed
+def test_step_seed_mode_repeats_with_the_engine_seeded_per_call(probe):
+    """seed_mode step: unseeded requests, the engine's generators seeded once per call: the same call
+    repeats, another seed differs (and the streams are not the per-prompt ones)."""
+    assert probe["step_mode_repeats"] and probe["step_mode_other_seed_differs"]
+    assert probe["step_mode_differs_from_prompt_mode"]
     assert probe["other_seed_differs"]
 
 

@@ -137,12 +137,19 @@ def test_gpu_script_launches_one_task_per_gpu_with_the_overrides(tmp_path):
         "MASTER_ADDR": "gpu07",
         "PYTHON": "/opt/py",
     }
-    args = ("model=qwen3_8b", "actor.hf_path=/models/Qwen3-8B", "algorithm=grpo")
+    args = (
+        "model=qwen3_8b",
+        "actor.hf_path=/models/Qwen3-8B",
+        "data.path=/data/math.jsonl",
+        "algorithm=grpo",
+    )
     res = _bash(str(ROOT / "slurm" / "resrl.sbatch"), *args, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     launch = next(line for line in res.stdout.splitlines() if "launch: " in line).split("launch: ")[1]
     run_dir = tmp_path / "runs" / "resrl-4242"
-    assert launch.startswith("srun --nodes=2 --ntasks=16 --ntasks-per-node=8 --cpus-per-task=8 ")
+    assert launch.startswith(
+        "srun --nodes=2 --ntasks=16 --ntasks-per-node=8 --cpus-per-task=8 --gpu-bind=none "
+    )
     assert f"--output={run_dir}/logs/attempt0/rank%t.log" in launch
     train = f"-m nemo_resrl.cli train {' '.join(args)} logging.run_dir={run_dir}"
     assert launch.endswith(f"bash {ROOT}/slurm/task.sh /opt/py {train}")
@@ -177,6 +184,28 @@ def test_task_script_maps_the_slurm_task_to_torch_distributed(tmp_path):
     env.update(SLURM_NTASKS="1", SLURM_PROCID="0")
     res = _bash(str(ROOT / "slurm" / "task.sh"), "env", env=env, cwd=tmp_path)
     assert "RANK=" not in res.stdout.replace("SLURM_", "")
+
+
+def test_task_script_picks_the_interface_that_reaches_the_master_on_several_nodes(tmp_path):
+    env = {
+        "SLURM_PROCID": "1",
+        "SLURM_NTASKS": "2",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "1",
+        "SLURM_JOB_NUM_NODES": "2",
+        "MASTER_ADDR": "127.0.0.1",
+    }
+    res = _bash(str(ROOT / "slurm" / "task.sh"), "env", env=env, cwd=tmp_path)
+    got = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+    if shutil.which("ip"):
+        assert got.get("GLOO_SOCKET_IFNAME") == got.get("NCCL_SOCKET_IFNAME") == "lo", res.stdout
+    env["SOCKET_IFNAME"] = "ib0"  # the user's choice wins
+    res = _bash(str(ROOT / "slurm" / "task.sh"), "env", env=env, cwd=tmp_path)
+    got = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+    assert got["GLOO_SOCKET_IFNAME"] == got["NCCL_SOCKET_IFNAME"] == "ib0"
+    env["SLURM_JOB_NUM_NODES"] = "1"  # one node: left to the libraries
+    res = _bash(str(ROOT / "slurm" / "task.sh"), "env", env=env, cwd=tmp_path)
+    assert "GLOO_SOCKET_IFNAME=" not in res.stdout
 
 
 def test_slurm_scripts_pass_shellcheck():

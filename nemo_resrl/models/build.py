@@ -17,6 +17,7 @@ import torch
 
 from nemo_resrl.compat import import_megatron_bridge, running_on_cpu, transformer_engine_available
 from nemo_resrl.compat.bridge_config import fix_rotary_base
+from nemo_resrl.compat.versions import check_megatron_core
 from nemo_resrl.config.actor import ActorConfig, ActorConfigError, OptimConfig
 from nemo_resrl.convert.mapping import SUPPORTED_ARCHITECTURES
 from nemo_resrl.models.parallel import ParallelLayout, init_parallel
@@ -108,6 +109,7 @@ def build_model(cfg: ActorConfig) -> MegatronModel:
     from megatron.core.transformer.module import Float16Module
     from megatron.core.utils import get_model_config
 
+    check_megatron_core()
     cuda = not running_on_cpu()
     capability = torch.cuda.get_device_capability() if cuda else None
     te = transformer_engine_available(check_import=cuda)  # on a GPU a broken TE install says why here

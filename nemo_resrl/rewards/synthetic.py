@@ -42,6 +42,19 @@ _ANSWER_PHRASE = re.compile(r"answer\s+is\s*:?|answer\s*:", re.IGNORECASE)
 _NUMBER = re.compile(r"(?:(?<![\w).])[-+])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?")
 
 
+def import_reasoning_gym():
+    """reasoning-gym, an optional dependency (the ``tasks`` extra, part of the CPU stack): GPU clusters
+    train on math sets, and its pycosat dependency has no CPython 3.12 wheel (pip builds it from source)."""
+    try:
+        import reasoning_gym
+    except ImportError as e:
+        raise ImportError(
+            "data.source=reasoning_gym / reward.name=reasoning_gym need the reasoning-gym package: "
+            "pip install 'nemo_resrl[tasks]' (or reasoning-gym==0.1.25)"
+        ) from e
+    return reasoning_gym
+
+
 def build_synthetic_prompts(task: str, size: int, seed: int, **task_kwargs: Any) -> list[dict[str, Any]]:
     """``size`` prompt records of one reasoning-gym task, the same for the same arguments.
 
@@ -49,8 +62,7 @@ def build_synthetic_prompts(task: str, size: int, seed: int, **task_kwargs: Any)
     entry (question, answer, metadata)}``; the grader needs ``task`` and ``entry``. ``task_kwargs`` go to
     the task's config (e.g. ``min_terms=2`` for ``basic_arithmetic``).
     """
-    import reasoning_gym
-
+    reasoning_gym = import_reasoning_gym()
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     dataset = reasoning_gym.create_dataset(task, size=size, seed=seed, **task_kwargs)
@@ -113,9 +125,7 @@ class SyntheticGrader:
     def scorer(self, task: str) -> ScoreFn:
         """The ``score_answer(answer=..., entry=...)`` function of ``task``."""
         if task not in self._scorers:
-            import reasoning_gym
-
-            self._scorers[task] = reasoning_gym.get_score_answer_fn(task)
+            self._scorers[task] = import_reasoning_gym().get_score_answer_fn(task)
         return self._scorers[task]
 
     def close(self) -> None:

@@ -93,6 +93,10 @@ class RolloutEngine:
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         from vllm import LLM
 
+        from nemo_resrl.compat.versions import check_vllm
+
+        check_vllm()
+
         kwargs = dict(
             model=str(self.path),
             dtype=_VLLM_DTYPES[cfg.dtype],

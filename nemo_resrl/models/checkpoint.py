@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from nemo_resrl.compat.megatron_optimizer import ensure_optimizer_state, load_optimizer_state
+from nemo_resrl.compat.megatron_optimizer import ensure_optimizer_state, inner_adams, load_optimizer_state
 from nemo_resrl.convert.hf_files import ACTOR_META, HF_META_DIR, copy_hf_meta_files
 from nemo_resrl.models.build import MegatronModel
 
@@ -49,6 +49,11 @@ def save_checkpoint(
 
     if optim_sharding not in OPTIM_SHARDINGS:
         raise ValueError(f"optim_sharding must be one of {OPTIM_SHARDINGS}, got {optim_sharding!r}")
+    if optimizer is not None and any(len(inner.state) == 0 for inner in inner_adams(optimizer)):
+        raise ValueError(
+            "the optimizer has no state before its first step, so there is none to save: save with "
+            "with_optimizer=False (the model alone) or after a step"
+        )
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     dist.barrier()

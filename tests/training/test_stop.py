@@ -218,6 +218,7 @@ def test_slurm_scripts_pass_shellcheck():
     scripts = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "slurm").glob("*.sh"))
     scripts += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "slurm").glob("*.sbatch"))
     scripts += ["tests/slurm/probe.sbatch"]
+    scripts += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tools").glob("*.sh"))
     assert len(scripts) >= 5
     res = subprocess.run(
         [which("shellcheck") or shutil.which("shellcheck"), "-x", *scripts],

@@ -1,0 +1,1 @@
+"""Checks of a machine for the training stack (``device_check``: run by ``tools/gpu_check.sh``)."""

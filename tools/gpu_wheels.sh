@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Downloads the wheels tools/gpu_check.sh installs on a machine that has only Python, a CUDA torch and
+# transformers (no internet there): megatron-core, megatron-bridge and the small pure-Python packages the
+# check imports. About 10 MB; the lent GPU machines take at most 64 MiB with a command.
+#
+#   bash tools/gpu_wheels.sh [DIR] [PYTHON_VERSION]     # DIR: .gpu_wheels; PYTHON_VERSION: 3.12
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DIR="${1:-$ROOT/.gpu_wheels}"
+PYV="${2:-3.12}"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+[ -x "$PY" ] || PY=python3
+pin() { sed -n "s/^$1==\([^ ]*\).*/\1/p" "$ROOT/tools/constraints-gpu.txt"; }
+mkdir -p "$DIR"
+platforms=()
+for v in $(seq 35 -1 17); do platforms+=(--platform "manylinux_2_${v}_x86_64"); done
+get() { # wheels of these requirements (no dependencies) for the target interpreter and platform
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYV" "${platforms[@]}" \
+    --platform manylinux2014_x86_64 --platform linux_x86_64 -d "$DIR" "$@"
+}
+get "megatron-core==$(pin megatron-core)" "megatron-bridge==$(pin megatron-bridge)"
+get "omegaconf==2.3.1" "einops==0.8.2" "psutil==7.2.2" "packaging>=24.2"
+# omegaconf's parser runtime is published as an sdist only: build its (pure-Python) wheel here
+"$PY" -m pip wheel -q --no-deps -w "$DIR" "antlr4-python3-runtime==4.9.3"
+du -sh "$DIR"
+ls "$DIR"

@@ -9,6 +9,7 @@ The ``torchrun`` fixture of ``tests/conftest.py`` is this function.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,15 +32,21 @@ def run_module(
     timeout: float = 900,
     log: Path | None = None,
     env: dict[str, str] | None = None,
+    gpu: bool = False,
 ) -> subprocess.CompletedProcess:
     """Run ``module`` from the repository root and wait. With ``log``, output goes to that file and the
     process runs in its own session, whose leftovers are killed afterwards (a SIGKILLed trainer orphans
     the manager process that megatron's checkpoint saving starts); the log's text is returned as stdout
-    (and its tail as stderr). ``env``: the environment (default: this process's)."""
+    (and its tail as stderr). ``env``: the environment (default: this process's). ``gpu``: let the probe see
+    the GPUs; by default it sees none, so the CPU tests stay CPU tests on a GPU machine (the ``gpu``-marked
+    tests run the probes on CUDA)."""
     cmd = module_command(module, *map(str, args), nproc=nproc)
+    env = dict(os.environ if env is None else env)
+    if not gpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     if log is None:
         return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     from tests.session import run_in_own_session
 
-    rc, text = run_in_own_session(cmd, log, timeout=timeout)
+    rc, text = run_in_own_session(cmd, log, timeout=timeout, env=env)
     return subprocess.CompletedProcess(cmd, rc, stdout=text, stderr=text[-4000:])

@@ -15,11 +15,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_in_own_session(cmd: list[str], log: Path, timeout: float) -> tuple[int, str]:
+def run_in_own_session(
+    cmd: list[str], log: Path, timeout: float, env: dict[str, str] | None = None
+) -> tuple[int, str]:
     """Run ``cmd`` from the repository root with stdout + stderr into ``log``; afterwards SIGKILL its
     process group. Returns (return code, the log's text)."""
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             rc = proc.wait(timeout=timeout)
         finally:

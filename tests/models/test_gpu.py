@@ -36,3 +36,26 @@ def test_the_actor_on_one_gpu_matches_transformers_and_trains(tmp_path):
     assert r["device"].startswith("cuda")
     assert r["logit_diff"] < 1e-4 and r["logp_diff"] < 1e-4
     assert r["step_finite"] and r["step_changed_logp"] > 1e-6
+
+
+def test_the_actor_probe_on_one_gpu_matches_transformers_and_one_process_on_cpu(tmp_path):
+    """The CPU equivalence probe (tests/models/actor_probe.py) at TP = PP = DP = 1 on CUDA (NCCL world of
+    one): logits against transformers, the penultimate capture, a train step, HF export, optimizer resume."""
+    make_tiny(tmp_path / "qwen3", "qwen3")
+    make_tiny(tmp_path / "llama", "llama")
+    res = run_module(
+        "tests.models.actor_probe", "--work", tmp_path, "--tp", 1, "--pp", 1, gpu=True, timeout=600
+    )
+    assert res.returncode == 0 and "PROBE OK tp1pp1dp1" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
+    r = json.loads((tmp_path / "tp1pp1dp1" / "result.json").read_text())
+    assert r["logits_diff_qwen3"] < 1e-4 and r["logits_diff_llama"] < 1e-4
+    assert r["penultimate"]["owner_ranks_exact"] and r["export_exact"] and r["resume_step_diff"] == 0.0
+
+
+def test_the_resrl_pass_on_one_gpu_equals_the_single_process_weights(tmp_path):
+    make_tiny(tmp_path / "qwen3", "qwen3")
+    res = run_module("tests.distributed.resrl_probe", "--work", tmp_path, "--tp", 1, "--pp", 1, gpu=True)
+    assert res.returncode == 0 and "PROBE OK tp1pp1dp1" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
+    r = json.loads((tmp_path / "tp1pp1dp1.json").read_text())
+    for label in ("default", "m_below_k"):
+        assert r[label]["max_diff_vs_single_process"] < 1e-4 and r[label]["stats"] == r[label]["ref_stats"]

@@ -17,7 +17,7 @@ WHEELS=""
 OUT=gpu_check.json
 while [ $# -gt 0 ]; do
   case $1 in
-    --cpu) DEVICE=cpu ;;
+    --cpu) DEVICE=cpu; export CUDA_VISIBLE_DEVICES="" ;;
     --wheels) WHEELS=$2; shift ;;
     --out) OUT=$2; shift ;;
     *) echo "gpu_check.sh: unknown argument $1 (see the header)" >&2; exit 2 ;;

@@ -401,15 +401,14 @@ ORDER = (
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu"
-    )
+    ap.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when one is visible")
     ap.add_argument("--out", default="gpu_check.json")
     ap.add_argument("--only", nargs="*", choices=ORDER, help="run these checks only")
     args = ap.parse_args(argv)
     if args.device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the same code path as a CPU-only machine
-    elif not torch.cuda.is_available():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before CUDA is first queried: a CPU-only machine's path
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("device_check: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
     if args.device == "cuda":

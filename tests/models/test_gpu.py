@@ -30,7 +30,7 @@ def test_chunked_logprobs_on_cuda_equal_a_float64_reference():
 
 def test_the_actor_on_one_gpu_matches_transformers_and_trains(tmp_path):
     make_tiny(tmp_path / "qwen3", "qwen3")
-    res = run_module("tests.models.gpu_probe", tmp_path / "qwen3", timeout=600)
+    res = run_module("tests.models.gpu_probe", tmp_path / "qwen3", timeout=600, gpu=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
     r = json.loads(res.stdout.split("RESULT ")[-1].splitlines()[0])
     assert r["device"].startswith("cuda")

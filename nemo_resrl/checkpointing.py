@@ -4,21 +4,28 @@ Layout under ``root``::
 
     step_000005/            a complete checkpoint (renamed into place only once fully written)
       actor/                megatron dist-checkpoint: model, optimizer, LR schedule (any TP/PP for the model)
-      trainer.json          step, data position, metrics so far: what the loop needs to go on
+      trainer.json          step, data position, metrics so far, world size: what the loop needs to go on
       rng_rank<r>.pt        torch / python / numpy RNG states of every rank
+      manifest.json         every file's size and sampled digest (``manifest.py``), written last
     .partial-step_000010/   a save in progress (or killed midway): ignored, removed by the next save
 
-A kill at any moment leaves the previous complete checkpoint intact: ``latest()`` only returns
-directories that were renamed into place, and the rename is the last thing a save does.
+A kill at any moment leaves the previous complete checkpoint intact: only directories renamed into
+place count, and the rename is the last thing a save does. A checkpoint damaged afterwards (a truncated
+shard, a missing file) fails its manifest: ``latest_intact()`` then falls back to the newest intact one and
+says what was wrong with each it skipped; with none intact, ``CheckpointError`` lists them all. A save
+that runs out of disk says so, with the bytes it needs, and leaves no partial directory behind.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import random
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +34,9 @@ import torch
 
 from nemo_resrl.common import barrier as _barrier
 from nemo_resrl.common import global_rank as _rank
+from nemo_resrl.manifest import manifest_defects, read_manifest, write_manifest
+
+log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -37,6 +47,29 @@ class Checkpointable(Protocol):
     def save_checkpoint(self, path: Path) -> None: ...
 
     def load_checkpoint(self, path: Path) -> None: ...
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or used; the message names it and what is wrong."""
+
+
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@dataclass
+class CheckpointInfo:
+    """One complete (renamed-in) checkpoint directory and what is wrong with it ([] when intact)."""
+
+    step: int
+    path: Path
+    defects: list[str] = field(default_factory=list)
+    verified: bool = True  # False: no manifest (an older checkpoint): usable but not checked
+
+    def describe(self) -> str:
+        return f"{self.path}: " + ("; ".join(self.defects) if self.defects else "intact")
 
 
 def rng_state() -> dict:
@@ -57,39 +90,104 @@ class CheckpointManager:
         self.keep_last = keep_last
 
     def complete(self) -> list[tuple[int, Path]]:
-        """(step, path) of every complete checkpoint, oldest first."""
+        """(step, path) of every renamed-in checkpoint directory, oldest first (intact or not)."""
         if not self.root.is_dir():
             return []
         out = []
         for p in self.root.iterdir():
             m = _STEP_DIR.match(p.name)
-            if m and p.is_dir() and (p / "trainer.json").is_file():
+            if m and p.is_dir():
                 out.append((int(m.group(1)), p))
         return sorted(out)
 
+    def inspect(self, *, digests: bool = True) -> list[CheckpointInfo]:
+        """Every renamed-in checkpoint, newest first, with its defects: a missing or unreadable
+        ``trainer.json``, files that fail the manifest, missing RNG states of the ranks that saved it."""
+        out = []
+        for step, path in reversed(self.complete()):
+            info = CheckpointInfo(step, path)
+            found = manifest_defects(path, digests=digests)
+            if found is None:
+                info.verified = False
+            else:
+                info.defects += found
+            state = None
+            if not (path / "trainer.json").is_file():
+                info.defects.append("trainer.json is missing (the trainer state and metrics of the run)")
+            else:
+                try:
+                    state = json.loads((path / "trainer.json").read_text())
+                except ValueError as e:
+                    info.defects.append(f"trainer.json is not valid JSON ({e})")
+            if not (path / "actor").is_dir():
+                info.defects.append("actor/ (the model checkpoint) is missing")
+            world = (state or {}).get("world_size")
+            if world is not None:
+                missing = [r for r in range(int(world)) if not (path / f"rng_rank{r}.pt").is_file()]
+                if missing:
+                    info.defects.append(f"the RNG states of ranks {missing} are missing")
+            out.append(info)
+        return out
+
+    def latest_intact(self) -> tuple[Path | None, list[CheckpointInfo]]:
+        """The newest checkpoint without a defect, and the newer ones skipped for theirs (each is
+        logged as a warning that names what was wrong). Raises ``CheckpointError`` listing every checkpoint
+        when there are some and none is intact."""
+        infos = self.inspect()
+        skipped = []
+        for info in infos:
+            if not info.defects:
+                for s in skipped:
+                    log.warning("checkpoint skipped, resuming from an older one: %s", s.describe())
+                if not info.verified:
+                    log.warning(
+                        "%s has no manifest (an older checkpoint): resuming from it unverified", info.path
+                    )
+                return info.path, skipped
+            skipped.append(info)
+        if skipped:
+            listed = "\n  ".join(s.describe() for s in skipped)
+            raise CheckpointError(
+                f"no intact checkpoint to resume from in {self.root}:\n  {listed}\n"
+                "move the damaged ones aside (or delete them) to start from the last good one, or start the "
+                "run over (checkpoint.start_over=true)"
+            )
+        return None, []
+
     def latest(self) -> Path | None:
-        done = self.complete()
-        return done[-1][1] if done else None
+        """The newest intact checkpoint (sizes checked, not digests), or None."""
+        for info in self.inspect(digests=False):
+            if not info.defects:
+                return info.path
+        return None
 
     def save(self, step: int, actor: Checkpointable, trainer_state: dict) -> Path:
         """Write the checkpoint of ``step`` (after that step finished), then prune to the last K."""
         final = self.root / f"step_{step:06d}"
         partial = self.root / f".partial-step_{step:06d}"
+        previous = self.complete()
         if _rank() == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             for p in self.root.glob(".partial-step_*"):
                 shutil.rmtree(p, ignore_errors=True)
             partial.mkdir()
         _barrier()
-        actor.save_checkpoint(partial / "actor")
-        torch.save(rng_state(), partial / f"rng_rank{_rank()}.pt")
-        _barrier()
+        try:
+            actor.save_checkpoint(partial / "actor")
+            torch.save(rng_state(), partial / f"rng_rank{_rank()}.pt")
+            _barrier()
+            if _rank() == 0:
+                with open(partial / "trainer.json.tmp", "w") as f:
+                    json.dump({**trainer_state, "world_size": _world()}, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(partial / "trainer.json.tmp", partial / "trainer.json")
+                write_manifest(partial)
+        except BaseException as e:
+            if _rank() == 0:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise self._save_error(step, e, previous) from e
         if _rank() == 0:
-            with open(partial / "trainer.json.tmp", "w") as f:
-                json.dump(trainer_state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial / "trainer.json.tmp", partial / "trainer.json")
             if final.exists():  # re-saving a step (e.g. after a resume): replace it whole
                 shutil.rmtree(final)
             os.replace(partial, final)  # the commit point
@@ -98,11 +196,48 @@ class CheckpointManager:
         _barrier()
         return final
 
+    def _save_error(self, step: int, e: BaseException, previous: list[tuple[int, Path]]) -> BaseException:
+        """``e``, or a ``CheckpointError`` saying the disk is full (with the bytes a checkpoint needs)."""
+        text = str(e)
+        full = isinstance(e, OSError) and e.errno == errno.ENOSPC
+        full = full or "No space left" in text or "unexpected pos" in text  # torch's writer on a full disk
+        if not full or not isinstance(e, Exception):
+            return e
+        need = None
+        for _, path in reversed(previous):
+            m = read_manifest(path) if (path / "manifest.json").is_file() else None
+            if m:
+                need = m["bytes"]
+                break
+        free = shutil.disk_usage(self.root).free if self.root.exists() else 0
+        gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+        needs = f"about {gib(need)} (the previous checkpoint's size)" if need else "as much as one checkpoint"
+        return CheckpointError(
+            f"no space left on the device of {self.root} while saving the checkpoint of step {step}: it "
+            f"needs {needs}, {gib(free)} are free. The partial checkpoint was removed. A run needs room for "
+            f"checkpoint.keep_last + 1 = {self.keep_last + 1} checkpoints at its peak."
+        )
+
     def load(self, path: str | os.PathLike, actor: Checkpointable) -> dict:
         """Restore the actor (model, optimizer, schedule), this rank's RNG states; return trainer state."""
         path = Path(path)
-        actor.load_checkpoint(path / "actor")
+        try:
+            actor.load_checkpoint(path / "actor")
+        except Exception as e:
+            raise CheckpointError(
+                f"{path}: the model checkpoint does not load: {type(e).__name__}: {e}"
+            ) from e
+        state = json.loads((path / "trainer.json").read_text())
         rng = path / f"rng_rank{_rank()}.pt"
         if rng.is_file():
             set_rng_state(torch.load(rng, weights_only=False))
-        return json.loads((path / "trainer.json").read_text())
+        else:
+            log.warning(
+                "%s holds no RNG state for rank %d (saved by %s ranks, this run has %d): this rank's random "
+                "streams start afresh, so the run will not repeat the uninterrupted one exactly",
+                path,
+                _rank(),
+                state.get("world_size", "?"),
+                _world(),
+            )
+        return state

@@ -38,6 +38,19 @@ def setup_logging() -> None:
 
 
 def train_main(argv: list[str]) -> int:
+    # the stop protocol is armed first: a SIGUSR1 / SIGTERM during start-up (config, data, model build)
+    # ends the run before its first step with status 75 instead of killing it without a word
+    from nemo_resrl.training.stop import StopRequest
+
+    stop = StopRequest.from_env()
+    stop.install()
+    try:
+        return _train_main(argv, stop)
+    finally:
+        stop.restore()
+
+
+def _train_main(argv: list[str], stop) -> int:
     parser = argparse.ArgumentParser(
         prog="nemo-resrl train",
         description="ResRL and RLVR baselines on megatron-core + vLLM",
@@ -66,11 +79,13 @@ def train_main(argv: list[str]) -> int:
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return 0
     setup_logging()
+    from nemo_resrl.checkpointing import CheckpointError
     from nemo_resrl.launch import train
+    from nemo_resrl.training.run_dir import RunDirError
 
     try:
-        train(cfg)
-    except (ConfigError, DatasetError) as e:
+        train(cfg, stop=stop)
+    except (ConfigError, DatasetError, RunDirError, CheckpointError) as e:
         print(f"nemo-resrl: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     return 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,32 @@ EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_MODELS = ("smollm2-135m-instruct",)
 
 
+def check_hf_dir(hf_path: str, key: str = "actor.hf_path") -> Path:
+    """``hf_path`` as a local Hugging Face checkpoint directory (config.json and weights), checked offline;
+    a ``ConfigError`` says what is missing (a hub id is named as such: models are read from disk only)."""
+    p = Path(hf_path).expanduser()
+    if not p.exists():
+        hint = ""
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", hf_path):
+            hint = (
+                f" (it looks like a hub id: models are read from local directories only; download it first, "
+                f"e.g. huggingface-cli download {hf_path} --local-dir DIR, and set {key}=DIR)"
+            )
+        raise ConfigError(f"{key} {hf_path!r} does not exist{hint}")
+    if not p.is_dir():
+        raise ConfigError(f"{key} {hf_path!r} is a file, not a Hugging Face checkpoint directory")
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"{key} {hf_path!r} has no config.json: not a Hugging Face checkpoint directory")
+    if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+        raise ConfigError(f"{key} {hf_path!r} has no weights (*.safetensors or *.bin files)")
+    return p
+
+
 def resolve_model_path(hf_path: str, dtype: str) -> str:
-    """An HF directory for ``hf_path``: itself, or the cached conversion of an ``embedded:`` model."""
+    """An HF directory for ``hf_path``: itself (checked), or the cached conversion of an ``embedded:``
+    model."""
     if not hf_path.startswith(EMBEDDED_PREFIX):
-        return hf_path
+        return str(check_hf_dir(hf_path))
     name = hf_path[len(EMBEDDED_PREFIX) :]
     if name not in EMBEDDED_MODELS:
         raise ConfigError(f"actor.hf_path: unknown embedded model {name!r}; embedded: {EMBEDDED_MODELS}")
@@ -45,8 +69,28 @@ def build_reward(cfg: RunConfig, tokenizer: Any):
     return RolloutReward(REWARD_FNS.get("reasoning_gym")(), tokenizer, references="record")
 
 
-def train(cfg: RunConfig) -> list[dict]:
-    """Run ``cfg`` (resuming from its run directory when enabled); returns the per-step metrics."""
+def train(cfg: RunConfig, stop=None) -> list[dict]:
+    """Run ``cfg`` (resuming from its run directory when enabled); returns the per-step metrics.
+
+    ``stop``: the stop protocol, armed by the caller as early as it can (``nemo-resrl train`` at its first
+    line): a stop requested during start-up ends the run before its first step with exit status 75.
+    Rank 0 claims the run directory (its lock, the resume / start-over rule) before anything is built.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model and tokenizer is a local directory
+    from nemo_resrl.training.run_dir import claim_run_dir
+
+    lock = None
+    if is_rank0():
+        ck = cfg.checkpoint
+        lock = claim_run_dir(cfg.logging.run_dir, resume=ck.resume, start_over=ck.start_over)
+    try:
+        return _train(cfg, stop, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: RunConfig, stop, lock) -> list[dict]:
     from transformers import AutoTokenizer
 
     from nemo_resrl.data.prompts import load_eval_prompts, load_prompts
@@ -82,6 +126,8 @@ def train(cfg: RunConfig) -> list[dict]:
             prompts.records,
             dp=TorchDataParallel(),
             eval_records=held_out.records if held_out else None,
+            run_lock=lock,
+            stop=stop,
         )
     finally:
         reward.close()

@@ -75,7 +75,11 @@ class CheckpointConfig(Section):
     """Steps between checkpoints (0: never; the last step and a stop request always save)."""
     keep_last: int = 2
     resume: bool = True
-    """Continue from the latest complete checkpoint if there is one."""
+    """Continue from the newest intact checkpoint if there is one. false in a directory that already holds
+    a run is refused (it would overwrite it) unless start_over."""
+    start_over: bool = False
+    """Start a fresh run in logging.run_dir after moving the run it holds aside into
+    <run dir>/previous-<time>/ (nothing is deleted)."""
 
     def check(self, keys: Keys) -> None:
         keys.at_least(self.every, "every", 0)

@@ -28,6 +28,7 @@ from nemo_resrl.training.metrics_log import (
     plot_reward_curve,
     require_logging_backends,
 )
+from nemo_resrl.training.run_dir import RunDirLock, claim_run_dir
 from nemo_resrl.training.stop import PREEMPTED_FILE, Preempted, StopRequest
 from nemo_resrl.training.trainer import RewardFn, Trainer
 
@@ -51,6 +52,8 @@ def run_training(
     dp: DataParallelInterface,
     eval_records: Sequence[dict] | None = None,
     print_fn: Callable[[str], None] = print,
+    run_lock: RunDirLock | None = None,
+    stop: StopRequest | None = None,
 ) -> list[dict]:
     """Train ``cfg.trainer.steps`` steps (resuming from the latest checkpoint if enabled); returns the
     per-step metrics of the whole run.
@@ -60,7 +63,23 @@ def run_training(
     measured after every ``eval_every``-th step and the last one (``eval/`` keys of that step's row). A
     stop request (``stop.py``) ends the run after the current step with a checkpoint of it, and raises
     ``Preempted``.
+
+    ``run_lock``: the run directory's lock, already claimed (``nemo-resrl train`` claims it before building
+    anything); without one, rank 0 claims it here (``run_dir.py``). ``stop``: the stop protocol, already
+    armed (``nemo-resrl train`` arms it at its first line); without one it is armed here.
     """
+    run_dir = Path(cfg.logging.run_dir)
+    own_lock = None
+    if run_lock is None and is_rank0():
+        own_lock = claim_run_dir(run_dir, resume=cfg.checkpoint.resume, start_over=cfg.checkpoint.start_over)
+    try:
+        return _run(cfg, policy, engine, reward_fn, records, dp, eval_records, print_fn, stop)
+    finally:
+        if own_lock is not None:
+            own_lock.release()
+
+
+def _run(cfg, policy, engine, reward_fn, records, dp, eval_records, print_fn, stop) -> list[dict]:
     run_dir = Path(cfg.logging.run_dir)
     require_logging_backends(cfg.logging.tensorboard, cfg.logging.wandb)
     ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last)
@@ -83,7 +102,9 @@ def run_training(
         on_phase=progress.phase,
     )
     history: list[dict] = []
-    latest = ckpt.latest() if cfg.checkpoint.resume else None
+    # resume from the newest intact checkpoint (damaged newer ones are named in a warning); start_over moved
+    # the old run aside already
+    latest = ckpt.latest_intact()[0] if cfg.checkpoint.resume and not cfg.checkpoint.start_over else None
     saved: tuple[int, Path] | None = None  # (step, directory) of this run's latest checkpoint
     if latest is not None:
         state = ckpt.load(latest, policy)
@@ -108,15 +129,16 @@ def run_training(
         progress.write(format_row(m))
     kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "-1"))
     every_eval = cfg.trainer.eval_every if eval_records else 0
-    stop = StopRequest.from_env()
-    stop.install()
+    if stop is None:
+        stop = StopRequest.from_env()
+        stop.install()
     reason, checkpoint = "", None
     first_save = True
 
     def save() -> None:
         nonlocal saved, first_save
         progress.phase("checkpoint")
-        with stop.ignored_by_new_processes() if first_save else contextlib.nullcontext():
+        with stop.held() if first_save else contextlib.nullcontext():
             path = ckpt.save(trainer.step, policy, {"step": trainer.step, "history": history})
         first_save, saved = False, (trainer.step, path)
 

@@ -68,22 +68,21 @@ class StopRequest:
         self._previous.clear()
 
     @contextlib.contextmanager
-    def ignored_by_new_processes(self):
-        """Inside, the signals are ignored, so processes started here inherit SIG_IGN for them (exec keeps
-        an ignored disposition). For the first checkpoint save, which spawns megatron's long-lived
-        write-results manager: Slurm signals every process of a job step, and a manager killed by
-        SIGTERM would fail the very save the stop asked for. A signal that arrives inside is lost (the
-        stop file is not)."""
+    def held(self):
+        """Inside, the signals are blocked in this thread: processes started here inherit the blocked mask
+        (fork and exec keep it). For the first checkpoint save, which spawns megatron's long-lived
+        write-results manager: Slurm signals every process of a job step, and a manager killed by SIGTERM
+        would fail the very save the stop asked for. A signal that arrives meanwhile stays pending and is
+        handled when the block ends (or at once by another thread): the stop then comes after this step,
+        it is never lost."""
         if not self._previous:
             yield
             return
-        for sig in self._previous:
-            signal.signal(sig, signal.SIG_IGN)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, set(self._previous))
         try:
             yield
         finally:
-            for sig in self._previous:
-                signal.signal(sig, self._handle)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name

@@ -13,11 +13,20 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Iterable
+from dataclasses import replace
 
 import torch
 
 from nemo_resrl.algorithms.losses import compute_policy_loss, local_counts
 from nemo_resrl.algorithms.resrl import compute_resrl_weights
+from nemo_resrl.config import (
+    AlgorithmConfig,
+    ResRLConfig,
+    RolloutConfig,
+    RunConfig,
+    SamplingConfig,
+    TrainerConfig,
+)
 from nemo_resrl.models.batch import Sequences, TokenOutputs
 from nemo_resrl.rewards.base import RewardResult
 from nemo_resrl.rollout.batch import RefitStats, RolloutBatch
@@ -232,3 +241,40 @@ class ThreadDataParallel:
 
     def sum(self, values: list[float]) -> list[float]:
         return [float(sum(col)) for col in zip(*self.all_gather(list(values)))]
+
+
+def fake_run_config(run_dir, steps: int, **checkpoint) -> RunConfig:
+    """A run of the fakes: ResRL, 4 prompts x 4 responses, eval every 2 steps, a checkpoint every step."""
+    cfg = RunConfig()
+    cfg.actor.hf_path = "fake"
+    cfg.rollout = RolloutConfig(sampling=SamplingConfig(n=4, temperature=1.0, max_tokens=5, seed=0))
+    cfg.algorithm = AlgorithmConfig.preset("resrl", resrl=ResRLConfig(max_rows=64, rank=4))
+    cfg.trainer = TrainerConfig(steps=steps, prompts_per_step=4, eval_every=2, eval_prompts=3)
+    cfg.checkpoint = replace(cfg.checkpoint, **{"every": 1, "keep_last": 2, **checkpoint})
+    cfg.logging.run_dir, cfg.logging.tensorboard, cfg.logging.progress = str(run_dir), False, False
+    return cfg.validate()
+
+
+def fake_run(
+    run_dir, steps: int, *, policy: BigramPolicy | None = None, reward=None, **checkpoint
+) -> list[dict]:
+    """``run_training`` of the fakes in ``run_dir`` (``fake_run_config``); returns the history."""
+    from nemo_resrl.training.data_parallel import SingleProcess
+    from nemo_resrl.training.loop import run_training
+
+    policy = policy or BigramPolicy(seed=0)
+    cfg = fake_run_config(run_dir, steps, **checkpoint)
+    return run_training(
+        cfg,
+        policy,
+        BigramEngine(policy),
+        reward or even_first_token,
+        prompts(6),
+        dp=SingleProcess(),
+        eval_records=prompts(3, seed=9),
+        print_fn=lambda s: None,
+    )
+
+
+def without_times(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in history]

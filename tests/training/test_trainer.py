@@ -20,12 +20,10 @@ from nemo_resrl.config import (
     AlgorithmConfig,
     ResRLConfig,
     RolloutConfig,
-    RunConfig,
     SamplingConfig,
     TrainerConfig,
 )
 from nemo_resrl.training.data_parallel import SingleProcess
-from nemo_resrl.training.loop import run_training
 from nemo_resrl.training.step_metrics import StepMetrics, reduce_over_ranks
 from nemo_resrl.training.trainer import Trainer
 from tests.training.fakes import (
@@ -34,7 +32,9 @@ from tests.training.fakes import (
     ThreadDataParallel,
     ThreadGroup,
     even_first_token,
+    fake_run,
     prompts,
+    without_times,
 )
 
 N = 4  # responses per prompt
@@ -276,44 +276,12 @@ def test_settings_the_trainer_cannot_run_are_refused():
         )
 
 
-def _run_cfg(run_dir, steps: int) -> RunConfig:
-    cfg = RunConfig()
-    cfg.actor.hf_path = "fake"
-    cfg.rollout = ROLLOUT
-    cfg.algorithm = AlgorithmConfig.preset("resrl", resrl=RESRL)
-    cfg.trainer = TrainerConfig(steps=steps, prompts_per_step=4, eval_every=2, eval_prompts=3)
-    cfg.checkpoint.every, cfg.checkpoint.keep_last = 1, 2
-    cfg.logging.run_dir, cfg.logging.tensorboard, cfg.logging.progress = str(run_dir), False, False
-    return cfg.validate()
-
-
-def _loop(run_dir, steps: int) -> list[dict]:
-    policy = BigramPolicy(seed=0)
-    engine = BigramEngine(policy)
-    records, held_out = prompts(6), prompts(3, seed=9)
-    cfg = _run_cfg(run_dir, steps)
-    return run_training(
-        cfg,
-        policy,
-        engine,
-        even_first_token,
-        records,
-        dp=SingleProcess(),
-        eval_records=held_out,
-        print_fn=lambda s: None,
-    )
-
-
-def _without_times(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in history]
-
-
 def test_the_run_loop_resumed_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path):
-    whole = _loop(tmp_path / "whole", 4)
+    whole = fake_run(tmp_path / "whole", 4)
     assert [m["step"] for m in whole] == [0, 1, 2, 3] and "eval/accuracy" in whole[1]
-    _loop(tmp_path / "split", 2)
-    resumed = _loop(tmp_path / "split", 4)
-    assert _without_times(resumed) == _without_times(whole)
+    fake_run(tmp_path / "split", 2)
+    resumed = fake_run(tmp_path / "split", 4)
+    assert without_times(resumed) == without_times(whole)
     lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [0, 1, 2, 3]
     kept = sorted(p.name for p in (tmp_path / "split" / "checkpoints").iterdir())

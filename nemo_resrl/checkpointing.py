@@ -34,7 +34,7 @@ import torch
 
 from nemo_resrl.common import barrier as _barrier
 from nemo_resrl.common import global_rank as _rank
-from nemo_resrl.manifest import manifest_defects, read_manifest, write_manifest
+from nemo_resrl.manifest import dist_checkpoint_defects, manifest_defects, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,10 @@ class CheckpointManager:
         for step, path in reversed(self.complete()):
             info = CheckpointInfo(step, path)
             found = manifest_defects(path, digests=digests)
-            if found is None:
+            if found is None:  # an older checkpoint: its dist-checkpoint index still tells truncation
                 info.verified = False
+                if (path / "actor").is_dir():
+                    info.defects += [f"actor/{d}" for d in dist_checkpoint_defects(path / "actor")]
             else:
                 info.defects += found
             state = None

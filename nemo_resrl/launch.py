@@ -79,6 +79,8 @@ def train(cfg: RunConfig, stop=None) -> list[dict]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model and tokenizer is a local directory
     from nemo_resrl.training.run_dir import claim_run_dir
 
+    if not cfg.actor.hf_path.startswith(EMBEDDED_PREFIX):
+        check_hf_dir(cfg.actor.hf_path)  # before the run directory is touched
     lock = None
     if is_rank0():
         ck = cfg.checkpoint

@@ -78,3 +78,26 @@ def manifest_defects(root: Path, *, digests: bool = True) -> list[str] | None:
         elif digests and sampled_digest(p) != want["digest"]:
             defects.append(f"{rel} does not match its digest (its contents changed)")
     return defects
+
+
+def dist_checkpoint_defects(root: Path) -> list[str]:
+    """What is wrong with a torch-distributed (DCP) checkpoint directory, from its own index alone: a
+    missing or unreadable ``.metadata``, shard files that are missing or shorter than the byte ranges the
+    index points into (truncated). Works for checkpoints without a manifest (converted ones, older ones)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        meta = FileSystemReader(str(root)).read_metadata()
+    except Exception as e:
+        return [f"its index (.metadata) does not load ({type(e).__name__}: {e})"]
+    need: dict[str, int] = {}
+    for info in (meta.storage_data or {}).values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    defects = []
+    for rel, n in sorted(need.items()):
+        p = root / rel
+        if not p.is_file():
+            defects.append(f"{rel} is missing")
+        elif p.stat().st_size < n:
+            defects.append(f"{rel} has {p.stat().st_size} bytes, its index needs {n} (truncated)")
+    return defects

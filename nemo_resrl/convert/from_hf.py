@@ -22,6 +22,7 @@ import torch
 
 from nemo_resrl.convert import mapping as M
 from nemo_resrl.convert.dist_ckpt import DistTensor, write_dist_checkpoint
+from nemo_resrl.convert.guards import check_output, partial_output
 from nemo_resrl.convert.hf_files import ACTOR_META, HF_META_DIR, copy_hf_meta_files
 from nemo_resrl.convert.mapping import ConversionError, ModelShape
 from nemo_resrl.convert.safetensors_stream import INDEX_FILE, SINGLE_FILE
@@ -130,30 +131,28 @@ def convert_from_hf(
     hf_dir, out = Path(hf_dir), Path(out_dir)
     if not (hf_dir / "config.json").is_file():
         raise ConversionError(f"{hf_dir} has no config.json (not a Hugging Face model directory)")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConversionError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
+    check_output(out, [hf_dir], overwrite)
     if dtype is not None and dtype not in DTYPES:
         raise ConversionError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     hf_config = json.loads((hf_dir / "config.json").read_text())
     shape = ModelShape.from_hf_config(hf_config)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
     w = HFWeights(hf_dir)
     if shape.tied and "lm_head.weight" in w:
         logger.info("tie_word_embeddings: lm_head.weight in %s is ignored (megatron ties it too)", hf_dir)
     out_dtype = DTYPES[dtype] if dtype else w.get("model.norm.weight").dtype
-    write_dist_checkpoint(partial, megatron_tensors(w, shape, out_dtype))
-    copy_hf_meta_files(hf_dir, partial / HF_META_DIR)
-    meta = {
-        "hf_path": str(hf_dir),
-        "converted_from_hf": True,
-        "with_optimizer": False,
-        "optim_sharding": "dp_reshardable",
-        "tensor_parallel": 1,
-        "pipeline_parallel": 1,
-        "step": 0,
-    }
-    (partial / ACTOR_META).write_text(json.dumps(meta, indent=1))
+    with partial_output(out, hf_dir) as partial:
+        write_dist_checkpoint(partial, megatron_tensors(w, shape, out_dtype))
+        copy_hf_meta_files(hf_dir, partial / HF_META_DIR)
+        meta = {
+            "hf_path": str(hf_dir),
+            "converted_from_hf": True,
+            "with_optimizer": False,
+            "optim_sharding": "dp_reshardable",
+            "tensor_parallel": 1,
+            "pipeline_parallel": 1,
+            "step": 0,
+        }
+        (partial / ACTOR_META).write_text(json.dumps(meta, indent=1))
     if out.exists():
         shutil.rmtree(out)
     os.replace(partial, out)

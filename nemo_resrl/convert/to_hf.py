@@ -24,6 +24,7 @@ import torch
 
 from nemo_resrl.convert import mapping as M
 from nemo_resrl.convert.dist_ckpt import DistCheckpointReader
+from nemo_resrl.convert.guards import check_output, check_source, partial_output
 from nemo_resrl.convert.hf_files import ACTOR_META, HF_META_DIR, copy_hf_meta_files
 from nemo_resrl.convert.mapping import ConversionError, ModelShape
 from nemo_resrl.convert.safetensors_stream import TensorEntry, write_sharded
@@ -47,8 +48,12 @@ def find_actor_checkpoint(path: str | os.PathLike) -> Path:
     if (p / "actor" / ACTOR_META).is_file():
         return p / "actor"
     for root in (p, p / "checkpoints"):
-        latest = CheckpointManager(root).latest()
+        mgr = CheckpointManager(root)
+        latest = mgr.latest()
         if latest is not None and (latest / "actor" / ACTOR_META).is_file():
+            newest = mgr.complete()[-1][1]
+            if newest != latest:
+                logger.warning("%s is damaged: converting the newest intact checkpoint, %s", newest, latest)
             return latest / "actor"
     raise ConversionError(
         f"{p} is not a checkpoint of this project: expected an actor dir (with {ACTOR_META}), a step dir, "
@@ -196,26 +201,32 @@ def convert_to_hf(
     """
     actor_dir = find_actor_checkpoint(checkpoint)
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConversionError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
+    check_output(out, [Path(checkpoint), actor_dir], overwrite)
+    check_source(actor_dir)
     if dtype is not None and dtype not in DTYPES:
         raise ConversionError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     meta_dir = _hf_meta_dir(actor_dir, hf_config_dir)
     hf_config = json.loads((meta_dir / "config.json").read_text())
     shape = ModelShape.from_hf_config(hf_config)
-    reader = DistCheckpointReader(actor_dir)
-    entries = hf_entries(reader, shape, DTYPES[dtype] if dtype else None)
-    out_dtype = entries[0].dtype
+    try:
+        reader = DistCheckpointReader(actor_dir)
+        entries = hf_entries(reader, shape, DTYPES[dtype] if dtype else None)
+        out_dtype = entries[0].dtype
+    except (ConversionError, KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # torch's CheckpointException is a BaseException
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConversionError(
+            f"reading the checkpoint {actor_dir} failed ({type(e).__name__}: {first})"
+        ) from e
 
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    files = write_sharded(partial, entries, max_shard_bytes)
-    copy_hf_meta_files(meta_dir, partial)
-    hf_config["torch_dtype"] = HF_DTYPE_NAMES[out_dtype]  # transformers 4 and vLLM read this key
-    if "dtype" in hf_config:  # transformers 5 writes this one
-        hf_config["dtype"] = HF_DTYPE_NAMES[out_dtype]
-    (partial / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    with partial_output(out, actor_dir) as partial:
+        files = write_sharded(partial, entries, max_shard_bytes)
+        copy_hf_meta_files(meta_dir, partial)
+        hf_config["torch_dtype"] = HF_DTYPE_NAMES[out_dtype]  # transformers 4 and vLLM read this key
+        if "dtype" in hf_config:  # transformers 5 writes this one
+            hf_config["dtype"] = HF_DTYPE_NAMES[out_dtype]
+        (partial / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
     os.replace(partial, out)

@@ -45,12 +45,16 @@ def _scan_jsonl(path: Path) -> list[tuple[int, str]]:
     return [(n, why) for n, obj, why in json_object_lines(path) if obj is None]
 
 
-def _read_table(cfg: DataConfig) -> tuple[list[dict[str, Any]], int]:
+def _read_table(cfg: DataConfig, key: str = "data.path") -> tuple[list[dict[str, Any]], int]:
     """All rows of the jsonl / parquet file(s) through HF datasets, as dicts in file order, and the
-    number of unreadable jsonl lines skipped (on_bad_row=skip)."""
+    number of unreadable jsonl lines skipped (on_bad_row=skip). ``key``: the config key errors name."""
     path = Path(cfg.path)
     if not any(c in cfg.path for c in "*?[") and not path.exists():
-        raise DatasetError(f"data.path {cfg.path!r} does not exist")
+        raise DatasetError(f"{key} {cfg.path!r} does not exist")
+    if path.is_file() and (
+        path.stat().st_size == 0 or (cfg.source == "jsonl" and not path.read_text().strip())
+    ):
+        raise DatasetError(f"{key} {cfg.path!r} is empty: no rows to train on")
     if cfg.source == "jsonl" and path.is_file():
         bad = _scan_jsonl(path)  # datasets' json reader fails without saying which line is broken
         if bad and cfg.on_bad_row == "error":
@@ -149,8 +153,9 @@ def render_prompt(cfg: DataConfig, tokenizer: Any, problem: str) -> list[int]:
     return prompt_ids(tokenizer, text, cfg.system_prompt, cfg.chat_template)
 
 
-def load_prompts(cfg: DataConfig, tokenizer: Any) -> PromptSet:
-    """The prompt records of ``cfg`` tokenized with ``tokenizer``; see the module docstring."""
+def load_prompts(cfg: DataConfig, tokenizer: Any, key: str = "data.path") -> PromptSet:
+    """The prompt records of ``cfg`` tokenized with ``tokenizer``; see the module docstring. ``key``: the
+    config key that names the file in errors (``data.eval_path`` for the held-out prompts)."""
     if cfg.chat_template and not getattr(tokenizer, "chat_template", None):
         raise DatasetError(
             "data.chat_template=true but the tokenizer has no chat template; set data.chat_template=false"
@@ -167,7 +172,9 @@ def load_prompts(cfg: DataConfig, tokenizer: Any) -> PromptSet:
         records = [{**r, "answer": str(r["answer"]), "row": i + 1} for i, r in enumerate(recs)]
         n_rows, malformed = len(records), 0
     else:
-        rows, unreadable = _read_table(cfg)
+        rows, unreadable = _read_table(cfg, key)
+        if not rows and not unreadable:
+            raise DatasetError(f"{key} {cfg.path!r} has no rows")
         records, malformed = _check_rows(cfg, rows)
         n_rows, malformed = len(rows) + unreadable, malformed + unreadable
     kept, overlong = [], 0
@@ -200,7 +207,9 @@ def load_eval_prompts(cfg: DataConfig, tokenizer: Any, count: int) -> PromptSet:
         held_out = replace(cfg, size=count, seed=cfg.seed + 1_000_003)
     else:
         held_out = replace(cfg, path=cfg.eval_path)
-    out = load_prompts(held_out, tokenizer)
+    out = load_prompts(
+        held_out, tokenizer, key="data.eval_path" if cfg.source != "reasoning_gym" else "data.path"
+    )
     return PromptSet(out.records[:count], out.stats)
 
 

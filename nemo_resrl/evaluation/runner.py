@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -90,8 +91,14 @@ def run_eval(cfg: EvalConfig) -> dict:
         for p, name in zip(cfg.benchmarks, cfg.benchmark_names(), strict=True)
     ]
     out = Path(cfg.output_dir)  # created only once the input is known to be usable
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    hf_dir = resolve_hf_model(cfg.model, out / "work")
+    try:
+        hf_dir = resolve_hf_model(cfg.model, out / "work")
+    except BaseException:
+        if created:  # a missing or damaged model leaves no empty output directory behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
     if cfg.chat_template and not getattr(tokenizer, "chat_template", None):
         from nemo_resrl.config import ConfigError

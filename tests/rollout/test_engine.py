@@ -163,3 +163,25 @@ def test_refit_of_tied_embeddings_repacks_the_cpu_lm_head(tmp_path, torchrun):
     assert r["tied"] and r["before"] < 1.001
     assert r["after_refit"] < 1.001  # sampler == actor after two steps + refits
     assert r["after_refit_without_repack"] > 1.01  # vLLM alone keeps the stale lm_head
+
+
+def test_only_the_known_harmless_vllm_messages_are_hidden():
+    import logging
+    from pathlib import Path
+
+    import vllm
+
+    from nemo_resrl.rollout.engine import KNOWN_HARMLESS, quiet_known_harmless_vllm_messages
+
+    quiet_known_harmless_vllm_messages(tied_embeddings=False)
+    layerwise = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    record = lambda msg: logging.LogRecord(layerwise.name, logging.WARNING, "f", 1, msg, (), None)  # noqa: E731
+    assert not layerwise.filter(record("RotaryEmbedding: Failed to load weights"))
+    assert layerwise.filter(record("ParallelLMHead: Failed to load weights"))  # untied: a real failure
+    assert layerwise.filter(record("Qwen3DecoderLayer: Failed to load weights"))  # always shown
+    quiet_known_harmless_vllm_messages(tied_embeddings=True)
+    assert not layerwise.filter(record("ParallelLMHead: Failed to load weights"))
+    # the loggers named are vLLM's own (module names), so the filters sit where the messages come from
+    root = Path(vllm.__file__).parent
+    for name in KNOWN_HARMLESS:
+        assert (root / Path(*name.split(".")[1:])).with_suffix(".py").is_file(), name

@@ -103,3 +103,26 @@ def test_train_default_runs_two_steps_and_writes_metrics_table_and_png(tmp_path)
     assert (run_dir / "checkpoints").is_dir() and json.loads((run_dir / "data_stats.json").read_text())[
         "kept"
     ] > 0
+
+
+@pytest.mark.slow
+def test_a_sigterm_during_start_up_exits_75_before_the_first_step(tmp_path):
+    """The stop protocol is armed at the first line of `train`: a SIGTERM while the model builds ends the
+    run before its first step with status 75 and a preempted.json that says nothing was saved."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "nemo_resrl.cli", "train", "trainer.steps=2", f"logging.run_dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(6)  # past the interpreter's start: loading the config, the data, the model
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 75, out[-4000:]
+    assert "preempted at step 0 (SIGTERM), no step finished, nothing to save" in out
+    assert json.loads((run_dir / "preempted.json").read_text()) == {
+        "step": 0,
+        "reason": "SIGTERM",
+        "checkpoint": None,
+    }
+    assert not (run_dir / "metrics.jsonl").read_text().strip()

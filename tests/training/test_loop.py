@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from nemo_resrl.checkpointing import CheckpointManager
+from nemo_resrl.manifest import write_manifest
 from nemo_resrl.training.data_order import step_records
 from nemo_resrl.training.metrics_log import format_row
 from tests.launch import run_module
@@ -48,21 +49,41 @@ def test_sigkill_after_step_3_then_resume_equals_an_uninterrupted_run(tmp_path):
         same = {k: v for k, v in x.items() if not k.startswith("time/")}
         assert same == {k: y[k] for k in same}, int(x["step"])
     assert len({m["reward/mean"] for m in a}) > 1  # the metrics compared are not constant
+    # a damaged latest checkpoint (a truncated shard): the resume falls back to the previous one and
+    # reproduces the uninterrupted run from there
+    damaged = tmp_path / "damaged"
+    res = _run(tmp_path, damaged, "--kill-after", "3")
+    assert res.returncode == -9
+    shard = next((damaged / "checkpoints" / "step_000004" / "actor").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    res = _run(tmp_path, damaged)
+    assert res.returncode == 0 and "(next step 3)" in res.stdout, res.stderr[-4000:]
+    assert f"step_000004: actor/{shard.name} has" in res.stdout  # the skipped one, named
+    c = _metrics(damaged)
+    assert [int(m["step"]) for m in c] == list(range(6))
+    for x, y in zip(a[3:], c[3:]):
+        same = {k: v for k, v in x.items() if not k.startswith("time/")}
+        assert same == {k: y[k] for k in same}, int(x["step"])
     # the last K = 2 checkpoints are kept; the reward curve is a real PNG
     assert [s for s, _ in CheckpointManager(whole / "checkpoints").complete()] == [5, 6]
     png = (whole / "reward_curve.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
-def test_partial_checkpoints_are_never_latest(tmp_path):
+def test_partial_and_damaged_checkpoints_are_never_latest_and_are_named(tmp_path):
     root = tmp_path / "checkpoints"
-    (root / "step_000002").mkdir(parents=True)
+    (root / "step_000002" / "actor").mkdir(parents=True)
     (root / "step_000002" / "trainer.json").write_text("{}")
-    (root / ".partial-step_000004").mkdir()  # a save killed midway
-    (root / "step_000003").mkdir()  # no trainer.json: not complete
+    write_manifest(root / "step_000002")
+    (root / ".partial-step_000004").mkdir()  # a save killed midway: not a checkpoint at all
+    (root / "step_000003" / "actor").mkdir(parents=True)  # no trainer.json: renamed in, but damaged
     mgr = CheckpointManager(root)
     assert mgr.latest() == root / "step_000002"
-    assert [s for s, _ in mgr.complete()] == [2]
+    assert [s for s, _ in mgr.complete()] == [2, 3]
+    newest = mgr.inspect()[0]
+    assert newest.step == 3 and "trainer.json is missing (the trainer state and metrics of the run)" in (
+        newest.defects
+    )
 
 
 def test_step_records_are_a_function_of_the_step():

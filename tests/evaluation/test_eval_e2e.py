@@ -74,6 +74,17 @@ def test_a_bad_config_or_model_exits_2(tmp_path, capsys):
     rc = main(["eval", f"model={tmp_path}", f"benchmarks=[{bench}]", f"output_dir={tmp_path / 'o'}"])
     assert rc == 2 and "neither a Hugging Face model directory" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # a missing model leaves no empty output directory
+    # a damaged checkpoint is named, and leaves no output behind either
+    from tests.models.tiny_hf import make_tiny
+
+    hf = make_tiny(tmp_path / "qwen3", "qwen3")
+    assert main(["convert", "from-hf", str(hf), str(tmp_path / "mg")]) == 0
+    shard = next((tmp_path / "mg").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:500])
+    capsys.readouterr()
+    rc = main(["eval", f"model={tmp_path / 'mg'}", f"benchmarks=[{bench}]", f"output_dir={tmp_path / 'o2'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"is damaged: {shard.name} has 500 bytes" in err and not (tmp_path / "o2").exists()
     out = tmp_path / "not_created"
     rc = main(["eval", f"model={tmp_path}", f"benchmarks=[{tmp_path / 'none.jsonl'}]", f"output_dir={out}"])
     assert rc == 2 and "does not exist" in capsys.readouterr().err and not out.exists()

@@ -116,7 +116,9 @@ def _train(cfg: RunConfig, stop, lock) -> list[dict]:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "data_stats.json").write_text(json.dumps(prompts.stats, indent=1))
     # every log-prob is of the distribution the rollout samples from: softmax(logits / T)
-    actor = MegatronActor(cfg.actor, temperature=cfg.rollout.sampling.temperature)
+    actor = MegatronActor(
+        cfg.actor, temperature=cfg.rollout.sampling.temperature, reference=cfg.algorithm.loss.kl_coef > 0
+    )
     engine = RolloutEngine(path, cfg.rollout)
     reward = build_reward(cfg, tokenizer)
     try:

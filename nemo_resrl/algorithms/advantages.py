@@ -79,6 +79,25 @@ def dr_grpo_advantage(
     return group_normalized_advantages(rewards, group_ids, norm_by_std=False, epsilon=cfg.epsilon)
 
 
+@ADVANTAGE_ESTIMATORS.register("rloo")
+def rloo_advantage(
+    rewards: torch.Tensor, correct: torch.Tensor, group_ids: torch.Tensor, cfg: AdvantageConfig
+) -> torch.Tensor:
+    """RLOO: the reward minus the mean of the OTHER responses of its group (leave-one-out baseline,
+    NeMo RL's default), ``A_i = r_i - (sum_g r - r_i) / (G - 1) = G / (G - 1) * (r_i - mean_g)``. A group of
+    one response, or of equal rewards, gets exactly 0 (docs/algorithm.md §1)."""
+    _check_inputs(rewards, correct, group_ids)
+    idx = index_groups(group_ids)
+    r = rewards.double()
+    counts = idx.counts.double()
+    total = group_sum(r, idx)
+    others = (total[idx.inverse] - r) / (counts[idx.inverse] - 1).clamp_min(1)
+    adv = r - others
+    lo, hi = group_minmax(r, idx)
+    constant = (hi == lo)[idx.inverse] | (counts[idx.inverse] < 2)
+    return torch.where(constant, torch.zeros_like(adv), adv).to(rewards.dtype)
+
+
 @ADVANTAGE_ESTIMATORS.register("psr")
 def psr_advantage(
     rewards: torch.Tensor, correct: torch.Tensor, group_ids: torch.Tensor, cfg: AdvantageConfig

@@ -79,6 +79,15 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.T
     return (torch.exp(log_r) - log_r - 1.0).clamp(-10.0, 10.0)
 
 
+def tis_weights(old_logp: torch.Tensor, rollout_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance-sampling weights [B, T]: ``min(exp(old_logp - rollout_logp), cap)``, the
+    trainer's old policy over the sampler's per token (verl's ``tis_imp_ratio_cap``, NeMo RL's ``tis``); the
+    log-ratio is clamped to +-20 first. Exactly 1 where the two agree."""
+    require(cap >= 1, f"the TIS cap must be >= 1, got {cap}")
+    require(old_logp.shape == rollout_logp.shape, "old_logp and rollout_logp shapes differ")
+    return torch.exp((old_logp - rollout_logp).clamp(-20.0, 20.0)).clamp(max=cap)
+
+
 @dataclass(frozen=True)
 class GlobalCounts:
     """Denominators of the loss: valid tokens and sequences with at least one valid token, summed over
@@ -94,12 +103,15 @@ def local_counts(mask: torch.Tensor) -> GlobalCounts:
     return GlobalCounts(tokens=float(m.sum()), sequences=float(m.any(dim=-1).sum()))
 
 
-def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, counts: GlobalCounts) -> torch.Tensor:
+def aggregate(
+    values: torch.Tensor, mask: torch.Tensor, mode: str, counts: GlobalCounts, constant: float | None = None
+) -> torch.Tensor:
     """Scalar loss from per-token ``values`` [B, T]: THE normalisation point.
 
-    token-mean:          sum_{i,t} v m / N_tokens
-    seq-mean-token-mean: sum_i (sum_t v m / n_i) / N_seqs        (sequences with n_i > 0)
-    seq-mean-token-sum:  sum_i sum_t v m / N_seqs
+    token-mean:              sum_{i,t} v m / N_tokens
+    seq-mean-token-mean:     sum_i (sum_t v m / n_i) / N_seqs        (sequences with n_i > 0)
+    seq-mean-token-sum:      sum_i sum_t v m / N_seqs
+    seq-mean-token-sum-norm: sum_i sum_t v m / (N_seqs * constant)   (Dr.GRPO: a constant, not |o_i|)
     A zero global denominator (no valid token anywhere) gives 0, never NaN.
     """
     require(values.shape == mask.shape, f"values {tuple(values.shape)} and mask {tuple(mask.shape)} differ")
@@ -111,6 +123,9 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, counts: Globa
     elif mode == "seq-mean-token-mean":
         n = m.sum(dim=-1)
         total, denom = (masked.sum(dim=-1) / n.clamp_min(1.0)).sum(), counts.sequences
+    elif mode == "seq-mean-token-sum-norm":
+        require(constant is not None and constant > 0, f"{mode} needs a constant > 0, got {constant}")
+        total, denom = masked.sum(), counts.sequences * constant
     else:
         total, denom = masked.sum(), counts.sequences
     if denom <= 0:
@@ -128,15 +143,18 @@ def compute_policy_loss(
     *,
     ref_logp: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss of one micro-batch, normalised by the global ``counts``; returns (loss, metrics).
 
-    loss = agg(surrogate) + kl_coef * agg(kl) - entropy_coef * agg(entropy). Metrics (detached scalars)
-    are token-means over the global token count, so they add up over micro-batches as the loss does.
+    loss = agg(surrogate * is_weights) + kl_coef * agg(kl) - entropy_coef * agg(entropy). ``is_weights``
+    [B, T]: truncated importance-sampling weights (``tis_weights``), constants that multiply each token's
+    clipped surrogate (verl's and NeMo RL's place for them). Metrics (detached scalars) are token-means
+    over the global token count, so they add up over micro-batches as the loss does.
     """
     shape = logp.shape
     require(logp.dim() == 2, f"logp must be [B, T], got {tuple(shape)}")
-    optional = (("ref_logp", ref_logp), ("entropy", entropy))
+    optional = (("ref_logp", ref_logp), ("entropy", entropy), ("is_weights", is_weights))
     for name, t in (("old_logp", old_logp), ("advantages", advantages), ("mask", mask), *optional):
         if t is not None:
             require(t.shape == shape, f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
@@ -156,7 +174,9 @@ def compute_policy_loss(
     if entropy is not None:
         entropy = entropy.masked_fill(pad, 0.0)
     terms = POLICY_LOSSES.get(cfg.name)(logp, old_logp, advantages, mask, cfg)
-    loss = aggregate(terms.loss, mask, cfg.agg, counts)
+    per_token = terms.loss if is_weights is None else terms.loss * is_weights.detach().masked_fill(pad, 0.0)
+    c = cfg.agg_constant
+    loss = aggregate(per_token, mask, cfg.agg, counts, c)
     metrics: dict[str, torch.Tensor] = {
         "pg_loss": loss.detach(),
         "pg_clipfrac": aggregate(terms.clipped.float(), mask, "token-mean", counts),
@@ -164,11 +184,11 @@ def compute_policy_loss(
         "ppo_kl": aggregate((old_logp - logp).detach(), mask, "token-mean", counts),
     }
     if cfg.kl_coef > 0:
-        kl = aggregate(kl_penalty(logp, ref_logp, cfg.kl_type), mask, cfg.agg, counts)
+        kl = aggregate(kl_penalty(logp, ref_logp, cfg.kl_type), mask, cfg.agg, counts, c)
         loss = loss + cfg.kl_coef * kl
         metrics["kl"] = kl.detach()
     if entropy is not None:
-        ent = aggregate(entropy, mask, cfg.agg, counts)
+        ent = aggregate(entropy, mask, cfg.agg, counts, c)
         if cfg.entropy_coef > 0:
             loss = loss - cfg.entropy_coef * ent
         metrics["entropy"] = ent.detach()

@@ -143,15 +143,27 @@ def quantile_gate(residuals: torch.Tensor, alpha: float, beta: float, xi: float)
     return gate(residuals, q_lo, q_hi, xi)
 
 
-def token_advantages(advantages: torch.Tensor, weights: torch.Tensor, lambda_pos: float) -> torch.Tensor:
-    """``A~ = lambda_pos * A`` for positive responses (A > 0), ``w * A`` for the rest (docs/algorithm.md §6).
+def positive_set(advantages: torch.Tensor, correct: torch.Tensor | None, rule: str) -> torch.Tensor:
+    """The positive responses [B] bool (docs/algorithm.md §2): ``advantage`` (A > 0, the paper's) or
+    ``correct`` (the verifier's verdict, the released code's ``score > 0``)."""
+    require(rule in ("advantage", "correct"), f"positive-set rule must be advantage or correct, got {rule!r}")
+    if rule == "advantage":
+        return advantages > 0
+    require(correct is not None, "the correct positive-set rule needs the verifier's verdicts")
+    require_shape(correct, tuple(advantages.shape), "correct")
+    return correct.bool()
 
-    advantages [B], weights [B, T] -> [B, T] (same dtype as ``advantages``).
-    """
+
+def token_advantages(
+    advantages: torch.Tensor, weights: torch.Tensor, lambda_pos: float, positive: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``A~ = lambda_pos * A`` for positive responses (``positive``; default A > 0), ``w * A`` for the rest
+    (docs/algorithm.md §6). advantages [B], weights [B, T] -> [B, T] (same dtype as ``advantages``)."""
     require(weights.dim() == 2, f"weights must be [B, T], got {tuple(weights.shape)}")
     require_shape(advantages, (weights.shape[0],), "advantages")
     a = advantages[:, None].to(torch.float32)
-    out = torch.where(a > 0, lambda_pos * a.expand_as(weights), weights.float() * a)
+    pos = (advantages > 0 if positive is None else positive.bool())[:, None]
+    out = torch.where(pos, lambda_pos * a.expand_as(weights), weights.float() * a)
     return out.to(advantages.dtype)
 
 
@@ -167,6 +179,7 @@ class ResponseMeta:
     group_ids: torch.Tensor
     response_ids: torch.Tensor
     advantages: torch.Tensor
+    positive: torch.Tensor | None = None  # [B] bool; None: A > 0
 
 
 @dataclass
@@ -215,6 +228,7 @@ def compute_resrl_weights(
     *,
     step: int = 0,
     response_ids: torch.Tensor | None = None,
+    positive: torch.Tensor | None = None,
 ) -> ResRLWeights:
     """ResRL token weights for a batch that holds whole groups (single process).
 
@@ -222,9 +236,10 @@ def compute_resrl_weights(
                    whose logits predict each response token (same alignment as the log-probs).
     response_mask: [B, T] valid response tokens (bool or 0/1).
     group_ids:     [B] integer prompt-group id; must be unique per group within the step.
-    advantages:    [B] outcome advantages; A > 0 marks the positive set (docs/algorithm.md §2).
+    advantages:    [B] outcome advantages.
     response_ids:  [B] ids fixing the positive pool's sampling order (default: batch position). Give
                    the same ids in any split of the batch to get the same sample.
+    positive:      [B] bool, the positive set (``positive_set``); default A > 0 (docs/algorithm.md §2).
     """
     cfg = (cfg or ResRLConfig()).validate()
     require(hidden.dim() == 3, f"hidden must be [B, T, d], got shape {tuple(hidden.shape)}")
@@ -242,8 +257,8 @@ def compute_resrl_weights(
 
     weights = torch.ones(b, t, dtype=torch.float32, device=hidden.device)
     stats = ResRLStats(num_groups=groups.num_groups)
-    is_pos = advantages > 0
-    stats.num_negative_tokens = int(mask[advantages < 0].sum())
+    is_pos = advantages > 0 if positive is None else positive.bool()
+    stats.num_negative_tokens = int(mask[~is_pos & (advantages < 0)].sum())
     for g in range(groups.num_groups):
         members = groups.members(g)
         members = members[torch.argsort(response_ids[members])]
@@ -288,6 +303,7 @@ def resrl_token_advantages(
     *,
     step: int = 0,
     response_ids: torch.Tensor | None = None,
+    positive: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ResRLStats]:
     """Convenience: ``compute_resrl_weights`` then ``token_advantages``; returns (A~ [B, T], stats).
 
@@ -295,7 +311,14 @@ def resrl_token_advantages(
     """
     cfg = (cfg or ResRLConfig()).validate()
     res = compute_resrl_weights(
-        hidden, response_mask, group_ids, advantages, cfg, step=step, response_ids=response_ids
+        hidden,
+        response_mask,
+        group_ids,
+        advantages,
+        cfg,
+        step=step,
+        response_ids=response_ids,
+        positive=positive,
     )
-    adv = token_advantages(advantages, res.weights, cfg.lambda_pos)
+    adv = token_advantages(advantages, res.weights, cfg.lambda_pos, positive)
     return adv * response_mask.to(adv.dtype), res.stats

@@ -4,6 +4,7 @@
     spec.estimator        # the outcome-advantage estimator (``ADVANTAGE_ESTIMATORS`` key)
     spec.resrl_weights    # whether negative tokens get ResRL weights (docs/algorithm.md §3-6)
     spec.group_normalised # whether the advantage compares responses within a prompt group (needs n >= 2)
+    spec.trains_on        # all | correct | incorrect: the responses the loss covers (and normalises over)
     spec.loss             # the recipe's policy-loss settings (``algorithm.loss`` values)
     spec.dynamic_sampling / spec.overlong   # DAPO's extras, on by default for this recipe
 
@@ -41,7 +42,12 @@ class AlgorithmSpec:
     loss: Mapping[str, object] = field(default_factory=lambda: MappingProxyType(dict(_PPO_CLIP)))
     dynamic_sampling: bool = False
     overlong: bool = False
+    trains_on: str = "all"
+    reward: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+    """``reward.*`` values the preset sets (the recipe's reward; the other algorithms keep the grader's)."""
     summary: str = ""
+    reference: str = ""
+    """The code whose loss the preset reproduces (tests/algorithms/test_recipes.py checks it)."""
 
 
 ALGORITHM_SPECS: Registry[AlgorithmSpec] = Registry("algorithm")
@@ -55,11 +61,76 @@ def _loss(**changes) -> Mapping[str, object]:
     return MappingProxyType({**_PPO_CLIP, **changes})
 
 
-_add(AlgorithmSpec("grpo", "grpo", False, True, summary="group-normalised advantages, every token weight 1"))
-_add(AlgorithmSpec("dr_grpo", "dr_grpo", False, True, summary="r - mean_g, no std division"))
-_add(AlgorithmSpec("psr", "psr", False, False, summary="train on correct responses only, A = +1"))
-_add(AlgorithmSpec("nsr", "nsr", False, False, summary="train on incorrect responses only, A = -1"))
-_add(AlgorithmSpec("w_reinforce", "w_reinforce", False, False, summary="correct lambda, incorrect -1"))
+# the NSR paper's code (RLVR-Decomposed, verl 0.3-based): PPO clip without dual clip, token-mean, an
+# entropy bonus of 0.001, no KL; PSR and NSR update on the subset of responses they train on
+_RLVR_DECOMPOSED = _loss(dual_clip_c=None, entropy_coef=0.001)
+
+_add(
+    AlgorithmSpec(
+        "grpo",
+        "grpo",
+        False,
+        True,
+        summary="group-normalised advantages, every token weight 1",
+        reference="verl core_algos: grpo advantage, vanilla policy loss, token-mean",
+    )
+)
+_add(
+    AlgorithmSpec(
+        "dr_grpo",
+        "dr_grpo",
+        False,
+        True,
+        loss=_loss(agg="seq-mean-token-sum-norm"),
+        summary="r - mean_g, no std division; token sums over a constant (the generation budget)",
+        reference="verl's Dr.GRPO recipe: norm_adv_by_std_in_grpo=False, seq-mean-token-sum-norm",
+    )
+)
+_add(
+    AlgorithmSpec(
+        "rloo",
+        "rloo",
+        False,
+        True,
+        summary="leave-one-out baseline: r_i - mean of the group's other rewards",
+        reference="verl core_algos: rloo advantage (size-1 groups 0, as rloo_vectorized), vanilla loss",
+    )
+)
+_add(
+    AlgorithmSpec(
+        "psr",
+        "psr",
+        False,
+        False,
+        loss=_RLVR_DECOMPOSED,
+        trains_on="correct",
+        summary="train on correct responses only, A = +1",
+        reference="RLVR-Decomposed: batch.subset(correct) then A = +1",
+    )
+)
+_add(
+    AlgorithmSpec(
+        "nsr",
+        "nsr",
+        False,
+        False,
+        loss=_RLVR_DECOMPOSED,
+        trains_on="incorrect",
+        summary="train on incorrect responses only, A = -1",
+        reference="RLVR-Decomposed: batch.subset(incorrect) then A = -1",
+    )
+)
+_add(
+    AlgorithmSpec(
+        "w_reinforce",
+        "w_reinforce",
+        False,
+        False,
+        loss=_RLVR_DECOMPOSED,
+        summary="correct lambda, incorrect -1",
+        reference="RLVR-Decomposed: A = +lambda / -1 on the whole batch",
+    )
+)
 _add(
     AlgorithmSpec(
         "dapo",
@@ -70,6 +141,7 @@ _add(
         dynamic_sampling=True,
         overlong=True,
         summary="clip-higher 0.2 / 0.28, dynamic sampling, overlong shaping",
+        reference="verl's DAPO recipe: clip 0.2 / 0.28, token-mean, dynamic sampling, overlong buffer",
     )
 )
 _add(
@@ -78,7 +150,9 @@ _add(
         "grpo",
         True,
         True,
+        reward=MappingProxyType({"incorrect": -1.0, "shaping": "length_scaled"}),
         summary="GRPO with negative tokens weighted by their positive-subspace residual",
+        reference="the released ResRL code (verl 0.5 dp_actor): dual clip 3, token-mean, positives by score",
     )
 )
 

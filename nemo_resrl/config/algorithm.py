@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from nemo_resrl.config.keys import ConfigError, Keys, Section
 
 SVD_METHODS = ("auto", "exact", "gram", "randomized")
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 KL_TYPES = ("k1", "k2", "k3", "low_var_kl")
 
 
@@ -51,12 +51,19 @@ class PolicyLossConfig(Section):
     log_ratio_clamp: float = 20.0
     """|logp - old_logp| is clamped to this before exp (numerical safety, as verl)."""
     agg: str = "token-mean"
-    """token-mean | seq-mean-token-mean | seq-mean-token-sum, over the GLOBAL batch."""
+    """token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm (Dr.GRPO: each
+    response's token sum over the constant ``agg_constant``), over the GLOBAL batch."""
+    agg_constant: float | None = None
+    """The constant of seq-mean-token-sum-norm (null: rollout.sampling.max_tokens, the generation budget)."""
     kl_coef: float = 0.0
     """KL to a reference policy (k1, k2, k3 = low_var_kl); needs a reference policy."""
     kl_type: str = "k3"
     entropy_coef: float = 0.0
     """Entropy bonus (subtracted from the loss)."""
+    tis_cap: float | None = None
+    """Truncated importance sampling (null: off): every token's loss is multiplied by
+    min(pi_old / pi_rollout, tis_cap), the trainer's old log-prob against the sampler's, to correct a
+    rollout engine that samples from a slightly different distribution (another precision or kernel)."""
 
     def check(self, keys: Keys) -> None:
         from nemo_resrl.algorithms.losses import POLICY_LOSSES
@@ -76,6 +83,14 @@ class PolicyLossConfig(Section):
         keys.one_of(self.kl_type, "kl_type", KL_TYPES)
         keys.at_least(self.kl_coef, "kl_coef", 0)
         keys.at_least(self.entropy_coef, "entropy_coef", 0)
+        keys.require(
+            self.agg_constant is None or self.agg_constant > 0,
+            "agg_constant",
+            f"must be > 0 or null, got {self.agg_constant}",
+        )
+        keys.require(
+            self.tis_cap is None or self.tis_cap >= 1, "tis_cap", f"must be >= 1 or null, got {self.tis_cap}"
+        )
 
 
 @dataclass
@@ -108,6 +123,10 @@ class ResRLConfig(Section):
     seed: int = 0
     """Base seed of the positive-row sampling (combined with the step and the group id)."""
     residual_chunk_tokens: int = 4096
+    positive_set: str = "correct"
+    """Which responses span the subspace and get lambda_pos x A: correct (the verifier's verdict, the
+    released code's score > 0) or advantage (A > 0, the paper's wording). They differ under a shaped
+    reward: a long correct answer under the length-scaled reward can have A < 0."""
 
     def check(self, keys: Keys) -> None:
         keys.at_least(self.max_rows, "max_rows", 2)
@@ -126,6 +145,7 @@ class ResRLConfig(Section):
         keys.require(self.svd_tol > 0, "svd_tol", f"must be > 0, got {self.svd_tol}")
         keys.at_least(self.svd_oversample, "svd_oversample", 0)
         keys.at_least(self.residual_chunk_tokens, "residual_chunk_tokens", 1)
+        keys.one_of(self.positive_set, "positive_set", ("advantage", "correct"))
 
 
 @dataclass
@@ -170,7 +190,7 @@ class AlgorithmConfig(Section):
     KEY = "algorithm."
 
     name: str = "resrl"
-    """grpo | dr_grpo | psr | nsr | w_reinforce | dapo | resrl (``nemo_resrl.algorithms.specs``)."""
+    """grpo | dr_grpo | rloo | psr | nsr | w_reinforce | dapo | resrl (``nemo_resrl.algorithms.specs``)."""
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
     resrl: ResRLConfig = field(default_factory=ResRLConfig)

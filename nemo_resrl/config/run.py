@@ -15,6 +15,27 @@ from nemo_resrl.config.keys import Keys, Section
 from nemo_resrl.config.rollout import RolloutConfig
 
 REWARDS = ("math", "reasoning_gym")
+SHAPINGS = ("none", "length_scaled")
+
+
+@dataclass
+class LengthScaleConfig(Section):
+    """The released ResRL code's length penalty (``reward.length_scale``, docs/algorithm.md §7): a positive
+    reward is kept up to ``start`` response tokens, scaled down linearly to ``end_scale`` at
+    ``max_length``, and by ``end_scale`` beyond; other rewards are unchanged."""
+
+    KEY = "reward.length_scale."
+
+    start: int = 3500
+    max_length: int = 4096
+    end_scale: float = 0.7
+
+    def check(self, keys: Keys) -> None:
+        keys.at_least(self.start, "start", 1)
+        keys.require(
+            self.max_length > self.start, "max_length", f"({self.max_length}) must be > {keys.key('start')}"
+        )
+        keys.in_unit(self.end_scale, "end_scale")
 
 
 @dataclass
@@ -28,11 +49,24 @@ class RewardConfig(Section):
     name: str = "reasoning_gym"
     workers: int = 2
     timeout_s: float = 5.0
+    incorrect: float | None = None
+    """The reward of an incorrect response, replacing the grader's (null: keep it, 0 for the binary
+    graders; the released ResRL run's math_dapo scorer gives -1). A correct response keeps the grader's."""
+    shaping: str = "none"
+    """none | length_scaled (``length_scale``, applied to positive rewards before the advantages)."""
+    length_scale: LengthScaleConfig = field(default_factory=LengthScaleConfig)
 
     def check(self, keys: Keys) -> None:
         keys.one_of(self.name, "name", REWARDS)
         keys.at_least(self.workers, "workers", 1)
         keys.require(self.timeout_s > 0, "timeout_s", f"must be > 0, got {self.timeout_s}")
+        keys.require(
+            self.incorrect is None or self.incorrect <= 0,
+            "incorrect",
+            f"must be <= 0 or null, got {self.incorrect} (a reward > 0 reads as a correct answer's)",
+        )
+        keys.one_of(self.shaping, "shaping", SHAPINGS)
+        self.length_scale.check(keys.sub("length_scale"))
 
 
 @dataclass
@@ -161,10 +195,4 @@ class RunConfig(Section):
             "trainer.eval_every",
             f"is {self.trainer.eval_every}: evaluating a jsonl / parquet dataset needs data.eval_path "
             "(or set trainer.eval_every=0)",
-        )
-        keys.require(
-            algo.loss.kl_coef == 0,
-            "algorithm.loss.kl_coef",
-            f"is {algo.loss.kl_coef}: a KL penalty needs reference-policy log-probs, which this trainer "
-            "does not compute yet; set algorithm.loss.kl_coef=0",
         )

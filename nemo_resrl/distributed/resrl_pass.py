@@ -181,7 +181,7 @@ class ResRLPass:
         self.B, self.T, self.mask = B, T, mask
         self.lay, self.dev, self.d = actor.layout, actor.device, actor.hidden_size
         self.dp_group = ps.get_data_parallel_group()
-        self.is_pos = meta.advantages > 0
+        self.is_pos = meta.advantages > 0 if meta.positive is None else meta.positive.bool()
         self.n_valid = mask.sum(dim=1)
         # only tensor rank 0 of the stage owning layer L-2 computes; the others receive the weights
         self.computes = actor.owns_penultimate_layer() and self.lay.tp_rank == 0
@@ -202,7 +202,7 @@ class ResRLPass:
                 meta.response_ids.long(),
                 self.n_valid.long(),
                 self.is_pos.long(),
-                (meta.advantages < 0).long(),
+                (~self.is_pos & (meta.advantages < 0)).long(),
             ],
             dim=1,
         ).to(self.dev)

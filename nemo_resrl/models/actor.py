@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -28,22 +29,28 @@ from nemo_resrl.models.batch import Sequences, TokenOutputs
 from nemo_resrl.models.build import build_model, build_optimizer
 from nemo_resrl.models.forward import ForwardRunner, PenultimateChunk, PenultimateConsumer
 from nemo_resrl.models.offload import ActorMemory
+from nemo_resrl.models.reference import ReferenceWeights
 from nemo_resrl.models.train_step import train_step
 
+REFERENCE_DIR = "reference"  # inside the actor's checkpoint directory
 __all__ = ["MegatronActor", "PenultimateChunk", "PenultimateConsumer", "TokenOutputs"]
 
 
 class MegatronActor:
     """See the module docstring. Build with ``MegatronActor(cfg, temperature=T)`` on every rank, where T is
-    the rollout's sampling temperature: every log-prob is of softmax(logits / T)."""
+    the rollout's sampling temperature: every log-prob is of softmax(logits / T). ``reference=True`` (a KL
+    penalty) keeps the initial weights as the reference policy (``reference.py``)."""
 
-    def __init__(self, cfg: ActorConfig, *, temperature: float = 1.0):
+    def __init__(self, cfg: ActorConfig, *, temperature: float = 1.0, reference: bool = False):
         self.cfg = cfg
         self.model = build_model(cfg)
         self.optimizer, self.scheduler = build_optimizer(self.model)
         self.forward = ForwardRunner(self.model, temperature)
         self.memory = ActorMemory(cfg.offload, self.model.chunks, self.optimizer)
         self.step = 0  # optimizer steps taken (restored by load_checkpoint)
+        # reference=True (a KL penalty): the initial weights, kept for the reference log-prob pass
+        params = [p for c in self.model.chunks for p in c.parameters()]
+        self.reference = ReferenceWeights(params) if reference else None
 
     # ------------------------------------------------------------------ facts
     @property
@@ -76,17 +83,24 @@ class MegatronActor:
         """Log-probs are of softmax(logits / temperature), the rollout's sampling distribution."""
         return self.forward.temperature
 
-    def logprobs(self, seqs: Sequences, *, resrl=None):
-        """The old-log-prob pass; with a ``ResRLRequest`` the ResRL weights ride on it
-        (``nemo_resrl.training.interfaces``)."""
+    def logprobs(self, seqs: Sequences, *, resrl=None, reference: bool = False):
+        """The old-log-prob pass; with a ``ResRLRequest`` the ResRL weights ride on it; with ``reference``
+        the reference policy's log-probs follow it (``nemo_resrl.training.interfaces``)."""
         from nemo_resrl.training.interfaces import LogprobResult
 
         if resrl is None:
-            return LogprobResult(outputs=self.forward_logprobs(seqs))
-        from nemo_resrl.distributed.resrl_pass import old_logprobs_with_resrl
+            out = LogprobResult(outputs=self.forward_logprobs(seqs))
+        else:
+            from nemo_resrl.distributed.resrl_pass import old_logprobs_with_resrl
 
-        res = old_logprobs_with_resrl(self, seqs, resrl.meta, resrl.cfg, step=resrl.step)
-        return LogprobResult(outputs=res.outputs, weights=res.weights, stats=res.stats)
+            res = old_logprobs_with_resrl(self, seqs, resrl.meta, resrl.cfg, step=resrl.step)
+            out = LogprobResult(outputs=res.outputs, weights=res.weights, stats=res.stats)
+        if reference:
+            if self.reference is None:
+                raise ValueError("reference log-probs asked of an actor built without reference=True")
+            with self.reference.swapped_in():
+                out.ref_logprobs = self.forward_logprobs(seqs).logprobs
+        return out
 
     def train_step(
         self,
@@ -97,6 +111,7 @@ class MegatronActor:
         loss_cfg: PolicyLossConfig,
         *,
         ref_logprobs: torch.Tensor | None = None,
+        is_weights: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """One optimizer step on this rank's share (``train_step.py``); metrics identical on all ranks."""
         self.memory.before_training()  # a no-op unless something is offloaded
@@ -110,6 +125,7 @@ class MegatronActor:
             loss_mask,
             loss_cfg,
             ref_logprobs=ref_logprobs,
+            is_weights=is_weights,
         )
         self.step += 1
         return out
@@ -182,6 +198,9 @@ class MegatronActor:
             step=self.step,
             optim_sharding=optim_sharding,
         )
+        if self.reference is not None:  # the reference travels with the run (see models/reference.py)
+            with self.reference.swapped_in():
+                checkpoint.save_checkpoint(self.model, Path(path) / REFERENCE_DIR)
 
     def load_checkpoint(self, path: str | os.PathLike, *, with_optimizer: bool = True) -> None:
         """Load a dist-checkpoint written by ``save_checkpoint`` (model: any TP / PP layout)."""
@@ -194,3 +213,11 @@ class MegatronActor:
         )
         if step is not None:
             self.step = step
+        if self.reference is not None:
+            ref = Path(path) / REFERENCE_DIR
+            if not ref.is_dir():
+                raise ValueError(
+                    f"{path} holds no reference policy ({REFERENCE_DIR}/): it was saved without a KL "
+                    "penalty; resuming with one would take another reference than the run started with"
+                )
+            self.reference.load_with(lambda: checkpoint.load_checkpoint(self.model, ref))

@@ -35,6 +35,7 @@ def train_step(
     loss_cfg: PolicyLossConfig,
     *,
     ref_logprobs: torch.Tensor | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One optimizer step on this rank's share ``seqs``; per-token inputs are response-aligned [B, T].
 
@@ -48,8 +49,10 @@ def train_step(
     layout = runner.layout(seqs)
     _, resp_mask = seqs.response_tokens()
     B, T = resp_mask.shape
-    for name, t in (("old_logprobs", old_logprobs), ("advantages", advantages), ("loss_mask", loss_mask)):
-        if tuple(t.shape) != (B, T):
+    inputs = [("old_logprobs", old_logprobs), ("advantages", advantages), ("loss_mask", loss_mask)]
+    inputs += [("ref_logprobs", ref_logprobs), ("is_weights", is_weights)]
+    for name, t in inputs:
+        if t is not None and tuple(t.shape) != (B, T):
             raise ValueError(f"{name} must be response-aligned [B, T] = {(B, T)}, got {tuple(t.shape)}")
     mask = loss_mask.bool() & resp_mask
     counts = global_counts(mask, runner)
@@ -62,6 +65,7 @@ def train_step(
         "adv": advantages.float(),
         "mask": mask,
         "ref": ref_logprobs.float() if ref_logprobs is not None else None,
+        "is_w": is_weights.float() if is_weights is not None else None,
     }
     keys = ["pg_loss", "pg_clipfrac", "pg_dual_clipfrac", "ppo_kl"]
     keys += ["kl"] if loss_cfg.kl_coef > 0 else []
@@ -87,6 +91,7 @@ def train_step(
             counts,
             ref_logp=sub["ref"],
             entropy=entropy,
+            is_weights=sub["is_w"],
         )
         return loss * scale, {k: metrics[k].detach().clone() for k in keys}
 

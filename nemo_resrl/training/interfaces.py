@@ -38,11 +38,13 @@ class ResRLRequest:
 @dataclass
 class LogprobResult:
     """A log-prob pass over B sequences: ``outputs`` (log-probs, mask [B, T]); with a ``ResRLRequest``,
-    ``weights`` [B, T] (1 outside negative tokens of active groups) and the per-group ``stats``."""
+    ``weights`` [B, T] (1 outside negative tokens of active groups) and the per-group ``stats``; with
+    ``reference=True``, the reference policy's log-probs [B, T] (``ref_logprobs``)."""
 
     outputs: TokenOutputs
     weights: torch.Tensor | None = None
     stats: ResRLStats | None = None
+    ref_logprobs: torch.Tensor | None = None
 
 
 class PolicyInterface(Protocol):
@@ -51,9 +53,12 @@ class PolicyInterface(Protocol):
 
     temperature: float
 
-    def logprobs(self, seqs: Sequences, *, resrl: ResRLRequest | None = None) -> LogprobResult:
+    def logprobs(
+        self, seqs: Sequences, *, resrl: ResRLRequest | None = None, reference: bool = False
+    ) -> LogprobResult:
         """Forward-only pass over this rank's ``seqs`` at the current weights; with ``resrl`` the ResRL
-        weights ride on the same pass (groups may span data-parallel ranks)."""
+        weights ride on the same pass (groups may span data-parallel ranks); with ``reference`` the
+        reference policy's log-probs too (a policy built with one: a KL penalty)."""
         ...
 
     def train_step(
@@ -63,10 +68,14 @@ class PolicyInterface(Protocol):
         advantages: torch.Tensor,
         mask: torch.Tensor,
         loss_cfg: PolicyLossConfig,
+        *,
+        ref_logprobs: torch.Tensor | None = None,
+        is_weights: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """One optimizer step on this rank's share (per-token inputs response-aligned [B, T]), the loss
         normalised by GLOBAL counts; returns metrics identical on every rank (loss terms, grad_norm, lr,
-        update_ok)."""
+        update_ok). ``ref_logprobs``: the reference policy's, for ``loss_cfg.kl_coef > 0``;
+        ``is_weights``: truncated importance-sampling weights multiplying each token's surrogate."""
         ...
 
     def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:

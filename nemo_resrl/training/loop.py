@@ -98,6 +98,7 @@ def _run(cfg, policy, engine, reward_fn, records, dp, eval_records, print_fn, st
         trainer=cfg.trainer,
         rollout=cfg.rollout,
         dp=dp,
+        reward=cfg.reward,
         refill=refill,
         on_phase=progress.phase,
     )

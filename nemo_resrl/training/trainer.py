@@ -1,6 +1,7 @@
-"""The RL step, glue only: rollout -> rewards -> advantages -> old-log-prob pass (+ ResRL weights) ->
-updates -> refit -> metrics. The math lives in ``nemo_resrl.algorithms``; the trainer talks to a policy,
-a rollout engine and a data-parallel group through ``interfaces.py`` only.
+"""The RL step, glue only: rollout -> rewards (+ shaping) -> advantages -> old-log-prob pass (+ ResRL
+weights, + reference log-probs) -> updates -> refit -> metrics. The math lives in
+``nemo_resrl.algorithms``; the trainer talks to a policy, a rollout engine and a data-parallel group
+through ``interfaces.py`` only.
 
 With several data-parallel replicas every replica takes its share of the step's prompts (groups stay
 whole), generates and grades them, and the policy's passes combine the shares (ResRL groups, global
@@ -18,11 +19,12 @@ from typing import Protocol
 import torch
 
 from nemo_resrl.algorithms.advantages import ADVANTAGE_ESTIMATORS, broadcast_to_tokens
-from nemo_resrl.algorithms.resrl import ResponseMeta, token_advantages
-from nemo_resrl.algorithms.shaping import nonzero_variance_groups, overlong_penalty
+from nemo_resrl.algorithms.losses import tis_weights
+from nemo_resrl.algorithms.resrl import ResponseMeta, positive_set, token_advantages
+from nemo_resrl.algorithms.shaping import length_scaled_reward, nonzero_variance_groups, overlong_penalty
 from nemo_resrl.config.algorithm import AlgorithmConfig
 from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
-from nemo_resrl.config.run import TrainerConfig
+from nemo_resrl.config.run import RewardConfig, TrainerConfig
 from nemo_resrl.models.batch import Sequences
 from nemo_resrl.rewards.base import REASONS
 from nemo_resrl.rollout.batch import RolloutBatch, check_consistency, concat_rollouts, token_mult_prob_error
@@ -66,7 +68,8 @@ class Trainer:
     """Runs RL steps; see the module docstring.
 
     ``refill(step, round)`` gives the extra prompts of dynamic-sampling rounds; ``on_phase(label)`` is
-    told each phase as it starts (progress display).
+    told each phase as it starts (progress display); ``reward`` sets the value of an incorrect response and
+    the reward shaping (default: the grader's rewards as they are).
     """
 
     def __init__(
@@ -79,12 +82,18 @@ class Trainer:
         trainer: TrainerConfig,
         rollout: RolloutConfig,
         dp: DataParallelInterface,
+        reward: RewardConfig | None = None,
         refill: RefillFn | None = None,
         on_phase: Callable[[str], None] | None = None,
     ):
         self.policy, self.engine, self.reward_fn, self.dp = policy, engine, reward_fn, dp
         self.algo, self.cfg, self.rollout_cfg = algorithm, trainer, rollout
+        self.reward_cfg = reward or RewardConfig()
         self.spec = algorithm.spec
+        loss = algorithm.loss
+        if loss.agg == "seq-mean-token-sum-norm" and loss.agg_constant is None:  # Dr.GRPO: the budget
+            loss = replace(loss, agg_constant=float(rollout.sampling.max_tokens))
+        self.loss_cfg = loss
         self.refill = refill
         self.on_phase = on_phase
         if float(policy.temperature) != float(rollout.sampling.temperature):
@@ -117,8 +126,9 @@ class Trainer:
 
     def _round(
         self, records: Sequence[dict], round_: int, phases: Phases
-    ) -> tuple[RolloutBatch, Graded, torch.Tensor]:
-        """Generate and grade this rank's share of ``records``: (rollout, graded, global group ids)."""
+    ) -> tuple[RolloutBatch, Graded, torch.Tensor, torch.Tensor]:
+        """Generate and grade this rank's share of ``records``: (rollout, graded, rewards [N] after
+        ``reward.incorrect`` and ``reward.shaping``, global group ids [N])."""
         n, size = len(records), self.dp.size
         if (size - 1) * -(-n // size) >= n:  # the last rank's share would be empty: every rank raises
             raise ValueError(
@@ -134,7 +144,19 @@ class Trainer:
         with phases("reward"):
             graded = self.reward_fn(rollout, local)
         group_ids = rollout.prompt_index + first + round_ * len(records)
-        return rollout, graded, group_ids
+        return rollout, graded, self._shaped(graded, rollout.lengths), group_ids
+
+    def _shaped(self, graded: Graded, lengths: torch.Tensor) -> torch.Tensor:
+        """The rewards the advantages see [N] float32: an incorrect response's replaced by
+        ``reward.incorrect`` (when set), then the length scale on the positive ones (docs/algorithm.md §7)."""
+        cfg = self.reward_cfg
+        rewards = graded.rewards.float()
+        if cfg.incorrect is not None:
+            rewards = torch.where(graded.correct.bool(), rewards, torch.full_like(rewards, cfg.incorrect))
+        if cfg.shaping == "length_scaled":
+            ls = cfg.length_scale
+            rewards = length_scaled_reward(rewards, lengths, ls.start, ls.max_length, ls.end_scale)
+        return rewards
 
     def _rollout(self, records: Sequence[dict], phases: Phases, m: StepMetrics) -> StepBatch | None:
         """The step's responses; with dynamic sampling only groups with reward variance, over up to
@@ -142,23 +164,23 @@ class Trainer:
         response."""
         ds = self.algo.dynamic_sampling
         kept: list[StepBatch] = []
-        generated: list[Graded] = []
+        generated: list[tuple[Graded, torch.Tensor]] = []  # (graded, rewards) of every round
         target, kept_global, dropped_global = len(records), 0, 0
         rounds = ds.max_rounds if ds.enabled else 1
         for r in range(rounds):
             batch = records if r == 0 else self.refill(self.step, r)  # type: ignore[misc]
-            rollout, graded, gids = self._round(batch, r, phases)
-            generated.append(graded)
+            rollout, graded, rewards, gids = self._round(batch, r, phases)
+            generated.append((graded, rewards))
             if not ds.enabled:
-                kept.append(StepBatch(rollout, graded.rewards, graded.correct, gids))
+                kept.append(StepBatch(rollout, rewards, graded.correct, gids))
                 break
-            keep = nonzero_variance_groups(graded.rewards.float(), gids)
+            keep = nonzero_variance_groups(rewards, gids)
             n_groups = len(set(gids.tolist()))
             n_kept = len(set(gids[keep].tolist()))
             if n_kept:
                 idx = keep.nonzero().flatten()
                 sub = rollout.subset(idx)
-                kept.append(StepBatch(sub, graded.rewards[idx], graded.correct[idx], gids[idx]))
+                kept.append(StepBatch(sub, rewards[idx], graded.correct[idx], gids[idx]))
             local_kept = sum(len(set(b.group_ids.tolist())) for b in kept)
             k, d, ranks_empty = self.dp.sum([n_kept, n_groups - n_kept, float(local_kept == 0)])
             kept_global, dropped_global = kept_global + k, dropped_global + d
@@ -194,14 +216,14 @@ class Trainer:
         )
 
     @staticmethod
-    def _reward_metrics(generated: Sequence[Graded], m: StepMetrics) -> None:
+    def _reward_metrics(generated: Sequence[tuple[Graded, torch.Tensor]], m: StepMetrics) -> None:
         """Over every generated response of this rank: counts (summed over ranks) and means (weighted by
-        the responses)."""
+        the responses); ``reward/mean`` is of the rewards the advantages see (after shaping)."""
         counts: collections.Counter = collections.Counter()
-        for g in generated:
+        for g, _ in generated:
             counts.update(g.counts)
-        rewards = torch.cat([g.rewards for g in generated]).float()
-        correct = torch.cat([g.correct for g in generated])
+        rewards = torch.cat([r for _, r in generated]).float()
+        correct = torch.cat([g.correct for g, _ in generated])
         n = float(rewards.numel())
         m.sum({"reward/n": n})
         m.sum({f"reward/count/{r}": float(counts.get(r, 0)) for r in sorted(set(REASONS) | set(counts))})
@@ -235,28 +257,45 @@ class Trainer:
         adv = ADVANTAGE_ESTIMATORS.get(self.spec.estimator)(
             shaped, batch.correct, batch.group_ids, self.algo.advantage
         )
+        trained = trained_responses(self.spec.trains_on, batch.correct)
         seqs = rollout.to_sequences()
-        label = "old log-probs" + (" + ResRL" if self.spec.resrl_weights else "")
+        kl = self.loss_cfg.kl_coef > 0
+        label = (
+            "old log-probs" + (" + ResRL" if self.spec.resrl_weights else "") + (" + reference" if kl else "")
+        )
         with phases("old_logprobs", label):
             self.engine.sleep()  # the engine's memory goes to the actor from here until the refit
             self.policy.prepare_for_logprobs()
-            request = None
+            request, positive = None, None
             if self.spec.resrl_weights:
-                meta = ResponseMeta(group_ids=batch.group_ids, response_ids=response_ids, advantages=adv)
+                positive = positive_set(adv, batch.correct, self.algo.resrl.positive_set)
+                meta = ResponseMeta(
+                    group_ids=batch.group_ids, response_ids=response_ids, advantages=adv, positive=positive
+                )
                 request = ResRLRequest(meta=meta, cfg=self.algo.resrl, step=self.step)
-            old = self.policy.logprobs(seqs, resrl=request)
+            old = self.policy.logprobs(seqs, resrl=request, reference=kl)
             mask = old.outputs.mask
             if old.weights is not None:
-                token_adv = token_advantages(adv, old.weights, self.algo.resrl.lambda_pos) * mask
+                token_adv = token_advantages(adv, old.weights, self.algo.resrl.lambda_pos, positive) * mask
                 m.global_(old.stats.as_metrics())
-                m.mean(negative_weight_metrics(old.weights, mask, adv))
+                m.mean(negative_weight_metrics(old.weights, mask, adv, positive))
             else:
                 token_adv = broadcast_to_tokens(adv, mask)
-        consistency = token_mult_prob_error(rollout.response_logprobs(), old.outputs.logprobs, mask)
+            if kl and old.ref_logprobs is None:
+                raise RuntimeError(
+                    "algorithm.loss.kl_coef > 0 but the policy returned no reference log-probs"
+                )
+        sampler_logp = rollout.response_logprobs()
+        consistency = token_mult_prob_error(sampler_logp, old.outputs.logprobs, mask)
         check_consistency(consistency, self.rollout_cfg, self.step)
+        is_weights = None
+        if self.loss_cfg.tis_cap is not None:
+            is_weights = tis_weights(old.outputs.logprobs, sampler_logp, self.loss_cfg.tis_cap)
+            m.mean(tis_metrics(is_weights, mask & trained[:, None], self.loss_cfg.tis_cap))
         with phases("train"):
             self.policy.prepare_for_training()
-            update = self._updates(seqs, old.outputs.logprobs, token_adv, mask)
+            per_token = PerToken(old.outputs.logprobs, token_adv, mask, old.ref_logprobs, is_weights)
+            update = self._updates(seqs, per_token, trained)
         every = self.cfg.lld_every
         if every and self.step % every == 0:
             with phases("lld", "log-likelihood displacement"):
@@ -264,7 +303,7 @@ class Trainer:
         with phases("refit"):
             refit = self._refit()
         m.global_({f"train/{k}": v for k, v in update.items()})
-        m.global_({"train/update_skipped": 0.0})
+        m.global_({"train/update_skipped": float(update.get("updates", 0.0) == 0)})
         m.mean(
             {
                 "response/length_mean": float(rollout.lengths.float().mean()),
@@ -273,6 +312,7 @@ class Trainer:
                 "refit/bytes": float(refit.bytes),
             }
         )
+        m.weighted({"train/trained_frac": float(trained.float().mean())}, weight=len(rollout))
         return self._finish(m, phases)
 
     def _refit(self):
@@ -291,21 +331,38 @@ class Trainer:
         self.step += 1
         return reduce_over_ranks(self.dp.all_gather(m))
 
-    def _updates(self, seqs: Sequences, old_logp, token_adv, mask) -> dict[str, float]:
-        """``trainer.mini_batches`` optimizer updates over the step's responses; metrics averaged over
-        them."""
-        parts = torch.arange(len(seqs)).chunk(self.cfg.mini_batches)
+    def _updates(self, seqs: Sequences, per_token: PerToken, trained: torch.Tensor) -> dict[str, float]:
+        """``trainer.mini_batches`` optimizer updates over the step's TRAINED responses (all, or the
+        subset a PSR / NSR recipe trains on: its loss is normalised over those alone, as the reference
+        code's ``batch.subset``); metrics averaged over the updates made. An update whose mini-batch holds
+        no valid token on any data-parallel rank is skipped by every rank (no optimizer step)."""
+        parts = update_parts(trained, self.cfg.mini_batches)
+        valid = [float((per_token.mask[idx] & keep[:, None]).sum()) for idx, keep in parts]
+        valid = self.dp.sum(valid)
         acc: dict[str, float] = {}
-        for idx in parts:
+        done = 0
+        for (idx, keep), n_valid in zip(parts, valid):
+            if n_valid == 0:
+                continue
             i = idx.tolist()
             sub = Sequences([seqs.tokens[j] for j in i], [seqs.prompt_lens[j] for j in i])
             width = max(sub.response_lens)
+            cut = per_token.rows(idx, width)
             out = self.policy.train_step(
-                sub, old_logp[i, :width], token_adv[i, :width], mask[i, :width], self.algo.loss
+                sub,
+                cut.old_logprobs,
+                cut.advantages,
+                cut.mask & keep[:, None],
+                self.loss_cfg,
+                ref_logprobs=cut.ref_logprobs,
+                is_weights=cut.is_weights,
             )
+            done += 1
             for k, v in out.items():
-                acc[k] = acc.get(k, 0.0) + v / len(parts)
-        return acc
+                acc[k] = acc.get(k, 0.0) + v
+        out = {k: v / done for k, v in acc.items()}
+        out["updates"] = float(done)
+        return out
 
     def _positive_lld(self, seqs: Sequences, old_logp, mask, correct: torch.Tensor) -> dict[str, float]:
         """Mean change of log pi(y+ | c) over the step's correct responses, after minus before the step's
@@ -351,10 +408,77 @@ class Trainer:
         }
 
 
-def negative_weight_metrics(weights: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor) -> dict[str, float]:
-    """The distribution of the ResRL weights of this rank's negative tokens (A < 0): mean and the
-    ``WEIGHT_QUANTILES`` (``nemo-resrl plot`` draws them as bands); NaN when there is none."""
-    w = weights[mask.bool() & (adv < 0)[:, None]].float()
+@dataclass
+class PerToken:
+    """The step's per-token training inputs, response-aligned [N, T] (``ref_logprobs`` with a KL penalty,
+    ``is_weights`` with truncated importance sampling)."""
+
+    old_logprobs: torch.Tensor
+    advantages: torch.Tensor
+    mask: torch.Tensor
+    ref_logprobs: torch.Tensor | None = None
+    is_weights: torch.Tensor | None = None
+
+    def rows(self, idx: torch.Tensor, width: int) -> PerToken:
+        """Rows ``idx``, the first ``width`` columns."""
+
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[idx, :width]
+
+        return PerToken(
+            cut(self.old_logprobs),
+            cut(self.advantages),
+            cut(self.mask).bool(),
+            cut(self.ref_logprobs),
+            cut(self.is_weights),
+        )
+
+
+def trained_responses(trains_on: str, correct: torch.Tensor) -> torch.Tensor:
+    """[N] bool: the responses a recipe's loss covers: ``all``, or only the ``correct`` (PSR) or
+    ``incorrect`` (NSR) ones (docs/algorithm.md §8)."""
+    if trains_on == "all":
+        return torch.ones_like(correct, dtype=torch.bool)
+    if trains_on == "correct":
+        return correct.bool().clone()
+    if trains_on == "incorrect":
+        return ~correct.bool()
+    raise ValueError(f"trains_on must be all, correct or incorrect, got {trains_on!r}")
+
+
+def update_parts(trained: torch.Tensor, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``k`` mini-batches of one step: (row indices, keep [rows] bool) each. The trained rows are split
+    into ``k`` consecutive parts of near-equal size (``tensor_split``); a part left without rows gets one
+    untrained row with keep=False (or row 0 with keep=False) so that every data-parallel rank makes the same
+    number of collective calls; ``keep`` False rows carry no loss."""
+    rows = trained.nonzero().flatten()
+    spare = (~trained).nonzero().flatten()
+    filler = int(spare[0]) if spare.numel() else 0
+    parts = []
+    for idx in rows.tensor_split(k):
+        if idx.numel():
+            parts.append((idx, torch.ones(idx.numel(), dtype=torch.bool)))
+        else:
+            parts.append((torch.tensor([filler]), torch.zeros(1, dtype=torch.bool)))
+    return parts
+
+
+def tis_metrics(is_weights: torch.Tensor, mask: torch.Tensor, cap: float) -> dict[str, float]:
+    """Mean truncated importance-sampling weight over this rank's trained tokens, and the share at the cap;
+    NaN when there is none."""
+    w = is_weights[mask.bool()].float()
+    if not w.numel():
+        return {"tis/weight_mean": float("nan"), "tis/capped_frac": float("nan")}
+    return {"tis/weight_mean": float(w.mean()), "tis/capped_frac": float((w >= cap).float().mean())}
+
+
+def negative_weight_metrics(
+    weights: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, positive: torch.Tensor | None = None
+) -> dict[str, float]:
+    """The distribution of the ResRL weights of this rank's negative tokens (not positive, A < 0): mean and
+    the ``WEIGHT_QUANTILES`` (``nemo-resrl plot`` draws them as bands); NaN when there is none."""
+    pos = adv > 0 if positive is None else positive.bool()
+    w = weights[mask.bool() & (~pos & (adv < 0))[:, None]].float()
     out = {"weights/negative_mean": float(w.mean()) if w.numel() else float("nan")}
     qs = w.quantile(torch.tensor(WEIGHT_QUANTILES)) if w.numel() else None
     for i, q in enumerate(WEIGHT_QUANTILES):

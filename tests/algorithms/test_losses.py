@@ -30,6 +30,8 @@ F64 = torch.float64
 REL = 1e-12
 ABS = 1e-12
 
+NORM_C = 6.0  # the constant of seq-mean-token-sum-norm in these tests (the Dr.GRPO generation budget)
+
 # (clip_low, clip_high, dual_clip_c): symmetric, DAPO clip-higher, no dual clip, a lopsided one.
 CLIP_CONFIGS = [(0.2, 0.2, 3.0), (0.2, 0.28, 3.0), (0.2, 0.28, None), (0.1, 0.5, 2.0)]
 
@@ -93,6 +95,8 @@ def ref_weights(mask, mode, n_tok, n_seq):
                 out.append(1.0 / (n_i * n_seq) if n_seq > 0 else 0.0)
             elif mode == "seq-mean-token-sum":
                 out.append(1.0 / n_seq if n_seq > 0 else 0.0)
+            elif mode == "seq-mean-token-sum-norm":
+                out.append(1.0 / (n_seq * NORM_C) if n_seq > 0 else 0.0)
             else:
                 raise AssertionError(mode)
         w.append(out)
@@ -110,6 +114,8 @@ def ref_aggregate(values, mask, mode, n_tok, n_seq):
         if not vals:
             continue
         total += sum(vals) / len(vals) if mode == "seq-mean-token-mean" else sum(vals)
+    if mode == "seq-mean-token-sum-norm":  # Dr.GRPO: token sums over a constant, never over |o_i|
+        return total / (n_seq * NORM_C) if n_seq > 0 else 0.0
     return total / n_seq if n_seq > 0 else 0.0
 
 
@@ -272,7 +278,9 @@ def test_branch_batch_covers_every_branch():
 @pytest.mark.parametrize("clip_low,clip_high,dual_c", CLIP_CONFIGS)
 def test_policy_loss_matches_reference(mode, clip_low, clip_high, dual_c):
     lp, olp, adv, mask = branch_batch()
-    cfg = PolicyLossConfig(clip_low=clip_low, clip_high=clip_high, dual_clip_c=dual_c, agg=mode).validate()
+    cfg = PolicyLossConfig(
+        clip_low=clip_low, clip_high=clip_high, dual_clip_c=dual_c, agg=mode, agg_constant=NORM_C
+    ).validate()
     n_tok, n_seq = ref_counts(mask.tolist())
     loss, metrics, grad = run_loss(lp, olp, adv, mask, cfg)
     exp_loss, exp_grad, exp_metrics = ref_policy_loss(
@@ -304,7 +312,7 @@ def test_policy_loss_uses_global_counts_not_local(mode):
     """The micro-batch is divided by the counts it is given, not by its own token / sequence counts."""
     lp, olp, adv, mask = branch_batch(seed=3)
     counts = GlobalCounts(tokens=1000.0, sequences=37.0)
-    cfg = PolicyLossConfig(clip_high=0.28, agg=mode).validate()
+    cfg = PolicyLossConfig(clip_high=0.28, agg=mode, agg_constant=NORM_C).validate()
     loss, metrics, grad = run_loss(lp, olp, adv, mask, cfg, counts=counts)
     exp_loss, exp_grad, exp_m = ref_policy_loss(
         lp.tolist(), olp.tolist(), adv.tolist(), mask.tolist(), 0.2, 0.28, 3.0, mode, 1000.0, 37.0
@@ -423,7 +431,7 @@ def test_policy_loss_with_kl_and_entropy(mode, kl_type):
     ent = rng.uniform(0.0, 3.0, size=lp.shape)
     ent[mask == 0] = 1e6
     cfg = PolicyLossConfig(
-        clip_high=0.28, agg=mode, kl_coef=0.05, kl_type=kl_type, entropy_coef=0.01
+        clip_high=0.28, agg=mode, agg_constant=NORM_C, kl_coef=0.05, kl_type=kl_type, entropy_coef=0.01
     ).validate()
     n_tok, n_seq = ref_counts(mask.tolist())
     loss, metrics, grad = run_loss(lp, olp, adv, mask, cfg, ref_logp=ref, entropy=ent)
@@ -469,7 +477,7 @@ def test_aggregate_matches_reference(mode):
     mask[4] = 1.0
     vals[mask == 0] = np.nan  # padding must never reach the sum
     n_tok, n_seq = ref_counts(mask.tolist())
-    out = aggregate(to_t(vals), to_t(mask), mode, GlobalCounts(tokens=n_tok, sequences=n_seq))
+    out = aggregate(to_t(vals), to_t(mask), mode, GlobalCounts(tokens=n_tok, sequences=n_seq), NORM_C)
     assert_close(out, ref_aggregate(vals.tolist(), mask.tolist(), mode, n_tok, n_seq))
 
 
@@ -535,6 +543,7 @@ def test_micro_batch_split_invariance(case):
         clip_high=clip_high,
         dual_clip_c=dual_c,
         agg=mode,
+        agg_constant=NORM_C,
         kl_coef=kl_coef,
         kl_type="k3" if kl_type == "none" else kl_type,
         entropy_coef=0.02 if use_entropy else 0.0,
@@ -593,7 +602,7 @@ def test_micro_batch_split_invariance(case):
 @pytest.mark.parametrize("mode", AGG_MODES)
 def test_empty_micro_batch_contributes_zero(mode):
     lp, olp, adv, mask = branch_batch()
-    cfg = PolicyLossConfig(agg=mode).validate()
+    cfg = PolicyLossConfig(agg=mode, agg_constant=NORM_C).validate()
     full_loss, _, _ = run_loss(lp, olp, adv, mask, cfg)
     empty = np.zeros((0, lp.shape[1]))
     loss, metrics, grad = run_loss(empty, empty, empty, empty, cfg, counts=local_counts(to_t(mask)))
@@ -610,7 +619,7 @@ def test_all_masked_gives_exact_zero(mode):
     B, T = 3, 4
     nan = np.full((B, T), np.nan)
     mask = np.zeros((B, T))
-    cfg = PolicyLossConfig(agg=mode, kl_coef=0.1, entropy_coef=0.1).validate()
+    cfg = PolicyLossConfig(agg=mode, agg_constant=NORM_C, kl_coef=0.1, entropy_coef=0.1).validate()
     counts = local_counts(to_t(mask))
     assert (counts.tokens, counts.sequences) == (0.0, 0.0)
     loss, metrics, grad = run_loss(nan, nan, nan, mask, cfg, ref_logp=nan, entropy=nan)
@@ -618,7 +627,7 @@ def test_all_masked_gives_exact_zero(mode):
     assert np.all(grad.numpy() == 0.0)
     for k, v in metrics.items():
         assert float(v) == 0.0, k
-    assert float(aggregate(to_t(nan), to_t(mask), mode, counts)) == 0.0
+    assert float(aggregate(to_t(nan), to_t(mask), mode, counts, NORM_C)) == 0.0
 
 
 @pytest.mark.parametrize("mode", AGG_MODES)
@@ -628,7 +637,7 @@ def test_nan_padding_does_not_change_loss_or_metrics(mode, where):
     rng = np.random.default_rng(0)
     ref = lp + rng.normal(scale=0.3, size=lp.shape)
     ent = rng.uniform(0.0, 2.0, size=lp.shape)
-    cfg = PolicyLossConfig(agg=mode, kl_coef=0.1, entropy_coef=0.05).validate()
+    cfg = PolicyLossConfig(agg=mode, agg_constant=NORM_C, kl_coef=0.1, entropy_coef=0.05).validate()
     clean = dict(lp=lp, olp=olp, adv=adv, ref=ref, ent=ent)
     dirty = {k: v.copy() for k, v in clean.items()}
     key = {"logp": "lp", "old_logp": "olp", "advantages": "adv", "ref_logp": "ref", "entropy": "ent"}[where]

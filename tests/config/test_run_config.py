@@ -13,7 +13,7 @@ import pytest
 
 from nemo_resrl.algorithms.advantages import ADVANTAGE_ESTIMATORS
 from nemo_resrl.algorithms.specs import ALGORITHM_SPECS
-from nemo_resrl.config import CONF_DIR, AlgorithmConfig, ConfigError, RunConfig, load_config
+from nemo_resrl.config import CONF_DIR, AlgorithmConfig, ConfigError, RewardConfig, RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUPS = {
@@ -105,10 +105,14 @@ def test_defaults_are_the_spec_ones():
 @pytest.mark.parametrize("name", sorted(ALGORITHM_SPECS.names()))
 def test_each_preset_yaml_equals_its_spec(name):
     """conf/algorithm/<name>.yaml and the algorithm's spec agree on every value."""
-    assert load_config([f"algorithm={name}"]).algorithm == AlgorithmConfig.preset(name)
+    cfg = load_config([f"algorithm={name}"])
+    assert cfg.algorithm == AlgorithmConfig.preset(name)
     spec = ALGORITHM_SPECS.get(name)
     assert spec.estimator in ADVANTAGE_ESTIMATORS
-    assert spec.group_normalised == (spec.estimator in ("grpo", "dr_grpo"))
+    assert spec.group_normalised == (spec.estimator in ("grpo", "dr_grpo", "rloo"))
+    assert spec.trains_on in ("all", "correct", "incorrect") and spec.reference
+    # the reward the recipe sets, and the grader's reward everywhere else
+    assert cfg.reward == dataclasses.replace(RewardConfig(), **spec.reward)
 
 
 def test_an_algorithm_name_alone_brings_its_recipe():
@@ -155,6 +159,7 @@ BAD_PER_SECTION = {
     "trainer": ("trainer.lld_every=-1", "trainer.lld_every"),
     "data": ("data.on_bad_row=ignore", "data.on_bad_row"),
     "reward": ("reward.workers=0", "reward.workers"),
+    "reward.length_scale": ("reward.length_scale.start=0", "reward.length_scale.start"),
     "checkpoint": ("checkpoint.keep_last=0", "checkpoint.keep_last"),
     "logging": ("logging.run_dir=''", "logging.run_dir"),
 }
@@ -180,7 +185,6 @@ def test_a_bad_value_in_every_section_names_the_full_key(section):
         (["rollout.sampling.max_tokens=400"], "data.max_prompt_tokens"),
         (["algorithm.overlong.buffer=500"], "algorithm.overlong.buffer"),
         (["rollout.sampling.n=1"], "rollout.sampling.n"),
-        (["algorithm.loss.kl_coef=0.1"], "algorithm.loss.kl_coef"),
         (["data.source=jsonl", "data.path=x.jsonl"], "reward.name"),
         (
             ["data.source=jsonl", "data.path=x.jsonl", "reward.name=math", "trainer.eval_every=2"],
@@ -204,9 +208,37 @@ def test_rules_that_hold_when_the_values_fit():
         load_config(["data.source=jsonl", "data.path=x.jsonl", "reward.name=math", "trainer.eval_every=2"])
 
 
-def test_a_kl_penalty_is_refused_before_anything_is_built():
-    with pytest.raises(ConfigError, match="reference-policy log-probs"):
-        load_config(["algorithm.loss.kl_coef=0.1"])
+def test_a_kl_penalty_and_tis_load_and_their_bad_values_name_the_key():
+    cfg = load_config(["algorithm.loss.kl_coef=0.1", "algorithm.loss.kl_type=k2", "algorithm.loss.tis_cap=2"])
+    loss = cfg.algorithm.loss
+    assert (loss.kl_coef, loss.kl_type, loss.tis_cap) == (0.1, "k2", 2)
+    for override, key in [
+        ("algorithm.loss.kl_coef=-1", "algorithm.loss.kl_coef"),
+        ("algorithm.loss.kl_type=k9", "algorithm.loss.kl_type"),
+        ("algorithm.loss.tis_cap=0.5", "algorithm.loss.tis_cap"),
+        ("algorithm.loss.agg_constant=0", "algorithm.loss.agg_constant"),
+        ("algorithm.loss.agg=token-sum", "algorithm.loss.agg"),
+        ("algorithm.resrl.positive_set=score", "algorithm.resrl.positive_set"),
+        ("reward.incorrect=0.5", "reward.incorrect"),
+        ("reward.shaping=cosine", "reward.shaping"),
+        ("reward.length_scale.max_length=3000", "reward.length_scale.max_length"),
+        ("reward.length_scale.end_scale=1.5", "reward.length_scale.end_scale"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_config([override])
+        assert str(e.value).startswith(key), str(e.value)
+
+
+def test_the_resrl_preset_is_the_released_recipe_and_baselines_can_share_its_reward():
+    cfg = load_config(["algorithm=resrl"])
+    assert cfg.algorithm.resrl.positive_set == "correct"
+    assert (cfg.reward.incorrect, cfg.reward.shaping) == (-1.0, "length_scaled")
+    ls = cfg.reward.length_scale
+    assert (ls.start, ls.max_length, ls.end_scale) == (3500, 4096, 0.7)
+    grpo = load_config(["algorithm=grpo"])
+    assert (grpo.reward.incorrect, grpo.reward.shaping) == (None, "none")
+    same = load_config(["algorithm=grpo", "reward.incorrect=-1", "reward.shaping=length_scaled"])
+    assert same.reward == cfg.reward
 
 
 def test_unknown_keys_and_added_keys_are_refused_with_the_section_keys():

@@ -38,10 +38,19 @@ VOCAB, HIDDEN, EOS = 16, 8, 0
 class BigramPolicy:
     """A bigram LM trained by the project's loss; see the module docstring."""
 
-    def __init__(self, temperature: float = 1.0, lr: float = 0.05, seed: int = 0, events: list | None = None):
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        lr: float = 0.05,
+        seed: int = 0,
+        events: list | None = None,
+        reference: bool = False,
+    ):
         g = torch.Generator().manual_seed(seed)
         self.emb = torch.nn.Parameter(torch.randn(VOCAB, HIDDEN, generator=g))
         self.out = torch.nn.Parameter(torch.randn(HIDDEN, VOCAB, generator=g))
+        # reference=True: the initial weights, the reference policy of a KL penalty (saved in checkpoints)
+        self.reference = (self.emb.detach().clone(), self.out.detach().clone()) if reference else None
         self.opt = torch.optim.Adam([self.emb, self.out], lr=lr)
         self.temperature = temperature
         self.events = events if events is not None else []
@@ -64,14 +73,27 @@ class BigramPolicy:
         return logp * mask, self.emb[prev].detach(), mask
 
     # PolicyInterface
-    def logprobs(self, seqs: Sequences, *, resrl=None) -> LogprobResult:
+    def _reference_logprobs(self, seqs: Sequences) -> torch.Tensor:
+        if self.reference is None:
+            raise ValueError("reference log-probs asked of a policy built without reference=True")
+        own = (self.emb.detach().clone(), self.out.detach().clone())
+        with torch.no_grad():
+            self.emb.copy_(self.reference[0])
+            self.out.copy_(self.reference[1])
+            logp = self._token_logprobs(seqs)[0].float()
+            self.emb.copy_(own[0])
+            self.out.copy_(own[1])
+        return logp
+
+    def logprobs(self, seqs: Sequences, *, resrl=None, reference: bool = False) -> LogprobResult:
         self.events.append("policy.logprobs" + ("+resrl" if resrl is not None else ""))
         with torch.no_grad():
             logp, hidden, mask = self._token_logprobs(seqs)
         out = TokenOutputs(logprobs=logp.float(), entropy=None, mask=mask)
-        self.logprob_calls.append({"n": len(seqs), "resrl": resrl is not None})
+        self.logprob_calls.append({"n": len(seqs), "resrl": resrl is not None, "reference": reference})
+        ref = self._reference_logprobs(seqs) if reference else None
         if resrl is None:
-            return LogprobResult(outputs=out)
+            return LogprobResult(outputs=out, ref_logprobs=ref)
         res = compute_resrl_weights(
             hidden,
             mask,
@@ -80,17 +102,37 @@ class BigramPolicy:
             resrl.cfg,
             step=resrl.step,
             response_ids=resrl.meta.response_ids,
+            positive=resrl.meta.positive,
         )
-        return LogprobResult(outputs=out, weights=res.weights, stats=res.stats)
+        return LogprobResult(outputs=out, weights=res.weights, stats=res.stats, ref_logprobs=ref)
 
-    def train_step(self, seqs, old_logprobs, advantages, mask, loss_cfg) -> dict[str, float]:
+    def train_step(
+        self, seqs, old_logprobs, advantages, mask, loss_cfg, *, ref_logprobs=None, is_weights=None
+    ) -> dict[str, float]:
         self.events.append("policy.train_step")
         self.train_calls.append(
-            {"seqs": seqs, "old": old_logprobs.clone(), "adv": advantages.clone(), "mask": mask.clone()}
+            {
+                "seqs": seqs,
+                "old": old_logprobs.clone(),
+                "adv": advantages.clone(),
+                "mask": mask.clone(),
+                "ref": None if ref_logprobs is None else ref_logprobs.clone(),
+                "is_weights": None if is_weights is None else is_weights.clone(),
+                "loss_cfg": loss_cfg,
+            }
         )
         logp, _, resp_mask = self._token_logprobs(seqs)
         m = mask.bool() & resp_mask
-        loss, metrics = compute_policy_loss(logp, old_logprobs, advantages, m, loss_cfg, local_counts(m))
+        loss, metrics = compute_policy_loss(
+            logp,
+            old_logprobs,
+            advantages,
+            m,
+            loss_cfg,
+            local_counts(m),
+            ref_logp=ref_logprobs,
+            is_weights=is_weights,
+        )
         self.opt.zero_grad()
         loss.backward()
         grad_norm = torch.cat([p.grad.flatten() for p in (self.emb, self.out)]).norm()
@@ -121,6 +163,7 @@ class BigramPolicy:
     def save_checkpoint(self, path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         state = {"emb": self.emb.detach(), "out": self.out.detach(), "opt": self.opt.state_dict()}
+        state["reference"] = self.reference
         torch.save(state, path / "policy.pt")
 
     def load_checkpoint(self, path) -> None:
@@ -129,6 +172,10 @@ class BigramPolicy:
             self.emb.copy_(state["emb"])
             self.out.copy_(state["out"])
         self.opt.load_state_dict(state["opt"])
+        if self.reference is not None:
+            if state.get("reference") is None:
+                raise ValueError(f"{path} holds no reference policy")
+            self.reference = state["reference"]
 
 
 class BigramEngine:
@@ -243,12 +290,13 @@ class ThreadDataParallel:
         return [float(sum(col)) for col in zip(*self.all_gather(list(values)))]
 
 
-def fake_run_config(run_dir, steps: int, **checkpoint) -> RunConfig:
-    """A run of the fakes: ResRL, 4 prompts x 4 responses, eval every 2 steps, a checkpoint every step."""
+def fake_run_config(run_dir, steps: int, algorithm: AlgorithmConfig | None = None, **checkpoint) -> RunConfig:
+    """A run of the fakes: ResRL (or ``algorithm``), 4 prompts x 4 responses, eval every 2 steps, a
+    checkpoint every step."""
     cfg = RunConfig()
     cfg.actor.hf_path = "fake"
     cfg.rollout = RolloutConfig(sampling=SamplingConfig(n=4, temperature=1.0, max_tokens=5, seed=0))
-    cfg.algorithm = AlgorithmConfig.preset("resrl", resrl=ResRLConfig(max_rows=64, rank=4))
+    cfg.algorithm = algorithm or AlgorithmConfig.preset("resrl", resrl=ResRLConfig(max_rows=64, rank=4))
     cfg.trainer = TrainerConfig(steps=steps, prompts_per_step=4, eval_every=2, eval_prompts=3)
     cfg.checkpoint = replace(cfg.checkpoint, **{"every": 1, "keep_last": 2, **checkpoint})
     cfg.logging.run_dir, cfg.logging.tensorboard, cfg.logging.progress = str(run_dir), False, False
@@ -256,14 +304,20 @@ def fake_run_config(run_dir, steps: int, **checkpoint) -> RunConfig:
 
 
 def fake_run(
-    run_dir, steps: int, *, policy: BigramPolicy | None = None, reward=None, **checkpoint
+    run_dir,
+    steps: int,
+    *,
+    policy: BigramPolicy | None = None,
+    reward=None,
+    algorithm: AlgorithmConfig | None = None,
+    **checkpoint,
 ) -> list[dict]:
     """``run_training`` of the fakes in ``run_dir`` (``fake_run_config``); returns the history."""
     from nemo_resrl.training.data_parallel import SingleProcess
     from nemo_resrl.training.loop import run_training
 
     policy = policy or BigramPolicy(seed=0)
-    cfg = fake_run_config(run_dir, steps, **checkpoint)
+    cfg = fake_run_config(run_dir, steps, algorithm, **checkpoint)
     return run_training(
         cfg,
         policy,

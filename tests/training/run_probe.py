@@ -67,7 +67,9 @@ def main() -> None:
         ]
     )
     engine = RolloutEngine(model, cfg.rollout)
-    actor = MegatronActor(cfg.actor, temperature=cfg.rollout.sampling.temperature)
+    actor = MegatronActor(
+        cfg.actor, temperature=cfg.rollout.sampling.temperature, reference=cfg.algorithm.loss.kl_coef > 0
+    )
     g = torch.Generator().manual_seed(0)
     records = [{"prompt_ids": torch.randint(3, 256, (6,), generator=g).tolist()} for _ in range(10)]
     steps: list[dict] = []

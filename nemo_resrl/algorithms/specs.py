@@ -140,7 +140,8 @@ _add(
         loss=_loss(clip_high=0.28),
         dynamic_sampling=True,
         overlong=True,
-        summary="clip-higher 0.2 / 0.28, dynamic sampling, overlong shaping",
+        reward=MappingProxyType({"incorrect": -1.0}),
+        summary="clip-higher 0.2 / 0.28, dynamic sampling, overlong shaping, rewards +1 / -1",
         reference="verl's DAPO recipe: clip 0.2 / 0.28, token-mean, dynamic sampling, overlong buffer",
     )
 )

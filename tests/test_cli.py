@@ -96,7 +96,9 @@ def test_train_default_runs_two_steps_and_writes_metrics_table_and_png(tmp_path)
     ).is_file()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [int(m["step"]) for m in rows] == [0, 1]
-    assert all(0 <= m["reward/mean"] <= 1 and m["reward/n"] == 8 for m in rows)
+    # the resrl preset's rewards: +1 correct, -1 incorrect (no response reaches the length scale's start)
+    assert all(m["reward/mean"] == pytest.approx(2 * m["reward/accuracy"] - 1) for m in rows)
+    assert all(m["reward/n"] == 8 for m in rows)
     assert 0.99 < rows[0]["rollout/token_mult_prob_error"] < 1.01  # sampler and actor agree at T=0.7
     assert "eval/accuracy" in rows[1] and rows[1]["eval/n"] == 4
     assert (run_dir / "reward_curve.png").stat().st_size > 5000

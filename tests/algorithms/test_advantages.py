@@ -19,7 +19,39 @@ def _batch(rewards, groups):
 
 
 def test_registry_has_every_baseline():
-    assert set(ADVANTAGE_ESTIMATORS.names()) >= {"grpo", "dr_grpo", "psr", "nsr", "w_reinforce"}
+    assert set(ADVANTAGE_ESTIMATORS.names()) >= {"grpo", "dr_grpo", "rloo", "psr", "nsr", "w_reinforce"}
+
+
+def _rloo_brute_force(rewards: list[float], groups: list[int]) -> list[float]:
+    """A_i = r_i - (mean of the OTHER rewards of i's group), by explicit loops; 0 for a one-response group
+    (and for a group of equal rewards, where it is 0 anyway)."""
+    out = []
+    for i, (r, g) in enumerate(zip(rewards, groups)):
+        others = [rewards[j] for j in range(len(rewards)) if groups[j] == g and j != i]
+        out.append(r - sum(others) / len(others) if others else 0.0)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0.0, 1.0, -1.0, 0.7, 0.25]), st.integers(0, 4)), min_size=1, max_size=24
+    )
+)
+def test_rloo_equals_the_leave_one_out_baseline_by_brute_force(rows):
+    rewards = [r for r, _ in rows]
+    groups = [g for _, g in rows]
+    out = compute_advantages("rloo", *_batch(rewards, groups))
+    np.testing.assert_allclose(out.double().numpy(), _rloo_brute_force(rewards, groups), rtol=1e-6, atol=1e-6)
+    for g in set(groups):  # the leave-one-out advantages of a group sum to 0
+        assert abs(float(out[torch.tensor(groups) == g].sum())) < 1e-5
+
+
+def test_rloo_small_cases():
+    out = compute_advantages("rloo", *_batch([1.0, 0.0, 0.0, 1.0, 0.7], [0, 0, 0, 1, 2]))
+    # group 0: 1 - 0 = 1, 0 - 0.5 = -0.5 (twice); groups 1 and 2 hold one response: 0
+    np.testing.assert_allclose(out.numpy(), [1.0, -0.5, -0.5, 0.0, 0.0], atol=1e-7)
+    assert torch.equal(compute_advantages("rloo", *_batch([0.3] * 4, [1] * 4)), torch.zeros(4))
 
 
 @pytest.mark.parametrize("name,norm", [("grpo", True), ("dr_grpo", False)])

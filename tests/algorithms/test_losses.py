@@ -23,6 +23,7 @@ from nemo_resrl.algorithms.losses import (
     kl_penalty,
     local_counts,
     ppo_clip_loss,
+    tis_weights,
 )
 from nemo_resrl.algorithms.registry import Registry
 
@@ -860,3 +861,43 @@ def test_compute_policy_loss_dispatches_on_name(monkeypatch):
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=F64)
     loss, _ = compute_policy_loss(lp, lp, adv, mask, cfg, local_counts(mask))
     assert float(loss) == pytest.approx((1.0 + 4.0 - 3.0) / 3.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Truncated importance sampling.
+# ----------------------------------------------------------------------------------------------------------
+def test_tis_weights_are_the_capped_ratio_and_one_where_the_policies_agree():
+    rng = np.random.default_rng(0)
+    old = -rng.uniform(0.1, 3.0, size=(5, 7))
+    rollout = old + rng.normal(scale=0.6, size=(5, 7))
+    rollout[2] = old[2]  # the sampler agrees with the trainer on this response
+    cap = 1.5
+    w = tis_weights(to_t(old), to_t(rollout), cap)
+    expected = [[min(math.exp(o - r), cap) for o, r in zip(orow, rrow)] for orow, rrow in zip(old, rollout)]
+    np.testing.assert_allclose(w.numpy(), expected, rtol=1e-12)
+    assert torch.equal(w[2], torch.ones(7, dtype=F64))
+    assert float(w.max()) == cap and float(w.min()) < 1  # capped above, never below
+    with pytest.raises(ValueError, match="cap must be >= 1"):
+        tis_weights(to_t(old), to_t(rollout), 0.5)
+
+
+def test_tis_weights_multiply_each_tokens_clipped_surrogate():
+    lp, olp, adv, mask = branch_batch()
+    w = np.random.default_rng(1).uniform(0.2, 2.0, size=lp.shape)
+    cfg = PolicyLossConfig(clip_low=0.2, clip_high=0.28, dual_clip_c=3.0).validate()
+    n_tok, n_seq = ref_counts(mask.tolist())
+    loss, _, grad = run_loss(lp, olp, adv, mask, cfg, is_weights=to_t(w))
+    tok = [
+        [ref_token(lp[i][t], olp[i][t], adv[i][t], 0.2, 0.28, 3.0) for t in range(lp.shape[1])]
+        for i in range(lp.shape[0])
+    ]
+    weighted = [[tok[i][t][0] * w[i][t] for t in range(lp.shape[1])] for i in range(lp.shape[0])]
+    assert_close(loss, ref_aggregate(weighted, mask.tolist(), "token-mean", n_tok, n_seq))
+    expected_grad = [
+        [tok[i][t][1] * w[i][t] / n_tok if mask[i][t] else 0.0 for t in range(lp.shape[1])]
+        for i in range(lp.shape[0])
+    ]
+    np.testing.assert_allclose(grad.numpy(), expected_grad, rtol=1e-10, atol=1e-14)
+    ones, _, _ = run_loss(lp, olp, adv, mask, cfg, is_weights=to_t(np.ones_like(w)))
+    plain, _, _ = run_loss(lp, olp, adv, mask, cfg)
+    assert float(ones) == float(plain)  # weights of 1: exactly the uncorrected loss

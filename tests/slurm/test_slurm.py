@@ -112,7 +112,7 @@ def test_cpu_example_runs_the_embedded_default_and_writes_checkpoints_and_metric
     metrics = _metrics(run_dir)
     assert [int(m["step"]) for m in metrics] == [0, 1]
     for m in metrics:
-        assert 0.0 <= m["reward/mean"] <= 1.0 and m["response/length_mean"] > 0
+        assert -1.0 <= m["reward/mean"] <= 1.0 and m["response/length_mean"] > 0
     assert [s for s, _ in CheckpointManager(run_dir / "checkpoints").complete()] == [1, 2]
     log = (run_dir / "logs" / "attempt0" / "rank0.log").read_text()
     assert "reward curve:" in log and "preempted at step" not in log
@@ -128,7 +128,9 @@ def test_stopped_and_preempted_job_resumes_without_losing_a_step(slurm, tmp_path
     preemption: Slurm requeues it). Checkpoints only at the end (checkpoint.every=100), so each resume
     can only start where the stop saved. It ends as the uninterrupted run does."""
     make_tiny(tmp_path / "qwen3", "qwen3")
-    steps = 8
+    # 16 steps of about 1 s: on a loaded 2-core machine the first stop once landed at step 7 of 8, leaving
+    # no room for the second one
+    steps = 16
     probe = dict(PROBE_WORK=str(tmp_path), PROBE_STEPS=str(steps), PROBE_CKPT_EVERY="100")
     cpus = f"--cpus-per-task={slurm.cpus}"
     whole_dir, run_dir = tmp_path / "whole", tmp_path / "stopped"

@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--ckpt-every", type=int, default=1, help="checkpoint.every")
     ap.add_argument("--tp", type=int, default=1, help="actor and rollout tensor parallel size")
     ap.add_argument("--record", action="store_true", help="write RUN/rank{R}.json (see the docstring)")
+    ap.add_argument("--set", action="append", default=[], help="an extra config override (repeatable)")
     args = ap.parse_args()
     if args.kill_after >= 0:
         os.environ["NEMO_RESRL_TEST_KILL_AFTER_STEP"] = str(args.kill_after)
@@ -64,6 +65,7 @@ def main() -> None:
             "checkpoint.keep_last=2",
             "logging.tensorboard=false",
             f"logging.run_dir={args.run_dir}",
+            *args.set,
         ]
     )
     engine = RolloutEngine(model, cfg.rollout)

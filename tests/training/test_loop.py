@@ -16,12 +16,12 @@ from tests.launch import run_module
 from tests.models.tiny_hf import make_tiny
 
 
-def _run(work: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+def _run(work: Path, run_dir: Path, *extra: str, steps: int = 6) -> subprocess.CompletedProcess:
     """Run the probe in its own session; afterwards kill whatever it left behind. A SIGKILLed trainer
     orphans the multiprocessing manager that dist-checkpoint saving spawns, which would otherwise keep
     our output pipes open (and this test waiting) forever."""
     log = run_dir.parent / f"{run_dir.name}-{len(list(run_dir.parent.glob(run_dir.name + '-*.log')))}.log"
-    args = ["--work", work, "--run-dir", run_dir, "--steps", "6", *extra]
+    args = ["--work", work, "--run-dir", run_dir, "--steps", str(steps), *extra]
     return run_module("tests.training.run_probe", *args, timeout=900, log=log)
 
 
@@ -68,6 +68,31 @@ def test_sigkill_after_step_3_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert [s for s, _ in CheckpointManager(whole / "checkpoints").complete()] == [5, 6]
     png = (whole / "reward_curve.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_kl_run_logs_the_kl_and_its_resume_keeps_the_reference_it_started_with(tmp_path):
+    """A KL penalty on the real stack: 3 steps; killed after step 1 and resumed after the HF directory was
+    overwritten with other weights, the run reproduces the uninterrupted one (the reference policy comes
+    back from the checkpoint, not from the changed directory)."""
+    make_tiny(tmp_path / "qwen3", "qwen3")
+    kl = ("--set", "algorithm.loss.kl_coef=0.1", "--set", "algorithm.loss.kl_type=k3")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    res = _run(tmp_path, whole, *kl, steps=3)
+    assert res.returncode == 0 and "PROBE OK" in res.stdout, res.stderr[-4000:]
+    a = _metrics(whole)
+    assert a[0]["train/kl"] == 0.0  # the first update starts at the reference
+    assert all(m["train/kl"] > 0 for m in a[1:])
+    res = _run(tmp_path, killed, *kl, "--kill-after", "1", steps=3)
+    assert res.returncode == -9
+    assert (killed / "checkpoints" / "step_000002" / "actor" / "reference").is_dir()
+    make_tiny(tmp_path / "qwen3", "qwen3", seed=7)  # the source changes under the run
+    res = _run(tmp_path, killed, *kl, steps=3)
+    assert res.returncode == 0 and "(next step 2)" in res.stdout, res.stderr[-4000:]
+    b = _metrics(killed)
+    same = {k: v for k, v in a[2].items() if not k.startswith("time/")}
+    assert same == {k: b[2][k] for k in same}
 
 
 def test_partial_and_damaged_checkpoints_are_never_latest_and_are_named(tmp_path):

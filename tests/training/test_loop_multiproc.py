@@ -115,7 +115,8 @@ def test_data_parallel_2_run_splits_the_step_over_ranks(single, dp2):
         assert len(a["responses"]) == len(b["responses"]) == PROMPTS_PER_STEP // 2 * N, s
         # the logged step reward is the mean over ALL the step's responses, not one rank's
         rewards = a["rewards"] + b["rewards"]
-        assert dp2["metrics"][s]["reward/mean"] == pytest.approx(sum(rewards) / len(rewards), abs=1e-12), s
+        shaped = [x if x > 0 else -1.0 for x in rewards]  # the resrl preset's reward.incorrect = -1
+        assert dp2["metrics"][s]["reward/mean"] == pytest.approx(sum(shaped) / len(shaped), abs=1e-12), s
         correct = [float(x > 0) for x in rewards]  # even_first_token: reward 1 exactly when correct
         assert dp2["metrics"][s]["reward/accuracy"] == pytest.approx(sum(correct) / len(correct), abs=1e-12)
     assert len({x["reward/mean"] for x in dp2["metrics"]}) > 1  # not a constant

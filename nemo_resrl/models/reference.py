@@ -1,8 +1,9 @@
 """The reference policy of a KL penalty: a frozen copy of the actor's initial weights, in the same parallel
-layout (each rank keeps its own shards), kept in host memory (pinned on a GPU machine) and swapped into
-the model only for the reference log-prob pass, right after the old-log-prob pass. Device memory holds one
-set of weights at a time; the cost is two host copies of this rank's parameters per step (measured on the
-CPU default in docs/benchmarks.md).
+layout (each rank keeps its own shards), kept in host memory (pinned on a GPU machine) and swapped with
+the model's weights only for the reference log-prob pass, right after the old-log-prob pass. The swap goes
+tensor by tensor through one device temporary, so the device holds one set of weights (plus one tensor)
+and the host one copy of this rank's shards; the cost is two swaps per step (measured on the CPU default
+in docs/benchmarks.md).
 
 Checkpoints save it (a model-only dist-checkpoint in ``actor/reference/``) so that a resume restores the
 same reference, not whatever the HF directory holds by then.
@@ -23,7 +24,6 @@ class ReferenceWeights:
         self.params = params
         pin = torch.cuda.is_available()
         self.host = [torch.empty(p.shape, dtype=p.dtype, pin_memory=pin) for p in params]
-        self.scratch = [torch.empty(p.shape, dtype=p.dtype, pin_memory=pin) for p in params]
         self.capture()
 
     @property
@@ -36,28 +36,25 @@ class ReferenceWeights:
         for h, p in zip(self.host, self.params):
             h.copy_(p.detach())
 
+    @torch.no_grad()
+    def _swap(self) -> None:
+        """Exchange the model's weights and the host copy, one tensor at a time."""
+        for h, p in zip(self.host, self.params):
+            own = p.detach().clone()
+            p.detach().copy_(h)
+            h.copy_(own)
+
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[None]:
         """Inside, the model holds the reference weights; its own come back after (bit for bit)."""
-        for s, p in zip(self.scratch, self.params):
-            s.copy_(p.detach())
+        self._swap()
         try:
-            for h, p in zip(self.host, self.params):
-                p.detach().copy_(h)
             yield
         finally:
-            for s, p in zip(self.scratch, self.params):
-                p.detach().copy_(s)
+            self._swap()
 
-    @torch.no_grad()
     def load_with(self, load_into_model: Callable[[], None]) -> None:
         """Make the weights ``load_into_model()`` puts into the model the reference, keeping the model's
         own weights."""
-        for s, p in zip(self.scratch, self.params):
-            s.copy_(p.detach())
-        try:
+        with self.swapped_in():  # the host holds the model's own weights meanwhile
             load_into_model()
-            self.capture()
-        finally:
-            for s, p in zip(self.scratch, self.params):
-                p.detach().copy_(s)

@@ -296,3 +296,75 @@ def test_a_step_that_leaves_a_data_parallel_rank_without_prompts_is_refused_on_e
         trainer = make("grpo", dp=ThreadDataParallel(group, rank))[0]
         with pytest.raises(ValueError, match="5 prompts cannot be shared by 4 data-parallel ranks"):
             trainer.train_step(prompts(5))
+
+
+# ------------------------------------------------------------------------------ recipes' extra pieces
+def test_rewards_are_shaped_before_dynamic_sampling_and_the_advantages():
+    """reward.incorrect replaces an incorrect response's reward and the length scale multiplies the
+    positive ones; reward/mean is of the shaped rewards, the advantages are computed from them."""
+    from nemo_resrl.algorithms.shaping import length_scaled_reward
+    from nemo_resrl.config import RewardConfig
+    from nemo_resrl.config.run import LengthScaleConfig
+
+    graded: list = []
+
+    def recording(rollout, records):
+        res = even_first_token(rollout, records)
+        graded.append((res, rollout.lengths.clone()))
+        return res
+
+    ls = LengthScaleConfig(start=2, max_length=5, end_scale=0.5)
+    reward = RewardConfig(incorrect=-0.5, shaping="length_scaled", length_scale=ls)
+    policy = BigramPolicy(seed=1)
+    trainer = Trainer(
+        policy,
+        BigramEngine(policy),
+        recording,
+        algorithm=AlgorithmConfig.preset("dr_grpo"),
+        trainer=TrainerConfig(prompts_per_step=4),
+        rollout=ROLLOUT,
+        dp=SingleProcess(),
+        reward=reward,
+    )
+    m = trainer.train_step(prompts(4))
+    ((res, lengths),) = graded
+    base = torch.where(res.correct, res.rewards, torch.full_like(res.rewards, -0.5))
+    shaped = length_scaled_reward(base, lengths, 2, 5, 0.5)
+    assert not torch.equal(shaped, base)  # some correct response is long enough to be scaled
+    assert m["reward/mean"] == pytest.approx(float(shaped.mean()))
+    (call,) = policy.train_calls
+    group_ids = torch.arange(len(shaped)) // N
+    expected = shaped - torch.stack([shaped[group_ids == g].mean() for g in group_ids.tolist()])  # Dr.GRPO
+    torch.testing.assert_close(call["adv"][:, 0] * call["mask"][:, 0], expected * call["mask"][:, 0])
+
+
+def test_a_kl_run_of_the_fakes_resumes_with_the_reference_it_started_with(tmp_path):
+    """KL to the initial policy: 0 at the first update, positive after; a run resumed by a policy built
+    from OTHER weights (the HF directory changed) still reproduces the uninterrupted run, because the
+    reference comes back from the checkpoint."""
+    from dataclasses import replace
+
+    base = AlgorithmConfig.preset("grpo")
+    algo = replace(base, loss=replace(base.loss, kl_coef=0.2, kl_type="k3"))
+    whole = fake_run(tmp_path / "whole", 4, policy=BigramPolicy(seed=0, reference=True), algorithm=algo)
+    assert whole[0]["train/kl"] == 0.0 and all(m["train/kl"] > 0 for m in whole[1:])
+    fake_run(tmp_path / "split", 2, policy=BigramPolicy(seed=0, reference=True), algorithm=algo)
+    resumed = fake_run(tmp_path / "split", 4, policy=BigramPolicy(seed=5, reference=True), algorithm=algo)
+    assert without_times(resumed) == without_times(whole)
+    other = fake_run(tmp_path / "other", 4, policy=BigramPolicy(seed=5, reference=True), algorithm=algo)
+    assert without_times(other) != without_times(whole)  # the starting weights do matter
+    no_kl = fake_run(tmp_path / "no_kl", 4, policy=BigramPolicy(seed=0))
+    assert "train/kl" not in no_kl[1]
+
+
+def test_tis_weights_reach_the_update_and_are_logged():
+    from dataclasses import replace
+
+    trainer, policy, engine, _ = make("grpo")
+    trainer.algo = replace(trainer.algo, loss=replace(trainer.algo.loss, tis_cap=2.0))
+    trainer.loss_cfg = trainer.algo.loss
+    m = trainer.train_step(prompts(4))
+    (call,) = policy.train_calls
+    w = call["is_weights"]
+    assert w is not None and torch.allclose(w[call["mask"]], torch.ones(int(call["mask"].sum())))  # agree
+    assert m["tis/weight_mean"] == pytest.approx(1.0) and m["tis/capped_frac"] == 0.0

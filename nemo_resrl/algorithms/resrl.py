@@ -172,8 +172,8 @@ class ResponseMeta:
     """Per-response metadata of one rank's share of a step, [B] each.
 
     group_ids: prompt group (unique per prompt within the step); response_ids: unique over the WHOLE
-    step (all ranks), it fixes the positive pool's sampling order; advantages: outcome advantages
-    (A > 0: positive).
+    step (all ranks), it fixes the positive pool's sampling order; advantages: outcome advantages;
+    positive: the positive set (``positive_set``; None: A > 0).
     """
 
     group_ids: torch.Tensor

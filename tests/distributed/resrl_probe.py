@@ -12,6 +12,7 @@ hidden states of the same job's actor, gathered from all ranks: same inputs, sam
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -91,12 +92,18 @@ def main() -> None:
             dist.all_reduce(full, group=dp_group)
         return full
 
+    # a positive set other than A > 0 (``positive_set=correct`` under a shaped reward): response 10, a
+    # correct one of group 2, counted among the negatives' pool
+    positive = adv > 0
+    positive[10] = False
     res: dict = {"layout": name}
-    for label, cfg in {
-        "default": ResRLConfig(max_rows=16, rank=4, seed=3),
-        "m_below_k": ResRLConfig(max_rows=16, rank=32, seed=3),
-    }.items():
-        out = old_logprobs_with_resrl(actor, local, meta, cfg, step=5)
+    for label, cfg, pos in [
+        ("default", ResRLConfig(max_rows=16, rank=4, seed=3), None),
+        ("m_below_k", ResRLConfig(max_rows=16, rank=32, seed=3), None),
+        ("positive_set", ResRLConfig(max_rows=16, rank=4, seed=3), positive),
+    ]:
+        m = meta if pos is None else dataclasses.replace(meta, positive=pos[idx])
+        out = old_logprobs_with_resrl(actor, local, m, cfg, step=5)
         weights = to_full(out.weights)
         logp = to_full(out.outputs.logprobs)
         plain = to_full(actor.forward_logprobs(local).logprobs)
@@ -124,7 +131,7 @@ def main() -> None:
             hidden = torch.zeros(B, T, actor.hidden_size)
             hidden[allrows[:, 0].long(), allrows[:, 1].long()] = allrows[:, 2:].float()
             ref = compute_resrl_weights(
-                hidden, full_mask, group_ids, adv, cfg, step=5, response_ids=torch.arange(B)
+                hidden, full_mask, group_ids, adv, cfg, step=5, response_ids=torch.arange(B), positive=pos
             )
             # response tokens only: past a share's own width the gathered tensor holds 0, not 1
             entry["max_diff_vs_single_process"] = float((ref.weights - weights)[full_mask].abs().max())

@@ -52,7 +52,7 @@ def runs(work) -> dict[str, dict]:
 
 
 def _check(result: dict) -> None:
-    for label in ("default", "m_below_k"):
+    for label in ("default", "m_below_k", "positive_set"):
         e = result[label]
         assert e["max_diff_vs_single_process"] < TOL, (label, e["max_diff_vs_single_process"])
         assert e["stats"] == e["ref_stats"], label

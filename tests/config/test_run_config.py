@@ -295,3 +295,15 @@ def test_the_eval_yaml_loads_and_validates():
     cfg = load_eval_config(["model=/ckpt/model", "benchmarks=[data/aime24.jsonl]"])
     assert cfg.sampling.n == 8 and cfg.sampling.temperature == 0.6 and cfg.benchmark_names() == ["aime24"]
     assert not cfg.sleep_while_training  # the eval config is the rollout engine's config as it is
+
+
+def test_qwen3_4b_with_resrl_is_the_released_run():
+    """The released ResRL train_command.sh (Qwen3-4B): 256 prompts x 4 samples at T = 1, 4096 response and
+    2048 prompt tokens, mini-batches of 64 prompts, lr 1e-6, 10 warm-up steps, weight decay 0.1, grad clip
+    1, the length scale reaching 0.7 at the budget."""
+    cfg = load_config(["model=qwen3_4b", "actor.hf_path=/m", "data.path=/d.jsonl"])
+    s, t, o = cfg.rollout.sampling, cfg.trainer, cfg.actor.optim
+    assert (t.prompts_per_step, s.n, s.temperature, s.max_tokens) == (256, 4, 1.0, 4096)
+    assert (cfg.data.max_prompt_tokens, t.prompts_per_step // t.mini_batches) == (2048, 64)
+    assert (o.lr, o.warmup_steps, o.weight_decay, o.clip_grad) == (1e-6, 10, 0.1, 1.0)
+    assert cfg.reward.length_scale.max_length == s.max_tokens and cfg.algorithm.name == "resrl"

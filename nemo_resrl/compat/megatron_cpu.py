@@ -13,6 +13,9 @@ calls it only then. Each part fixes a failure that ``tests/compat/test_cpu_patch
              asserts ``param.grad.type() == 'torch.cuda.FloatTensor'``).
 ``rng``      megatron's CUDA RNG-states tracker -> an equivalent one over the CPU generator (its ``add``
              calls ``torch.cuda.get_rng_state``).
+``recompute`` the CUDA RNG state that activation recomputation saves and restores around each
+             recomputed layer -> the CPU generator's (``CheckpointFunction`` calls
+             ``torch.cuda.get_rng_state``; the CPU state it saves besides is the real one).
 
 Not included, because the CPU stack (megatron-core 0.16.1) does not need it: megatron-core >= 0.19's DDP
 also calls ``torch.cuda.current_stream()`` (a CPU machine moved to 0.19 needs a patch for it too).
@@ -25,7 +28,7 @@ import contextlib
 import torch
 from torch.overrides import TorchFunctionMode
 
-PARTS = ("device", "sync", "mode", "rng")
+PARTS = ("device", "sync", "mode", "rng", "recompute")
 
 _FACTORIES = {
     torch.empty,
@@ -135,4 +138,9 @@ def install(parts: tuple[str, ...] = PARTS) -> None:
             _mode.__enter__()  # stays active for the rest of the process
         elif part == "rng":
             _install_cpu_rng_tracker()
+        elif part == "recompute":
+            from megatron.core.tensor_parallel import random as mrandom
+
+            mrandom._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
+            mrandom._set_cuda_rng_state = lambda *a, **k: None
         _installed.add(part)

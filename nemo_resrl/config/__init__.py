@@ -9,6 +9,7 @@ planner can read a config without the training stack.
     algorithm.py  AlgorithmConfig and its parts      algorithm, algorithm.{advantage,loss,resrl,...}
     data.py       DataConfig                         data
     run.py        RunConfig (+ trainer, reward, checkpoint, logging) and the cross-section rules
+    cluster.py    ClusterConfig                      cluster (nemo-resrl plan)
     eval.py       EvalConfig (nemo-resrl eval)
     keys.py       ConfigError and the key paths errors name
     loader.py     load_config / load_eval_config: Hydra composition, --config-dir, validation
@@ -16,7 +17,7 @@ planner can read a config without the training stack.
 Each field carries its docstring on the line below it (as megatron-core's configs do).
 """
 
-from nemo_resrl.config.actor import ActorConfig, ActorConfigError, OffloadConfig, OptimConfig
+from nemo_resrl.config.actor import ActorConfig, ActorConfigError, ArchConfig, OffloadConfig, OptimConfig
 from nemo_resrl.config.algorithm import (
     AdvantageConfig,
     AlgorithmConfig,
@@ -25,6 +26,7 @@ from nemo_resrl.config.algorithm import (
     PolicyLossConfig,
     ResRLConfig,
 )
+from nemo_resrl.config.cluster import ClusterConfig
 from nemo_resrl.config.data import DataConfig
 from nemo_resrl.config.eval import EvalConfig
 from nemo_resrl.config.keys import ConfigError, Keys
@@ -37,8 +39,10 @@ __all__ = [
     "ActorConfigError",
     "AdvantageConfig",
     "AlgorithmConfig",
+    "ArchConfig",
     "CONF_DIR",
     "CheckpointConfig",
+    "ClusterConfig",
     "ConfigError",
     "DataConfig",
     "DynamicSamplingConfig",

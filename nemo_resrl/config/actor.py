@@ -18,6 +18,7 @@ FP8_FORMATS = ("e4m3", "hybrid")
 # recipe -> minimum CUDA compute capability (TransformerEngine's own requirements)
 FP8_RECIPES = {"delayed": (8, 9), "tensorwise": (8, 9), "blockwise": (9, 0), "mxfp8": (10, 0)}
 LR_DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root")
+RECOMPUTE = ("none", "full")
 
 
 class ActorConfigError(ConfigError):
@@ -87,6 +88,58 @@ class OffloadConfig(Section):
 
 
 @dataclass
+class ArchConfig(Section):
+    """The model's architecture numbers (``actor.arch``), the public facts of its HF ``config.json``, so
+    that ``nemo-resrl plan`` works without the weights on disk. Ignored when ``actor.hf_path`` is a local
+    directory (its config.json is read instead). null: unknown."""
+
+    KEY = "actor.arch."
+
+    num_layers: int | None = None
+    hidden_size: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    intermediate_size: int | None = None
+    vocab_size: int | None = None
+    tie_word_embeddings: bool | None = None
+    qk_layernorm: bool | None = None
+    """Qwen3's per-head RMSNorm on queries and keys."""
+    num_experts: int | None = None
+    """Mixture of experts only (not supported by the actor yet)."""
+    experts_per_token: int | None = None
+    moe_intermediate_size: int | None = None
+
+    DENSE = (
+        "num_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "intermediate_size",
+        "vocab_size",
+        "tie_word_embeddings",
+        "qk_layernorm",
+    )
+
+    @property
+    def complete(self) -> bool:
+        return all(getattr(self, k) is not None for k in self.DENSE)
+
+    def check(self, keys: Keys) -> None:
+        missing = [k for k in self.DENSE if getattr(self, k) is None]
+        keys.require(
+            len(missing) in (0, len(self.DENSE)),
+            missing[0] if missing else "num_layers",
+            f"is not set: give all of {', '.join(self.DENSE)}, or none",
+        )
+        for k in self.DENSE[:7]:
+            v = getattr(self, k)
+            ok = v is None or (isinstance(v, int) and v >= 1)
+            keys.require(ok, k, f"must be an integer >= 1, got {v!r}")
+
+
+@dataclass
 class ActorConfig(Section):
     """The Megatron actor (``actor``). Data parallel is world_size / (tensor_parallel x pipeline_parallel)."""
 
@@ -120,8 +173,12 @@ class ActorConfig(Section):
     pad_to_multiple: int | None = None
     """Pad every micro-batch's sequence length to a multiple of this (null: what the FP8 recipe needs,
     16, or 128 for blockwise / mxfp8; 1 without FP8). Padding changes no log-prob or loss."""
+    recompute: str = "none"
+    """Activation recomputation in training: none, or full (every decoder layer keeps only its input and
+    recomputes the rest in the backward pass; about a third more compute, far less activation memory)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     offload: OffloadConfig = field(default_factory=OffloadConfig)
+    arch: ArchConfig = field(default_factory=ArchConfig)
 
     @property
     def torch_dtype(self):
@@ -158,8 +215,10 @@ class ActorConfig(Section):
             "pad_to_multiple",
             f"must be >= 1 or null, got {self.pad_to_multiple}",
         )
+        keys.one_of(self.recompute, "recompute", RECOMPUTE)
         self.optim.check(keys.sub("optim"))
         self.offload.check(keys.sub("offload"))
+        self.arch.check(keys.sub("arch"))
 
     @property
     def token_multiple(self) -> int:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from nemo_resrl.config.actor import ActorConfig
 from nemo_resrl.config.algorithm import AlgorithmConfig
+from nemo_resrl.config.cluster import ClusterConfig
 from nemo_resrl.config.data import DataConfig
 from nemo_resrl.config.keys import Keys, Section
 from nemo_resrl.config.rollout import RolloutConfig
@@ -148,13 +149,24 @@ class RunConfig(Section):
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def check(self, keys: Keys) -> None:
         """Every section, then the rules that span sections."""
-        for name in ("actor", "rollout", "algorithm", "trainer", "data", "reward", "checkpoint", "logging"):
+        for name in (
+            "actor",
+            "rollout",
+            "algorithm",
+            "trainer",
+            "data",
+            "reward",
+            "checkpoint",
+            "logging",
+            "cluster",
+        ):
             getattr(self, name).check(keys.sub(name))
         algo, sampling = self.algorithm, self.rollout.sampling
         keys.require(

@@ -141,6 +141,10 @@ def build_model(cfg: ActorConfig) -> MegatronModel:
         provider.transformer_layer_spec = get_gpt_layer_local_spec(
             qk_layernorm=bool(getattr(provider, "qk_layernorm", False)), normalization="RMSNorm"
         )
+    if cfg.recompute == "full":  # every layer keeps its input only and recomputes the rest in backward
+        provider.recompute_granularity = "full"
+        provider.recompute_method = "uniform"
+        provider.recompute_num_layers = 1
     if cfg.fp8 is not None:
         provider.fp8 = cfg.fp8
         provider.fp8_recipe = cfg.fp8_recipe

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
-def tiny_gpt(pp: int = 1):
+def tiny_gpt(pp: int = 1, recompute: bool = False):
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.models.gpt.gpt_model import GPTModel
@@ -37,6 +37,11 @@ def tiny_gpt(pp: int = 1):
         qk_layernorm=True,
         ffn_hidden_size=128,
         kv_channels=16,
+        **(
+            dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+            if recompute
+            else {}
+        ),
     )
     spec = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
     model = GPTModel(
@@ -52,7 +57,7 @@ def tiny_gpt(pp: int = 1):
     return cfg, model
 
 
-def train_step(pp: int, clip: bool) -> None:
+def train_step(pp: int, clip: bool, recompute: bool = False) -> None:
     from megatron.core.distributed import (
         DistributedDataParallel,
         DistributedDataParallelConfig,
@@ -61,7 +66,7 @@ def train_step(pp: int, clip: bool) -> None:
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    cfg, model = tiny_gpt(pp)
+    cfg, model = tiny_gpt(pp, recompute)
     model = DistributedDataParallel(
         config=cfg, ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True), module=model
     )
@@ -94,7 +99,7 @@ def train_step(pp: int, clip: bool) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("op", choices=["seed", "forward", "train", "train_clip", "pp2", "scatter"])
+    ap.add_argument("op", choices=["seed", "forward", "train", "train_clip", "recompute", "pp2", "scatter"])
     ap.add_argument("--skip", nargs="*", default=[])
     ap.add_argument("--no-scatter-fix", action="store_true")
     args = ap.parse_args()
@@ -128,6 +133,8 @@ def main() -> None:
         model(toks, torch.arange(16).expand(2, 16), (torch.tril(torch.ones(16, 16)) < 0.5).view(1, 1, 16, 16))
     elif args.op in ("train", "train_clip"):
         train_step(1, clip=args.op == "train_clip")
+    elif args.op == "recompute":  # activation recomputation (actor.recompute=full)
+        train_step(1, clip=True, recompute=True)
     elif args.op == "pp2":
         train_step(2, clip=False)
     print("PROBE OK", flush=True)

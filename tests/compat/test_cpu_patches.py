@@ -57,6 +57,11 @@ def test_schedule_and_grad_clipping_need_the_cuda_to_cpu_mode():
     _fails(_probe("train_clip", "--skip", "mode"), "Torch not compiled with CUDA enabled")
 
 
+def test_activation_recomputation_needs_the_recompute_patch():
+    _ok(_probe("recompute"))
+    _fails(_probe("recompute", "--skip", "recompute"), "Torch not compiled with CUDA enabled")
+
+
 @pytest.mark.slow
 def test_pipeline_parallel_needs_the_synchronize_patch():
     _ok(_probe("pp2", nproc=2), times=2)

@@ -160,6 +160,8 @@ BAD_PER_SECTION = {
     "data": ("data.on_bad_row=ignore", "data.on_bad_row"),
     "reward": ("reward.workers=0", "reward.workers"),
     "reward.length_scale": ("reward.length_scale.start=0", "reward.length_scale.start"),
+    "cluster": ("cluster.mfu=2", "cluster.mfu"),
+    "actor.arch": ("actor.arch.num_layers=4", "actor.arch.hidden_size"),
     "checkpoint": ("checkpoint.keep_last=0", "checkpoint.keep_last"),
     "logging": ("logging.run_dir=''", "logging.run_dir"),
 }

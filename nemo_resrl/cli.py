@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "eval": "nemo_resrl.evaluation.cli:main",
     "convert": "nemo_resrl.convert.cli:main",
     "plot": "nemo_resrl.plotting:main",
+    "plan": "nemo_resrl.plan.cli:main",
 }
 COMMANDS = ("train", *SUBCOMMANDS)
 

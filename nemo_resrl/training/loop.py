@@ -139,7 +139,8 @@ def _run(cfg, policy, engine, reward_fn, records, dp, eval_records, print_fn, st
     def save() -> None:
         nonlocal saved, first_save
         progress.phase("checkpoint")
-        with stop.held() if first_save else contextlib.nullcontext():
+        # the engine sleeps meanwhile: saving brings the actor's optimizer state back to the device
+        with stop.held() if first_save else contextlib.nullcontext(), trainer.engine_asleep():
             path = ckpt.save(trainer.step, policy, {"step": trainer.step, "history": history})
         first_save, saved = False, (trainer.step, path)
 

@@ -11,8 +11,9 @@ loss normalisation); metrics are reduced over replicas by kind (``step_metrics.p
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -314,6 +315,17 @@ class Trainer:
         )
         m.weighted({"train/trained_frac": float(trained.float().mean())}, weight=len(rollout))
         return self._finish(m, phases)
+
+    @contextlib.contextmanager
+    def engine_asleep(self) -> Iterator[None]:
+        """For a checkpoint save: the engine's memory is free while every part of the actor's state is back
+        on the device; afterwards the colocated refit sequence brings the engine back (with its weights,
+        whatever its sleep level dropped)."""
+        self.engine.sleep()
+        try:
+            yield
+        finally:
+            self._refit()
 
     def _refit(self):
         """The colocated refit, in NeMo RL's order: release what training held, wake the engine's weights

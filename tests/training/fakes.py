@@ -161,6 +161,7 @@ class BigramPolicy:
 
     # what the run's checkpoints need
     def save_checkpoint(self, path) -> None:
+        self.events.append("policy.save_checkpoint")
         path.mkdir(parents=True, exist_ok=True)
         state = {"emb": self.emb.detach(), "out": self.out.detach(), "opt": self.opt.state_dict()}
         state["reference"] = self.reference

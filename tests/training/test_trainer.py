@@ -288,6 +288,24 @@ def test_the_run_loop_resumed_from_a_checkpoint_equals_the_uninterrupted_run(tmp
     assert kept == ["step_000003", "step_000004"]
 
 
+def test_a_checkpoint_is_saved_with_the_engine_asleep_and_the_engine_refitted_after(tmp_path):
+    """A save brings every offloaded part of the actor back to the device: the engine's memory must be
+    free meanwhile, and the engine is whole again (weights refitted, KV cache awake) before the next step."""
+    events: list[str] = []
+    policy = BigramPolicy(seed=0, events=events)
+    fake_run(tmp_path / "run", 1, policy=policy)
+    save = events.index("policy.save_checkpoint")
+    assert events[save - 1] == "engine.sleep", events
+    assert events[save + 1 :] == [
+        "policy.prepare_for_refit",
+        "engine.wake_up:weights",
+        "engine.refit",
+        "policy.export_weights",
+        "policy.finish_refit",
+        "engine.wake_up:kv_cache",
+    ]
+
+
 def test_a_step_that_leaves_a_data_parallel_rank_without_prompts_is_refused_on_every_rank():
     """5 prompts over 4 ranks: ceil(5 / 4) = 2 each leaves rank 3 empty; every rank must raise (a rank
     that went on alone would wait in a collective forever)."""

@@ -1,0 +1,123 @@
+"""The model's architecture numbers, from its HF ``config.json`` or from ``actor.arch`` (a preset's copy of
+them), so that a plan needs no weights on disk."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from nemo_resrl.config import ActorConfig, ConfigError
+
+FAMILIES = {"Qwen3ForCausalLM": True, "LlamaForCausalLM": False}  # architecture -> qk_layernorm
+
+
+@dataclass(frozen=True)
+class ModelArch:
+    """A dense decoder (Qwen3 / Llama family): the numbers every count in the plan starts from."""
+
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    qk_layernorm: bool
+    source: str = ""
+
+    @property
+    def q_dim(self) -> int:
+        """Query width: heads x head_dim."""
+        return self.num_attention_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        """Key (and value) width: KV heads x head_dim."""
+        return self.num_key_value_heads * self.head_dim
+
+    @property
+    def layer_params(self) -> int:
+        """Parameters of one decoder layer (unsharded)."""
+        h, f = self.hidden_size, self.intermediate_size
+        attn = h * (self.q_dim + 2 * self.kv_dim) + self.q_dim * h
+        norms = 2 * h + (2 * self.head_dim if self.qk_layernorm else 0)
+        return attn + 3 * h * f + norms
+
+    @property
+    def total_params(self) -> int:
+        """All parameters (unsharded; a tied output layer counted once)."""
+        emb = self.vocab_size * self.hidden_size
+        out = 0 if self.tie_word_embeddings else emb
+        return emb + out + self.num_layers * self.layer_params + self.hidden_size
+
+    def check_layout(self, tp: int, pp: int, what: str = "actor") -> None:
+        """The tensor / pipeline sizes divide the model's dimensions (as the actor requires)."""
+        checks = (
+            (self.num_attention_heads, "num_attention_heads", tp, "tensor_parallel"),
+            (self.num_key_value_heads, "num_key_value_heads", tp, "tensor_parallel"),
+            (self.vocab_size, "vocab_size", tp, "tensor_parallel"),
+            (self.intermediate_size, "intermediate_size", tp, "tensor_parallel"),
+            (self.num_layers, "num_layers", pp, "pipeline_parallel"),
+        )
+        for value, name, size, key in checks:
+            if value % size:
+                raise ConfigError(f"{what}.{key}={size} does not divide the model's {name}={value}")
+
+
+def arch_from_hf_config(hf: dict, source: str = "") -> ModelArch:
+    """``ModelArch`` of an HF ``config.json`` (a dense Qwen3 / Llama)."""
+    arch = (hf.get("architectures") or ["?"])[0]
+    if arch not in FAMILIES:
+        raise ConfigError(
+            f"actor.hf_path: architecture {arch} is not supported by the plan; supported: {sorted(FAMILIES)}"
+        )
+    heads = int(hf["num_attention_heads"])
+    return ModelArch(
+        num_layers=int(hf["num_hidden_layers"]),
+        hidden_size=int(hf["hidden_size"]),
+        num_attention_heads=heads,
+        num_key_value_heads=int(hf.get("num_key_value_heads") or heads),
+        head_dim=int(hf.get("head_dim") or hf["hidden_size"] // heads),
+        intermediate_size=int(hf["intermediate_size"]),
+        vocab_size=int(hf["vocab_size"]),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        qk_layernorm=FAMILIES[arch],
+        source=source,
+    )
+
+
+def resolve_arch(actor: ActorConfig) -> ModelArch:
+    """The architecture of ``actor``: the HF directory's config.json when ``actor.hf_path`` is a local
+    directory (or an embedded model), else ``actor.arch``."""
+    path = actor.hf_path
+    if path.startswith("embedded:"):
+        from nemo_resrl.launch import resolve_model_path
+
+        path = resolve_model_path(path, actor.dtype)
+    cfg_file = Path(path) / "config.json" if path else None
+    if cfg_file is not None and cfg_file.is_file():
+        return arch_from_hf_config(json.loads(cfg_file.read_text()), f"{cfg_file}")
+    a = actor.arch
+    if a.num_experts:
+        raise ConfigError(
+            "actor.arch.num_experts: mixture-of-experts models are not supported by the actor yet"
+        )
+    if not a.complete:
+        raise ConfigError(
+            f"actor.arch: the plan needs the model's architecture: actor.hf_path ({path!r}) is not a local "
+            "HF directory, and actor.arch is not set (the model presets set it)"
+        )
+    return ModelArch(
+        num_layers=a.num_layers,
+        hidden_size=a.hidden_size,
+        num_attention_heads=a.num_attention_heads,
+        num_key_value_heads=a.num_key_value_heads,
+        head_dim=a.head_dim,
+        intermediate_size=a.intermediate_size,
+        vocab_size=a.vocab_size,
+        tie_word_embeddings=bool(a.tie_word_embeddings),
+        qk_layernorm=bool(a.qk_layernorm),
+        source="actor.arch",
+    )

@@ -18,15 +18,18 @@ def load_plan_config(overrides: list[str], config_dir=None, name: str = "config"
     from nemo_resrl.config import ConfigError, load_config
 
     extra: list[str] = []
-    for key in ("actor.hf_path", "data.path", None):
+    fillable = [
+        k for k in ("actor.hf_path", "data.path") if not any(o.startswith(k + "=") for o in overrides)
+    ]
+    while True:
         try:
             return load_config([*overrides, *extra], config_dir=config_dir, name=name)
         except ConfigError as e:
-            given = key is not None and any(o.startswith(key + "=") for o in overrides)
-            if key is None or given or not str(e).startswith(key):
+            key = next((k for k in fillable if str(e).startswith(k + " ")), None)
+            if key is None:
                 raise
+            fillable.remove(key)
             extra.append(f"{key}={PLACEHOLDER}")
-    raise AssertionError("unreachable")
 
 
 def main(argv: list[str]) -> int:

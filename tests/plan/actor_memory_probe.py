@@ -1,0 +1,108 @@
+"""Builds the Megatron actor for several tiny models at one tensor x pipeline x data-parallel layout, takes
+one optimizer step, and records per rank the bytes its parameter, gradient, fp32 master-weight and Adam
+tensors really occupy, next to what the plan (``nemo_resrl.plan.params.actor_static``) predicts.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 8 \
+        -m tests.plan.actor_memory_probe --work DIR --tp 2 --pp 2
+
+DIR must hold the tiny HF checkpoints named in ``MODELS`` (``tiny_hf.make_tiny``); each rank writes
+``DIR/rank<R>.json``: a list of {model, measured, planned} records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+# (checkpoint directory, actor dtype, distributed optimizer)
+MODELS = (
+    ("qwen3", "bf16", True),
+    ("qwen3_tied", "bf16", True),
+    ("llama", "bf16", True),
+    ("llama_tied", "fp32", True),
+    ("qwen3", "bf16", False),
+)
+
+
+def measured_bytes(actor) -> dict[str, int]:
+    """What the built actor holds: parameter storage (the contiguous param buffer when the distributed
+    optimizer has one), the fp32 gradient buffer, the fp32 master copies and Adam's two moments."""
+    from nemo_resrl.compat.megatron_optimizer import inner_adams
+
+    params = grads = 0
+    for chunk in actor.model.chunks:
+        for b in chunk.buffers:
+            grads += b.grad_data.numel() * b.grad_data.element_size()
+            if b.param_data is not None:
+                params += b.param_data.numel() * b.param_data.element_size()
+            else:
+                params += sum(p.numel() * p.element_size() for p in b.params)
+    master = 0
+    for opt in getattr(actor.optimizer, "chained_optimizers", [actor.optimizer]):
+        for name in ("shard_fp32_from_float16_groups", "fp32_from_float16_groups"):
+            for group in getattr(opt, name, []):
+                master += sum(t.numel() * t.element_size() for t in group)
+    moments = 0
+    for inner in inner_adams(actor.optimizer):
+        for state in inner.state.values():
+            for key in ("exp_avg", "exp_avg_sq"):
+                moments += state[key].numel() * state[key].element_size()
+    return {"params": params, "grads": grads, "master": master, "optimizer": moments}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--pp", type=int, default=1)
+    args = ap.parse_args()
+
+    from nemo_resrl.config import ActorConfig, PolicyLossConfig
+    from nemo_resrl.models.actor import MegatronActor
+    from nemo_resrl.models.batch import Sequences
+    from nemo_resrl.plan.arch import arch_from_hf_config
+    from nemo_resrl.plan.params import actor_static
+
+    records = []
+    for name, dtype, distributed in MODELS:
+        path = args.work / name
+        cfg = ActorConfig(hf_path=str(path), dtype=dtype, tensor_parallel=args.tp, pipeline_parallel=args.pp)
+        cfg.optim.use_distributed_optimizer = distributed
+        actor = MegatronActor(cfg.validate())
+        g = torch.Generator().manual_seed(0)
+        seqs = Sequences([torch.randint(3, 200, (9,), generator=g) for _ in range(2)], [4, 4])
+        ones = torch.ones(2, 5)
+        actor.train_step(seqs, torch.zeros(2, 5), ones, ones, PolicyLossConfig())  # Adam's state exists
+        lay = actor.layout
+        arch = arch_from_hf_config(json.loads((path / "config.json").read_text()))
+        plan = actor_static(
+            arch,
+            tp=lay.tp,
+            pp=lay.pp,
+            dp=lay.dp,
+            stage=lay.pp_rank,
+            dp_rank=lay.dp_rank,
+            dtype_bytes=2 if dtype == "bf16" else 4,
+            distributed_optimizer=distributed,
+        )
+        planned = {
+            "params": plan.params,
+            "grads": plan.grads,
+            "master": plan.master,
+            "optimizer": plan.optimizer,
+        }
+        model = f"{name} {dtype} distributed_optimizer={distributed}"
+        records.append({"model": model, "measured": measured_bytes(actor), "planned": planned})
+        del actor
+    rank = torch.distributed.get_rank()
+    (args.work / f"rank{rank}.json").write_text(json.dumps({"layout": str(lay), "records": records}))
+
+
+if __name__ == "__main__":
+    main()

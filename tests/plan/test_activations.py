@@ -1,0 +1,44 @@
+"""The plan's activation bytes per token per layer (local layer spec) against what the Megatron actor
+really saves for backward on CPU, counted with ``saved_tensors_hooks`` (``activation_probe.py``), with
+and without full recomputation, for tiny Qwen3 (q / k norms) and Llama models in fp32 and bf16."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nemo_resrl.plan.activations import layer_input_bytes, layer_token_bytes
+from nemo_resrl.plan.arch import arch_from_hf_config
+from tests.models.tiny_hf import make_tiny
+from tests.plan.activation_probe import CASES, SEQ_LENS
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    from tests.launch import run_module
+
+    work = tmp_path_factory.mktemp("activations")
+    for family in ("qwen3", "llama"):
+        make_tiny(work / family, family)
+    res = run_module("tests.plan.activation_probe", "--work", work, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+    archs = {
+        f: arch_from_hf_config(json.loads((work / f / "config.json").read_text())) for f in ("qwen3", "llama")
+    }
+    return json.loads((work / "activations.json").read_text()), archs
+
+
+@pytest.mark.parametrize("model,dtype,recompute", CASES)
+def test_layer_activation_bytes_per_token_are_within_10_percent_of_what_autograd_saves(
+    measured, model, dtype, recompute
+):
+    got, archs = measured
+    arch, p = archs[model], 2 if dtype == "bf16" else 4
+    for s in SEQ_LENS:
+        real = got[f"{model} {dtype} {recompute}"][str(s)]
+        if recompute == "full":
+            planned = layer_input_bytes(arch, p=p)
+        else:
+            planned = layer_token_bytes(arch, tp=1, p=p, seq_len=s)
+        assert real > 0 and abs(planned - real) <= 0.10 * real, (s, planned, real)

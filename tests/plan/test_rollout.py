@@ -1,0 +1,43 @@
+"""The plan's vLLM numbers: KV-cache bytes per token equal vLLM's own figure (``kv_probe.py``, vLLM's
+``ModelConfig`` and ``FullAttentionSpec`` for the same model directory), and the engine's weight bytes
+equal the parameters of the same model in transformers."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from nemo_resrl.plan.arch import arch_from_hf_config
+from nemo_resrl.plan.rollout import kv_bytes_per_token, weight_bytes
+from tests.models.tiny_hf import make_tiny
+
+MODELS = (("qwen3", "qwen3", False), ("llama_tied", "llama", True))
+
+
+def test_kv_cache_bytes_per_token_equal_vllms_figure(tmp_path, torchrun):
+    dirs = [make_tiny(tmp_path / name, family, tie=tie) for name, family, tie in MODELS]
+    res = torchrun("tests.plan.kv_probe", "--out", tmp_path / "kv.json", *dirs, nproc=1, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+    vllm = json.loads((tmp_path / "kv.json").read_text())
+    assert len(vllm) == 8
+    for d in dirs:
+        arch = arch_from_hf_config(json.loads((d / "config.json").read_text()))
+        for dtype, p in (("bf16", 2), ("fp32", 4)):
+            for tp in (1, 2):
+                assert kv_bytes_per_token(arch, tp=tp, p=p) == vllm[f"{d} {dtype} tp={tp}"], (d, dtype, tp)
+
+
+def test_the_engines_weight_bytes_are_the_models_parameters(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    for name, family, tie in MODELS:
+        d = make_tiny(tmp_path / name, family, tie=tie)
+        arch = arch_from_hf_config(json.loads((d / "config.json").read_text()))
+        model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32)
+        numel = sum(p.numel() for p in model.parameters())  # a tied output layer is one parameter
+        assert weight_bytes(arch, tp=1, p=2) == 2 * numel and arch.total_params == numel
+        # split over two tensor ranks: everything but the norms halves
+        norms = arch.num_layers * (2 * arch.hidden_size + 2 * arch.head_dim * arch.qk_layernorm)
+        norms += arch.hidden_size
+        assert weight_bytes(arch, tp=2, p=2) == 2 * ((numel - norms) // 2 + norms)

@@ -97,6 +97,7 @@ def _train(cfg: RunConfig, stop, lock) -> list[dict]:
 
     from nemo_resrl.data.prompts import load_eval_prompts, load_prompts
     from nemo_resrl.models.actor import MegatronActor
+    from nemo_resrl.plan.launch_check import check_cuda_job
     from nemo_resrl.rollout.engine import RolloutEngine
     from nemo_resrl.training.data_parallel import TorchDataParallel
     from nemo_resrl.training.loop import run_training
@@ -104,6 +105,8 @@ def _train(cfg: RunConfig, stop, lock) -> list[dict]:
 
     path = resolve_model_path(cfg.actor.hf_path, cfg.actor.dtype)
     cfg = replace(cfg, actor=replace(cfg.actor, hf_path=path))
+    # on a GPU: does the run fit this job's devices? (before anything is allocated; cluster.enforce)
+    check_cuda_job(cfg, print_fn=print if is_rank0() else lambda s: None)
     tokenizer = AutoTokenizer.from_pretrained(path)
     prompts = load_prompts(cfg.data, tokenizer)  # before the model: a bad dataset fails fast
     held_out = (

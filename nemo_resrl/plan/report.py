@@ -59,23 +59,28 @@ def format_plan(plan: Plan, cfg_summary: str = "", fixes: dict[str, str] | None 
     ]
     lines += [f"note: {n}" for n in plan.notes]
     lines.append("")
+    lines += verdict_lines(plan, fixes)
+    return "\n".join(lines)
+
+
+def verdict_lines(plan: Plan, fixes: dict[str, str] | None = None) -> list[str]:
+    """The plan's last lines: that every phase fits, or one line per failing phase with what it needs and
+    the change (``fixes``) that makes it fit."""
     if plan.fits:
         worst = min(plan.phases, key=lambda ph: plan.capacity - ph.total)
-        lines.append(
+        return [
             f"fits: every phase is within {plan.capacity / GIB:.1f} GiB per GPU (smallest margin "
             f"{(plan.capacity - worst.total) / GIB:.1f} GiB, in {worst.name})"
+        ]
+    lines = []
+    for ph in plan.failing:
+        fix = (fixes or {}).get(ph.name)
+        why = plan.problems.get(ph.name)
+        head = (
+            f"does not fit: {ph.name}: {why}"
+            if why and ph.total + plan.margin <= plan.capacity
+            else f"does not fit: {ph.name} needs {ph.total / GIB:.1f} GiB on pipeline stage {ph.stage} "
+            f"(limit {(plan.capacity - plan.margin) / GIB:.1f} GiB)" + (f"; {why}" if why else "")
         )
-    else:
-        for ph in plan.failing:
-            fix = (fixes or {}).get(ph.name)
-            why = plan.problems.get(ph.name)
-            head = (
-                f"does not fit: {ph.name}: {why}"
-                if why and ph.total + plan.margin <= plan.capacity
-                else f"does not fit: {ph.name} needs {ph.total / GIB:.1f} GiB on pipeline stage {ph.stage} "
-                f"(limit {(plan.capacity - plan.margin) / GIB:.1f} GiB)" + (f"; {why}" if why else "")
-            )
-            lines.append(
-                head + (f"; {fix}" if fix else "; no single change tried makes it fit (docs/plan.md)")
-            )
-    return "\n".join(lines)
+        lines.append(head + (f"; {fix}" if fix else "; no single change tried makes it fit (docs/plan.md)"))
+    return lines

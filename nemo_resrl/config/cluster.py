@@ -29,6 +29,10 @@ class ClusterConfig(Section):
     """Per GPU, per direction, GB/s (NVLink 4: 900 GB/s both directions)."""
     network_gbps: float = 50.0
     """Between nodes, per GPU, per direction, GB/s (one 400 Gb/s InfiniBand NDR port per GPU)."""
+    pcie_gbps: float = 25.0
+    """Host <-> device copies of pinned memory, per GPU, per direction, GB/s (times ``actor.offload``):
+    PCIe Gen5 x16 is 64 GB/s on paper; 25 assumes the eight GPUs of a node share the host's memory
+    bandwidth (an assumption, not measured)."""
     mfu: float = 0.35
     """Model FLOPs utilisation assumed for the log-prob pass and training (the estimate's one free
     parameter: stated, not measured)."""
@@ -48,7 +52,8 @@ class ClusterConfig(Section):
     def check(self, keys: Keys) -> None:
         keys.at_least(self.nodes, "nodes", 1)
         keys.at_least(self.gpus_per_node, "gpus_per_node", 1)
-        for k in ("gpu_memory_gib", "gpu_bf16_tflops", "hbm_gbps", "nvlink_gbps", "network_gbps"):
+        rates = ("gpu_memory_gib", "gpu_bf16_tflops", "hbm_gbps", "nvlink_gbps", "network_gbps", "pcie_gbps")
+        for k in rates:
             keys.require(getattr(self, k) > 0, k, f"must be > 0, got {getattr(self, k)}")
         keys.require(0 < self.mfu <= 1, "mfu", f"must be in (0, 1], got {self.mfu}")
         keys.at_least(self.runtime_overhead_gib, "runtime_overhead_gib", 0)

@@ -323,6 +323,10 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None) -> Plan:
     plan.seconds["refit"] = engine.weights / (c.hbm_gbps * 1e9) + (
         engine.weights * (lay.tp - 1) / (c.nvlink_gbps * 1e9)
     )
+    # actor.offload: what is copied to the host and back each step (the gradient buffer is only freed)
+    copied = (st0.master + st0.optimizer) * off.optimizer + st0.params * off.params
+    if copied:
+        plan.seconds["offload"] = 2 * copied / (c.pcie_gbps * 1e9)
     if engine.kv_tokens < r.max_model_len:
         plan.problems["generation"] = (
             f"vLLM's {engine.budget / GIB:.1f} GiB (gpu_memory_utilization {r.gpu_memory_utilization}) leave "

@@ -75,3 +75,12 @@ def test_more_memory_per_gpu_leaves_more_margin():
         else:
             assert b.total == a.total
     assert big.engine.kv_cache > small.engine.kv_cache
+
+
+def test_offload_costs_host_copies_at_the_pcie_bandwidth():
+    offloaded = make_plan(load_plan_config(["model=qwen3_14b"]))
+    faster = make_plan(load_plan_config(["model=qwen3_14b", "cluster.pcie_gbps=50"]))
+    assert offloaded.seconds["offload"] > 0
+    assert faster.seconds["offload"] == pytest.approx(offloaded.seconds["offload"] / 2)
+    kept = make_plan(load_plan_config(["model=qwen3_8b"]))
+    assert "offload" not in kept.seconds

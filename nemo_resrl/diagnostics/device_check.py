@@ -14,6 +14,10 @@ failed):
 - ``bytes_per_param``: parameters, gradient buffers and optimizer state per parameter, before and after
   the first step (storage accounting; allocator numbers too on a GPU);
 - ``activations``: bytes saved for backward per token and layer in one training micro-batch;
+- ``plan``: the planner (``nemo-resrl plan``, docs/plan.md) against the built actor: its parameter,
+  gradient, master and Adam bytes (exact), and on a GPU the allocator's peak over a train step of one
+  micro-batch of 8 x 256 tokens against the plan's activations, logits and log-prob chunks for that
+  shape (within 25 %; the optimizer step's temporaries are not in the plan);
 - ``cache``: on a GPU, the allocator's cached bytes after training and after ``empty_cache``;
 - ``export``: the bandwidth of the weight export the refit streams (device tensors, and host copies);
 - ``mfu``: model FLOPs utilisation of a bf16 train step (forward + backward + Adam) of a Qwen3-1.7B-shaped
@@ -260,6 +264,57 @@ class Checks:
             )
         return res
 
+    def plan(self) -> dict:
+        import json as _json
+
+        from nemo_resrl.config import PolicyLossConfig
+        from nemo_resrl.diagnostics.actor_memory import measured_bytes
+        from nemo_resrl.models.batch import Sequences
+        from nemo_resrl.plan.activations import layer_token_bytes, logits_bytes, logprob_chunk_bytes
+        from nemo_resrl.plan.arch import arch_from_hf_config
+        from nemo_resrl.plan.params import actor_static
+
+        a = self.actor(fresh=True)
+        g = torch.Generator().manual_seed(3)
+        seqs = Sequences([torch.randint(3, 1000, (256,), generator=g) for _ in range(8)], [32] * 8)
+
+        def step() -> None:
+            out = a.forward_logprobs(seqs)
+            a.train_step(seqs, out.logprobs, torch.ones_like(out.logprobs), out.mask, PolicyLossConfig())
+
+        step()  # Adam's state exists from here on
+        arch = arch_from_hf_config(_json.loads((self.model_dir / "config.json").read_text()))
+        st = actor_static(
+            arch, tp=1, pp=1, dp=1, stage=0, dtype_bytes=4,
+            distributed_optimizer=a.model.cfg.optim.use_distributed_optimizer,
+        )  # fmt: skip
+        planned = {"params": st.params, "grads": st.grads, "master": st.master, "optimizer": st.optimizer}
+        measured = measured_bytes(a)
+        res = {"static_measured": measured, "static_planned": planned, "static_exact": measured == planned}
+        rows, s = a.forward.layout(seqs).micro_batches[0].tokens.shape
+        tokens = rows * s
+        per_layer = layer_token_bytes(arch, tp=1, p=4, seq_len=s) * tokens
+        dynamic = {
+            "activations kept": arch.num_layers * per_layer,
+            "backward temporaries": per_layer,
+            "logits + gradient": 2 * logits_bytes(arch, tp=1, p=4, tokens=tokens),
+            "log-prob chunks": logprob_chunk_bytes(arch, tp=1, chunk_rows=a.model.cfg.logprob_chunk_rows),
+        }
+        res.update(micro_batch=[rows, s], planned_train_step_bytes=dynamic)
+        ok = res["static_exact"]
+        if self.cuda:
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() - base
+            res["cuda_peak_over_base_bytes"] = peak
+            res["peak_over_planned"] = peak / sum(dynamic.values())
+            ok = ok and 0.75 <= res["peak_over_planned"] <= 1.25
+        res["ok"] = ok
+        return res
+
     def cache(self) -> dict:
         if not self.cuda:
             return {"ok": True, "skipped": "no caching allocator on CPU"}
@@ -393,6 +448,7 @@ ORDER = (
     "train_resume",
     "bytes_per_param",
     "activations",
+    "plan",
     "cache",
     "export",
     "mfu",

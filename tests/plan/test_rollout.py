@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from nemo_resrl.plan.arch import arch_from_hf_config
@@ -15,6 +16,7 @@ from tests.models.tiny_hf import make_tiny
 MODELS = (("qwen3", "qwen3", False), ("llama_tied", "llama", True))
 
 
+@pytest.mark.slow  # imports vLLM (about 10 s)
 def test_kv_cache_bytes_per_token_equal_vllms_figure(tmp_path, torchrun):
     dirs = [make_tiny(tmp_path / name, family, tie=tie) for name, family, tie in MODELS]
     res = torchrun("tests.plan.kv_probe", "--out", tmp_path / "kv.json", *dirs, nproc=1, timeout=300)

@@ -95,10 +95,11 @@ def train(cfg: RunConfig, stop=None) -> list[dict]:
 def _train(cfg: RunConfig, stop, lock) -> list[dict]:
     from transformers import AutoTokenizer
 
+    from nemo_resrl.compat import running_on_cpu
     from nemo_resrl.data.prompts import load_eval_prompts, load_prompts
     from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.plan.launch_check import check_cuda_job
-    from nemo_resrl.rollout.engine import RolloutEngine
+    from nemo_resrl.rollout.engine import RolloutEngine, check_model_for_rollout
     from nemo_resrl.training.data_parallel import TorchDataParallel
     from nemo_resrl.training.loop import run_training
     from nemo_resrl.training.metrics_log import require_logging_backends
@@ -107,6 +108,7 @@ def _train(cfg: RunConfig, stop, lock) -> list[dict]:
     cfg = replace(cfg, actor=replace(cfg.actor, hf_path=path))
     # on a GPU: does the run fit this job's devices? (before anything is allocated; cluster.enforce)
     check_cuda_job(cfg, print_fn=print if is_rank0() else lambda s: None)
+    check_model_for_rollout(path, cpu=running_on_cpu())  # what vLLM would fail on, before the actor exists
     tokenizer = AutoTokenizer.from_pretrained(path)
     prompts = load_prompts(cfg.data, tokenizer)  # before the model: a bad dataset fails fast
     held_out = (

@@ -105,6 +105,8 @@ class ArchConfig(Section):
     tie_word_embeddings: bool | None = None
     qk_layernorm: bool | None = None
     """Qwen3's per-head RMSNorm on queries and keys."""
+    qkv_bias: bool = False
+    """Biases on the query, key and value projections (Qwen2 / Qwen2.5)."""
     num_experts: int | None = None
     """Mixture of experts only (not supported by the actor yet)."""
     experts_per_token: int | None = None

@@ -1,4 +1,5 @@
-"""Megatron-core GPT <-> Hugging Face (Qwen3, Llama) tensor names and layouts, as pure functions.
+"""Megatron-core GPT <-> Hugging Face (Qwen3, Qwen2 / Qwen2.5, Llama) tensor names and layouts, as pure
+functions.
 
 Megatron keeps, per decoder layer (``decoder.layers.<suffix>``; in a dist-checkpoint the layers of one
 suffix are stacked into a [L, ...] tensor, one chunk per layer):
@@ -9,6 +10,8 @@ megatron suffix                                              HF ``model.layers.<
 self_attention.linear_qkv.layer_norm_weight                  input_layernorm.weight
 self_attention.linear_qkv.weight  [(nq + 2 nkv) hd, h]       self_attn.{q,k,v}_proj.weight (interleaved
                                                              per query group: q heads, k, v of group g)
+self_attention.linear_qkv.bias  [(nq + 2 nkv) hd]            self_attn.{q,k,v}_proj.bias (Qwen2; the same
+                                                             per-group interleaving)
 self_attention.linear_proj.weight                            self_attn.o_proj.weight
 self_attention.q_layernorm.weight / k_layernorm.weight       self_attn.q_norm.weight / k_norm.weight (Qwen3)
 mlp.linear_fc1.layer_norm_weight                             post_attention_layernorm.weight
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM", "LlamaForCausalLM")
+SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM")
 
 EMBEDDING = "embedding.word_embeddings.weight"
 FINAL_NORM = "decoder.final_layernorm.weight"
@@ -37,6 +40,7 @@ LAYER_PREFIX = "decoder.layers."
 
 # megatron layer suffix -> (HF layer suffixes, how the megatron tensor splits into them)
 QKV = "self_attention.linear_qkv.weight"
+QKV_BIAS = "self_attention.linear_qkv.bias"
 FC1 = "mlp.linear_fc1.weight"
 DIRECT = {
     "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
@@ -49,6 +53,7 @@ QK_NORMS = {
     "self_attention.k_layernorm.weight": "self_attn.k_norm.weight",
 }
 QKV_HF = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")
+QKV_BIAS_HF = ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")
 FC1_HF = ("mlp.gate_proj.weight", "mlp.up_proj.weight")
 
 
@@ -74,6 +79,11 @@ class ModelShape:
     def qk_norm(self) -> bool:
         return self.architecture == "Qwen3ForCausalLM"
 
+    @property
+    def qkv_bias(self) -> bool:
+        """Qwen2 / Qwen2.5: biases on the query, key and value projections (none elsewhere)."""
+        return self.architecture == "Qwen2ForCausalLM"
+
     @classmethod
     def from_hf_config(cls, hf: dict) -> ModelShape:
         arch = (hf.get("architectures") or ["?"])[0]
@@ -83,6 +93,8 @@ class ModelShape:
             )
         if hf.get("attention_bias") or hf.get("mlp_bias"):
             raise ConversionError("attention_bias / mlp_bias models are not supported")
+        if arch == "Qwen2ForCausalLM" and hf.get("use_sliding_window"):
+            raise ConversionError("Qwen2 with use_sliding_window=true is not supported (full attention only)")
         heads = int(hf["num_attention_heads"])
         hidden = int(hf["hidden_size"])
         return cls(
@@ -102,6 +114,8 @@ class ModelShape:
         out = [*DIRECT, QKV, FC1]
         if self.qk_norm:
             out += list(QK_NORMS)
+        if self.qkv_bias:
+            out.append(QKV_BIAS)
         return out
 
     def megatron_layer_shape(self, suffix: str) -> tuple[int, ...]:
@@ -112,6 +126,7 @@ class ModelShape:
             "mlp.linear_fc1.layer_norm_weight": (h,),
             "mlp.linear_fc2.weight": (h, self.ffn),
             QKV: ((self.num_heads + 2 * self.num_kv_heads) * hd, h),
+            QKV_BIAS: ((self.num_heads + 2 * self.num_kv_heads) * hd,),
             FC1: (2 * self.ffn, h),
             "self_attention.q_layernorm.weight": (hd,),
             "self_attention.k_layernorm.weight": (hd,),
@@ -126,6 +141,12 @@ class ModelShape:
                 (QKV_HF[0], (self.num_heads * hd, h)),
                 (QKV_HF[1], (self.num_kv_heads * hd, h)),
                 (QKV_HF[2], (self.num_kv_heads * hd, h)),
+            ]
+        if suffix == QKV_BIAS:
+            return [
+                (QKV_BIAS_HF[0], (self.num_heads * hd,)),
+                (QKV_BIAS_HF[1], (self.num_kv_heads * hd,)),
+                (QKV_BIAS_HF[2], (self.num_kv_heads * hd,)),
             ]
         if suffix == FC1:
             return [(FC1_HF[0], (self.ffn, h)), (FC1_HF[1], (self.ffn, h))]
@@ -174,6 +195,8 @@ def split_layer_tensor(suffix: str, w: torch.Tensor, shape: ModelShape) -> list[
     """One megatron layer tensor -> [(HF layer suffix, tensor)]."""
     if suffix == QKV:
         return list(zip(QKV_HF, split_qkv(w, shape), strict=True))
+    if suffix == QKV_BIAS:
+        return list(zip(QKV_BIAS_HF, split_qkv(w, shape), strict=True))
     if suffix == FC1:
         return list(zip(FC1_HF, split_fc1(w), strict=True))
     return [(shape.hf_layer_shapes(suffix)[0][0], w)]
@@ -181,7 +204,7 @@ def split_layer_tensor(suffix: str, w: torch.Tensor, shape: ModelShape) -> list[
 
 def merge_layer_tensor(suffix: str, hf_tensors: list[torch.Tensor], shape: ModelShape) -> torch.Tensor:
     """HF layer tensors (in ``hf_layer_shapes(suffix)`` order) -> the megatron layer tensor."""
-    if suffix == QKV:
+    if suffix in (QKV, QKV_BIAS):
         return merge_qkv(*hf_tensors, shape)
     if suffix == FC1:
         return merge_fc1(*hf_tensors)

@@ -49,6 +49,10 @@ def check_model_fits_layout(hf: dict, cfg: ActorConfig) -> None:
         raise ActorConfigError(
             f"actor.hf_path: architecture {arch} is not supported; supported: {SUPPORTED_ARCHITECTURES}"
         )
+    if arch == "Qwen2ForCausalLM" and hf.get("use_sliding_window"):
+        raise ActorConfigError(
+            "actor.hf_path: Qwen2 with use_sliding_window=true is not supported (full attention only)"
+        )
     tp, pp = cfg.tensor_parallel, cfg.pipeline_parallel
     heads, kv = hf["num_attention_heads"], hf.get("num_key_value_heads", hf["num_attention_heads"])
     checks = (

@@ -9,12 +9,17 @@ from pathlib import Path
 
 from nemo_resrl.config import ActorConfig, ConfigError
 
-FAMILIES = {"Qwen3ForCausalLM": True, "LlamaForCausalLM": False}  # architecture -> qk_layernorm
+# architecture -> (qk_layernorm, qkv_bias)
+FAMILIES = {
+    "Qwen3ForCausalLM": (True, False),
+    "Qwen2ForCausalLM": (False, True),
+    "LlamaForCausalLM": (False, False),
+}
 
 
 @dataclass(frozen=True)
 class ModelArch:
-    """A dense decoder (Qwen3 / Llama family): the numbers every count in the plan starts from."""
+    """A dense decoder (Qwen3 / Qwen2 / Llama family): the numbers every count in the plan starts from."""
 
     num_layers: int
     hidden_size: int
@@ -25,6 +30,7 @@ class ModelArch:
     vocab_size: int
     tie_word_embeddings: bool
     qk_layernorm: bool
+    qkv_bias: bool = False
     source: str = ""
 
     @property
@@ -43,7 +49,8 @@ class ModelArch:
         h, f = self.hidden_size, self.intermediate_size
         attn = h * (self.q_dim + 2 * self.kv_dim) + self.q_dim * h
         norms = 2 * h + (2 * self.head_dim if self.qk_layernorm else 0)
-        return attn + 3 * h * f + norms
+        bias = self.q_dim + 2 * self.kv_dim if self.qkv_bias else 0
+        return attn + 3 * h * f + norms + bias
 
     @property
     def total_params(self) -> int:
@@ -67,7 +74,7 @@ class ModelArch:
 
 
 def arch_from_hf_config(hf: dict, source: str = "") -> ModelArch:
-    """``ModelArch`` of an HF ``config.json`` (a dense Qwen3 / Llama)."""
+    """``ModelArch`` of an HF ``config.json`` (a dense Qwen3 / Qwen2 / Llama)."""
     arch = (hf.get("architectures") or ["?"])[0]
     if arch not in FAMILIES:
         raise ConfigError(
@@ -83,7 +90,8 @@ def arch_from_hf_config(hf: dict, source: str = "") -> ModelArch:
         intermediate_size=int(hf["intermediate_size"]),
         vocab_size=int(hf["vocab_size"]),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        qk_layernorm=FAMILIES[arch],
+        qk_layernorm=FAMILIES[arch][0],
+        qkv_bias=FAMILIES[arch][1],
         source=source,
     )
 
@@ -119,5 +127,6 @@ def resolve_arch(actor: ActorConfig) -> ModelArch:
         vocab_size=a.vocab_size,
         tie_word_embeddings=bool(a.tie_word_embeddings),
         qk_layernorm=bool(a.qk_layernorm),
+        qkv_bias=bool(a.qkv_bias),
         source="actor.arch",
     )

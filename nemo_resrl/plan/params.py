@@ -48,11 +48,14 @@ def stage_params(arch: ModelArch, tp: int, pp: int, stage: int, spec: str = "loc
             ParamSpec(p + "self_attention.k_layernorm.weight", dh),
         ]
         qk = qk if arch.qk_layernorm else []
+        qkv = [ParamSpec(p + "self_attention.linear_qkv.weight", (q + 2 * kv) * h)]
+        if arch.qkv_bias:
+            qkv.append(ParamSpec(p + "self_attention.linear_qkv.bias", q + 2 * kv))
         if spec == "te":  # layer norms fused into the following linear layers
             out += [
                 ParamSpec(p + "self_attention.linear_proj.weight", h * q),
                 ParamSpec(p + "self_attention.linear_qkv.layer_norm_weight", h),
-                ParamSpec(p + "self_attention.linear_qkv.weight", (q + 2 * kv) * h),
+                *qkv,
                 *qk,
                 ParamSpec(p + "mlp.linear_fc1.layer_norm_weight", h),
                 ParamSpec(p + "mlp.linear_fc1.weight", 2 * f * h),
@@ -62,7 +65,7 @@ def stage_params(arch: ModelArch, tp: int, pp: int, stage: int, spec: str = "loc
             out += [
                 ParamSpec(p + "input_layernorm.weight", h),
                 ParamSpec(p + "self_attention.linear_proj.weight", h * q),
-                ParamSpec(p + "self_attention.linear_qkv.weight", (q + 2 * kv) * h),
+                *qkv,
                 *qk,
                 ParamSpec(p + "pre_mlp_layernorm.weight", h),
                 ParamSpec(p + "mlp.linear_fc1.weight", 2 * f * h),

@@ -30,7 +30,8 @@ def weight_bytes(arch: ModelArch, *, tp: int, p: int) -> int:
         (arch.q_dim + 2 * arch.kv_dim) * h // tp + arch.q_dim * h // tp + 3 * h * arch.intermediate_size // tp
     )
     norms = arch.num_layers * (2 * h + (2 * arch.head_dim if arch.qk_layernorm else 0)) + h
-    return (emb + out + layers + norms) * p
+    bias = arch.num_layers * (arch.q_dim + 2 * arch.kv_dim) // tp if arch.qkv_bias else 0
+    return (emb + out + layers + norms + bias) * p
 
 
 def kv_bytes_per_token(arch: ModelArch, *, tp: int, p: int) -> int:

@@ -104,6 +104,14 @@ def check_model_for_rollout(path: str | os.PathLike, cpu: bool) -> dict:
     cfg = _hf_json(path, "config.json")
     require(bool(cfg), f"rollout model {str(path)!r} has no config.json")
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    arch = (cfg.get("architectures") or ["?"])[0]
+    if arch == "Qwen2ForCausalLM":  # vLLM's Qwen2 derives the head size; transformers reads head_dim
+        derived = cfg["hidden_size"] // cfg["num_attention_heads"]
+        require(
+            head_dim == derived,
+            f"rollout model: Qwen2 with head_dim={head_dim} != hidden_size / num_attention_heads = "
+            f"{derived}: vLLM's Qwen2 would use {derived} and disagree with the trained model",
+        )
     if cpu:
         require(
             head_dim in CPU_HEAD_DIMS,

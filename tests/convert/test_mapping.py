@@ -70,6 +70,23 @@ def test_every_layer_tensor_splits_into_its_declared_hf_shapes_and_merges_back()
     assert len(names) == 11
 
 
+def test_qwen2_qkv_bias_is_interleaved_per_query_group_like_the_weight():
+    """Megatron's fused QKV bias follows its weight's rows: a bias built by hand in that order splits into
+    HF's q / k / v biases, and Qwen2 (only) has it."""
+    qwen2 = ModelShape.from_hf_config({**CFG, "architectures": ["Qwen2ForCausalLM"]})
+    assert M.QKV_BIAS in qwen2.layer_suffixes() and not qwen2.qk_norm
+    assert M.QKV_BIAS not in ModelShape.from_hf_config(CFG).layer_suffixes()
+    heads, groups, hd = 6, 2, 4
+    q, k, v = torch.randn(heads * hd), torch.randn(groups * hd), torch.randn(groups * hd)
+    fused = _megatron_qkv_by_hand(q, k, v, heads, groups, hd)
+    parts = dict(M.split_layer_tensor(M.QKV_BIAS, fused, qwen2))
+    assert torch.equal(parts["self_attn.q_proj.bias"], q) and torch.equal(parts["self_attn.k_proj.bias"], k)
+    assert torch.equal(parts["self_attn.v_proj.bias"], v)
+    assert torch.equal(M.merge_layer_tensor(M.QKV_BIAS, [q, k, v], qwen2), fused)
+    with pytest.raises(ConversionError, match="use_sliding_window"):
+        ModelShape.from_hf_config({**CFG, "architectures": ["Qwen2ForCausalLM"], "use_sliding_window": True})
+
+
 def test_unsupported_configs_are_named():
     with pytest.raises(ConversionError, match="MistralForCausalLM is not supported"):
         ModelShape.from_hf_config({**CFG, "architectures": ["MistralForCausalLM"]})

@@ -4,9 +4,9 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 \
         -m tests.models.actor_probe --work DIR --tp 2
 
-DIR must hold the tiny HF checkpoints ``qwen3/`` and ``llama/`` (``tiny_hf.make_tiny``). Results go to
-``DIR/<layout>/``: ``result.json`` (numbers measured inside the job) and tensors (``*.pt``) that the
-tests compare across layouts. Every data-parallel rank takes sequences ``dp_rank::dp`` of one fixed
+DIR must hold the tiny HF checkpoints ``qwen3/``, ``qwen2/`` and ``llama/`` (``tiny_hf.make_tiny``).
+Results go to ``DIR/<layout>/``: ``result.json`` (numbers measured inside the job) and tensors (``*.pt``)
+that the tests compare across layouts. Every data-parallel rank takes sequences ``dp_rank::dp`` of one fixed
 batch; outputs are gathered back into batch order, so every layout's files describe the same batch.
 """
 
@@ -239,6 +239,19 @@ def main() -> None:
     ll = build("llama")
     res["logits_diff_llama"] = logits_diff(ll, local, hf_model(work / "llama"))
     tensors["logp_llama"] = gather_rows(ll.forward_logprobs(local).logprobs, idx, width)
+    del ll
+
+    # 9. Qwen2 (q / k / v biases): logits and layer L-2 against transformers, log-probs, one step
+    q2 = build("qwen2")
+    hf_q2 = hf_model(work / "qwen2")
+    res["logits_diff_qwen2"] = logits_diff(q2, local, hf_q2)
+    pen2 = penultimate_check(q2, local, idx, hf_q2)
+    res["penultimate_qwen2_max_diff"] = world_max(pen2["max_diff"])
+    res["penultimate_qwen2_tokens"] = int(world_max(pen2["n_tokens"]))
+    lp2 = q2.forward_logprobs(local)
+    tensors["logp_qwen2"] = gather_rows(lp2.logprobs, idx, width)
+    q2.train_step(local, lp2.logprobs, adv, local_mask, loss_cfg)
+    tensors["qwen2_weights_after_step"] = weights(q2)
 
     if rank0:
         torch.save(tensors, out / "tensors.pt")

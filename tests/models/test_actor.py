@@ -34,6 +34,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
     work = tmp_path_factory.mktemp("actor")
     make_tiny(work / "qwen3", "qwen3")
     make_tiny(work / "llama", "llama")
+    make_tiny(work / "qwen2", "qwen2")
     out = {}
     for name, (tp, pp, nproc) in LAYOUTS.items():
         res = _run_probe(work, tp, pp, nproc)
@@ -50,13 +51,14 @@ def test_logits_equal_transformers(runs, layout):
     result, _ = runs[layout]
     assert result["logits_diff_qwen3"] < TOL
     assert result["logits_diff_llama"] < TOL
+    assert result["logits_diff_qwen2"] < TOL
 
 
 @pytest.mark.parametrize("layout", OTHERS)
 def test_token_logprobs_equal_tp1(runs, layout):
     _, ref = runs["tp1pp1dp1"]
     _, got = runs[layout]
-    for key in ("logp", "entropy", "logp_packed", "logp_llama"):
+    for key in ("logp", "entropy", "logp_packed", "logp_llama", "logp_qwen2"):
         torch.testing.assert_close(got[key], ref[key], atol=TOL, rtol=0, msg=f"{layout} {key}")
 
 
@@ -109,6 +111,19 @@ def test_one_optimizer_step_equals_tp1(runs, layout):
     for name, w in ref["weights_after_step"].items():
         torch.testing.assert_close(got["weights_after_step"][name], w, atol=TOL, rtol=0, msg=name)
     torch.testing.assert_close(got["logp_after_step"], ref["logp_after_step"], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_qwen2_with_qkv_biases_equals_transformers_and_its_step_equals_tp1(runs, layout):
+    """Qwen2 (non-zero q / k / v biases, split per query group like the weights): logits and the layer
+    L-2 capture against transformers, and one optimizer step, biases included, equal at every layout."""
+    res, got = runs[layout]
+    assert res["penultimate_qwen2_max_diff"] < TOL and res["penultimate_qwen2_tokens"] > 0
+    _, ref = runs["tp1pp1dp1"]
+    biases = [k for k in ref["qwen2_weights_after_step"] if k.endswith("_proj.bias")]
+    assert len(biases) == 6  # q, k, v of both layers
+    for name, w in ref["qwen2_weights_after_step"].items():
+        torch.testing.assert_close(got["qwen2_weights_after_step"][name], w, atol=TOL, rtol=0, msg=name)
 
 
 def test_the_step_changed_the_weights(runs, tmp_path):

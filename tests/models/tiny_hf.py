@@ -1,8 +1,9 @@
-"""Tiny random Hugging Face checkpoints (Qwen3, Llama) for the actor tests, written offline.
+"""Tiny random Hugging Face checkpoints (Qwen3, Qwen2 with non-zero q / k / v biases, Llama) for the actor
+tests, written offline.
 
 head_dim 32 (vLLM's CPU attention needs >= 32, so the same models serve the rollout tests); norms
 drawn away from 1 and weights with std 0.1 so that a missed mapping or a wrong norm shows up in the
-logits. Qwen3 has 2 layers (with pipeline parallel 2 its layer L-2 sits on the FIRST stage), Llama 4
+logits. Qwen3 and Qwen2 have 2 layers (with pipeline parallel 2 layer L-2 sits on the FIRST stage), Llama 4
 (layer L-2 on the last stage).
 """
 
@@ -17,7 +18,15 @@ VOCAB = 256
 
 def make_tiny(path: str | Path, family: str = "qwen3", seed: int = 0, tie: bool = False) -> Path:
     """A tiny random checkpoint; ``tie``: tied input / output embeddings (SmolLM2, small Qwen3)."""
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     common = dict(
         vocab_size=VOCAB,
@@ -37,6 +46,8 @@ def make_tiny(path: str | Path, family: str = "qwen3", seed: int = 0, tie: bool 
     torch.manual_seed(seed)
     if family == "qwen3":
         model = Qwen3ForCausalLM(Qwen3Config(num_hidden_layers=2, **common))
+    elif family == "qwen2":  # biases on q / k / v; vLLM's Qwen2 takes head_dim = hidden / heads: hidden 128
+        model = Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=2, **{**common, "hidden_size": 128}))
     elif family == "llama":
         model = LlamaForCausalLM(
             LlamaConfig(num_hidden_layers=4, attention_bias=False, mlp_bias=False, **common)
@@ -49,6 +60,8 @@ def make_tiny(path: str | Path, family: str = "qwen3", seed: int = 0, tie: bool 
                 p.uniform_(0.5, 1.5)
             elif p.dim() >= 2:
                 p.normal_(0.0, 0.1)
+            elif name.endswith("bias"):  # transformers starts them at zero: a test of them needs values
+                p.normal_(0.0, 0.5)
     model.generation_config = GenerationConfig(eos_token_id=2, pad_token_id=0, do_sample=False)
     path = Path(path)
     model.save_pretrained(path, safe_serialization=True)

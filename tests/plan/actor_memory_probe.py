@@ -27,6 +27,7 @@ MODELS = (
     ("llama", "bf16", True),
     ("llama_tied", "fp32", True),
     ("qwen3", "bf16", False),
+    ("qwen2", "bf16", True),
 )
 
 

@@ -19,12 +19,13 @@ def measured(tmp_path_factory):
     from tests.launch import run_module
 
     work = tmp_path_factory.mktemp("activations")
-    for family in ("qwen3", "llama"):
+    for family in ("qwen3", "qwen2", "llama"):
         make_tiny(work / family, family)
     res = run_module("tests.plan.activation_probe", "--work", work, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
     archs = {
-        f: arch_from_hf_config(json.loads((work / f / "config.json").read_text())) for f in ("qwen3", "llama")
+        f: arch_from_hf_config(json.loads((work / f / "config.json").read_text()))
+        for f in ("qwen3", "qwen2", "llama")
     }
     return json.loads((work / "activations.json").read_text()), archs
 

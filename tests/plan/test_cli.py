@@ -11,7 +11,15 @@ from nemo_resrl.plan.cli import EXIT_DOES_NOT_FIT, load_plan_config, main
 from nemo_resrl.plan.fixes import suggest_fixes, with_changes
 from nemo_resrl.plan.phases import GIB, PHASES, make_plan
 
-GPU_PRESETS = ("qwen3_1p7b", "qwen3_4b", "qwen3_8b", "qwen3_14b", "qwen3_32b")
+GPU_PRESETS = (
+    "qwen3_1p7b",
+    "qwen3_4b",
+    "qwen3_8b",
+    "qwen3_14b",
+    "qwen3_32b",
+    "qwen2p5_math_7b",
+    "qwen2p5_7b",
+)
 
 
 @pytest.mark.parametrize("model", GPU_PRESETS)

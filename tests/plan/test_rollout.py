@@ -13,7 +13,7 @@ from nemo_resrl.plan.arch import arch_from_hf_config
 from nemo_resrl.plan.rollout import kv_bytes_per_token, weight_bytes
 from tests.models.tiny_hf import make_tiny
 
-MODELS = (("qwen3", "qwen3", False), ("llama_tied", "llama", True))
+MODELS = (("qwen3", "qwen3", False), ("qwen2", "qwen2", False), ("llama_tied", "llama", True))
 
 
 @pytest.mark.slow  # imports vLLM (about 10 s)
@@ -22,7 +22,7 @@ def test_kv_cache_bytes_per_token_equal_vllms_figure(tmp_path, torchrun):
     res = torchrun("tests.plan.kv_probe", "--out", tmp_path / "kv.json", *dirs, nproc=1, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
     vllm = json.loads((tmp_path / "kv.json").read_text())
-    assert len(vllm) == 8
+    assert len(vllm) == 4 * len(MODELS)
     for d in dirs:
         arch = arch_from_hf_config(json.loads((d / "config.json").read_text()))
         for dtype, p in (("bf16", 2), ("fp32", 4)):
@@ -39,7 +39,7 @@ def test_the_engines_weight_bytes_are_the_models_parameters(tmp_path):
         model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32)
         numel = sum(p.numel() for p in model.parameters())  # a tied output layer is one parameter
         assert weight_bytes(arch, tp=1, p=2) == 2 * numel and arch.total_params == numel
-        # split over two tensor ranks: everything but the norms halves
+        # split over two tensor ranks: everything but the norms halves (the q / k / v biases too)
         norms = arch.num_layers * (2 * arch.hidden_size + 2 * arch.head_dim * arch.qk_layernorm)
         norms += arch.hidden_size
         assert weight_bytes(arch, tp=2, p=2) == 2 * ((numel - norms) // 2 + norms)

@@ -140,6 +140,20 @@ def test_cpu_head_dim_is_checked_before_vllm(tmp_path):
     assert check_model_for_rollout(tmp_path, cpu=False)["head_dim"] == 16
 
 
+def test_a_qwen2_whose_head_dim_vllm_would_not_use_is_refused(tmp_path):
+    cfg = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "vocab_size": 10,
+    }
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "head_dim": 32}))
+    with pytest.raises(ValueError, match="head_dim=32 != hidden_size / num_attention_heads = 16: vLLM"):
+        check_model_for_rollout(tmp_path, cpu=False)
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "head_dim": 16}))
+    assert check_model_for_rollout(tmp_path, cpu=False)["head_dim"] == 16
+
+
 @pytest.mark.distributed
 def test_colocated_tensor_parallel_engine_refits_from_a_tp2_actor(tmp_path, torchrun):
     """vLLM (external_launcher, TP=2) and the Megatron actor (TP=2) share two torchrun ranks."""
@@ -163,6 +177,17 @@ def test_refit_of_tied_embeddings_repacks_the_cpu_lm_head(tmp_path, torchrun):
     assert r["tied"] and r["before"] < 1.001
     assert r["after_refit"] < 1.001  # sampler == actor after two steps + refits
     assert r["after_refit_without_repack"] > 1.01  # vLLM alone keeps the stale lm_head
+
+
+@pytest.mark.slow
+def test_vllm_runs_a_converted_qwen2_and_refits_its_biases(tmp_path, torchrun):
+    make_tiny(tmp_path / "qwen2", "qwen2")
+    res = torchrun("tests.rollout.qwen2_probe", "--work", tmp_path, nproc=1, timeout=600)
+    assert res.returncode == 0 and "PROBE OK" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
+    r = json.loads((tmp_path / "qwen2.json").read_text())
+    assert r["responses"] > 0 and r["before"] < 1.001
+    assert r["after_refit"] < 1.001  # sampler == actor after two steps + refits
+    assert r["after_refit_without_biases"] > 1.001  # the biases moved too, and the refit carries them
 
 
 def test_only_the_known_harmless_vllm_messages_are_hidden():

@@ -17,7 +17,14 @@ planner can read a config without the training stack.
 Each field carries its docstring on the line below it (as megatron-core's configs do).
 """
 
-from nemo_resrl.config.actor import ActorConfig, ActorConfigError, ArchConfig, OffloadConfig, OptimConfig
+from nemo_resrl.config.actor import (
+    ActorConfig,
+    ActorConfigError,
+    ArchConfig,
+    MoEConfig,
+    OffloadConfig,
+    OptimConfig,
+)
 from nemo_resrl.config.algorithm import (
     AdvantageConfig,
     AlgorithmConfig,
@@ -49,6 +56,7 @@ __all__ = [
     "EvalConfig",
     "Keys",
     "LoggingConfig",
+    "MoEConfig",
     "OffloadConfig",
     "OptimConfig",
     "OverlongConfig",

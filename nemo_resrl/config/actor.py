@@ -8,6 +8,7 @@ optimizer (``actor.optim``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from nemo_resrl.config.keys import ConfigError, Keys, Section
@@ -87,6 +88,44 @@ class OffloadConfig(Section):
         pass
 
 
+MOE_DISPATCHERS = ("alltoall", "allgather")
+ROUTER_DTYPES = ("fp32", "fp64")
+LOAD_BALANCING = ("none", "aux_loss")
+
+
+@dataclass
+class MoEConfig(Section):
+    """Mixture-of-experts settings of the actor (``actor.moe``; used by Qwen3-MoE models only). The
+    defaults are NeMo RL's GRPO recipes' for MoE models: a frozen router computed in float64, no
+    load-balancing loss or bias update (a policy-gradient update should not move the routing for a
+    reason of its own, and a router that changes between the rollout and the update widens the
+    sampler / trainer mismatch)."""
+
+    KEY = "actor.moe."
+
+    token_dispatcher: str = "allgather"
+    """How tokens reach the experts of other expert-parallel ranks: alltoall (megatron's choice with
+    expert parallelism) or allgather."""
+    router_dtype: str = "fp64"
+    """The router's softmax / top-k precision (fp64: routing that does not flip on rounding)."""
+    freeze_router: bool = True
+    """Keep the router weights fixed during RL (they get no gradient and no optimizer state)."""
+    load_balancing: str = "none"
+    """none, or aux_loss (megatron's auxiliary load-balancing loss, weighted by aux_loss_coeff)."""
+    aux_loss_coeff: float = 0.0
+
+    def check(self, keys: Keys) -> None:
+        keys.one_of(self.token_dispatcher, "token_dispatcher", MOE_DISPATCHERS)
+        keys.one_of(self.router_dtype, "router_dtype", ROUTER_DTYPES)
+        keys.one_of(self.load_balancing, "load_balancing", LOAD_BALANCING)
+        keys.at_least(self.aux_loss_coeff, "aux_loss_coeff", 0)
+        keys.require(
+            self.load_balancing == "aux_loss" or self.aux_loss_coeff == 0,
+            "aux_loss_coeff",
+            f"is {self.aux_loss_coeff} but {keys.key('load_balancing')} is none: set load_balancing aux_loss",
+        )
+
+
 @dataclass
 class ArchConfig(Section):
     """The model's architecture numbers (``actor.arch``), the public facts of its HF ``config.json``, so
@@ -151,6 +190,18 @@ class ActorConfig(Section):
     """A Hugging Face checkpoint directory (Qwen3 / Llama dense families), or ``embedded:<name>``."""
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
+    expert_parallel: int = 1
+    """Mixture-of-experts models: the experts are split over this many ranks (it divides the number of
+    experts; expert_parallel x expert_tensor_parallel divides the ranks of a pipeline stage)."""
+    expert_tensor_parallel: int | None = None
+    """Mixture-of-experts models: each expert's matrices split over this many ranks. null: 1 (whole
+    experts, the usual choice) with expert parallelism, tensor_parallel without it. Without expert
+    parallelism it must equal tensor_parallel: megatron-core then reduces expert gradients like dense
+    ones, over the data-parallel ranks only, which would drop the other tensor-parallel ranks' tokens."""
+    sequence_parallel: bool = False
+    """Megatron's sequence parallelism with tensor_parallel > 1: the norms, dropout and residual stream are
+    split along the sequence over the tensor-parallel ranks (less activation memory, same results).
+    Mixture-of-experts models with tensor_parallel > 1 always use it (megatron-core requires it)."""
     dtype: str = "fp32"
     """fp32 | bf16: parameters and activations (the optimizer keeps fp32 master weights)."""
     layer_spec: str = "auto"
@@ -181,6 +232,7 @@ class ActorConfig(Section):
     optim: OptimConfig = field(default_factory=OptimConfig)
     offload: OffloadConfig = field(default_factory=OffloadConfig)
     arch: ArchConfig = field(default_factory=ArchConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
     @property
     def torch_dtype(self):
@@ -190,9 +242,28 @@ class ActorConfig(Section):
 
     def check(self, keys: Keys) -> None:
         keys.require(bool(self.hf_path), "hf_path", "must name a Hugging Face checkpoint directory")
-        for k in ("tensor_parallel", "pipeline_parallel", "micro_batch_size", "max_tokens_per_row"):
+        ints = (
+            "tensor_parallel",
+            "pipeline_parallel",
+            "expert_parallel",
+            "micro_batch_size",
+            "max_tokens_per_row",
+        )
+        for k in ints:
             v = getattr(self, k)
             keys.require(isinstance(v, int) and v >= 1, k, f"must be an integer >= 1, got {v!r}")
+        etp = self.expert_tensor_parallel
+        keys.require(
+            etp is None or (isinstance(etp, int) and etp >= 1),
+            "expert_tensor_parallel",
+            f"must be an integer >= 1 or null, got {etp!r}",
+        )
+        keys.require(
+            not (self.expert_parallel == 1 and isinstance(etp, int) and etp != self.tensor_parallel),
+            "expert_tensor_parallel",
+            f"is {etp} but must equal tensor_parallel={self.tensor_parallel} when expert_parallel is 1 "
+            "(megatron-core reduces expert gradients like dense ones then) or be null",
+        )
         keys.at_least(self.logprob_chunk_rows, "logprob_chunk_rows", 1)
         keys.one_of(self.dtype, "dtype", DTYPES)
         keys.one_of(self.layer_spec, "layer_spec", LAYER_SPECS)
@@ -221,6 +292,7 @@ class ActorConfig(Section):
         self.optim.check(keys.sub("optim"))
         self.offload.check(keys.sub("offload"))
         self.arch.check(keys.sub("arch"))
+        self.moe.check(keys.sub("moe"))
 
     @property
     def token_multiple(self) -> int:
@@ -230,6 +302,23 @@ class ActorConfig(Section):
         if self.fp8 is None:
             return 1
         return 128 if self.fp8_recipe in ("blockwise", "mxfp8") else 16
+
+    @property
+    def resolved_expert_tensor_parallel(self) -> int:
+        """``expert_tensor_parallel`` with null resolved (field docstring)."""
+        if self.expert_tensor_parallel is not None:
+            return self.expert_tensor_parallel
+        return 1 if self.expert_parallel > 1 else self.tensor_parallel
+
+    def uses_sequence_parallel(self, moe: bool) -> bool:
+        """Whether the actor splits the sequence over the tensor-parallel ranks (module field docstring)."""
+        return self.tensor_parallel > 1 and (self.sequence_parallel or moe)
+
+    def seq_len_multiple(self, moe: bool) -> int:
+        """``token_multiple``, times what sequence parallelism needs (a sequence length divisible by
+        tensor_parallel)."""
+        m = self.token_multiple
+        return math.lcm(m, self.tensor_parallel) if self.uses_sequence_parallel(moe) else m
 
     def resolved_layer_spec(self, te_available: bool, cuda: bool) -> str:
         """The layer implementation to build: ``local`` or ``te`` (``auto`` without TE on a GPU is refused by

@@ -36,3 +36,9 @@ def copy_hf_meta_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[s
             shutil.copyfile(src / name, dst / name)
             copied.append(name)
     return copied
+
+
+def hf_num_experts(hf_config: dict) -> int:
+    """Routed experts per layer of a mixture-of-experts HF config (0 for a dense model). Qwen's released
+    configs write ``num_experts``; transformers >= 5 saves the same number as ``num_local_experts``."""
+    return int(hf_config.get("num_experts") or hf_config.get("num_local_experts") or 0)

@@ -137,6 +137,8 @@ def make_layout(
     seq_len_multiple: int = 1,
     uniform_shape: bool = True,
     phases: list[int] | None = None,
+    min_micro_batches: int = 0,
+    min_seq_len: int = 0,
 ) -> Layout:
     """Lay ``seqs`` out as micro-batches of ``micro_batch_size`` rows (see the module docstring).
 
@@ -146,6 +148,9 @@ def make_layout(
     have fewer rows, so padding and filler rows cost almost nothing.
     phases: optional phase (0, 1, ...) per sequence: every row of phase p comes before any row of phase
     p + 1 (a micro-batch may straddle two phases; a row never does).
+    min_micro_batches / min_seq_len (uniform_shape only): at least this many micro-batches (the extra ones
+    are filler rows only) of at least this length, so that ranks whose MoE layers exchange tokens
+    (expert parallelism) run the same number of micro-batches of the same shape.
     """
     require(len(seqs) >= 1, "an empty batch has no micro-batches")
     require(micro_batch_size >= 1, "micro_batch_size must be >= 1")
@@ -170,8 +175,9 @@ def make_layout(
     fill = lambda r: sum(lengths[i] for i in r)  # noqa: E731
     round_up = lambda n: -(-n // seq_len_multiple) * seq_len_multiple  # noqa: E731
     if uniform_shape:
-        seq_len = round_up(max(fill(r) for r in rows_of))
+        seq_len = round_up(max(max(fill(r) for r in rows_of), min_seq_len))
         n_rows = -(-len(rows_of) // micro_batch_size) * micro_batch_size
+        n_rows = max(n_rows, min_micro_batches * micro_batch_size)
         rows_of = rows_of + [[] for _ in range(n_rows - len(rows_of))]
         groups = [rows_of[s : s + micro_batch_size] for s in range(0, n_rows, micro_batch_size)]
         mbs = [_build_micro_batch(seqs, g, seq_len, pack, pad_id) for g in groups]

@@ -19,9 +19,13 @@ from nemo_resrl.compat import import_megatron_bridge, running_on_cpu, transforme
 from nemo_resrl.compat.bridge_config import fix_rotary_base
 from nemo_resrl.compat.versions import check_megatron_core
 from nemo_resrl.config.actor import ActorConfig, ActorConfigError, OptimConfig
-from nemo_resrl.convert.mapping import SUPPORTED_ARCHITECTURES
+from nemo_resrl.convert.hf_files import hf_num_experts
+from nemo_resrl.convert.mapping import SUPPORTED_ARCHITECTURES as CONVERTIBLE
 from nemo_resrl.models.parallel import ParallelLayout, init_parallel
 from nemo_resrl.models.tp_attributes import mark_tensor_parallel_params
+
+MOE_ARCHITECTURES = ("Qwen3MoeForCausalLM",)
+SUPPORTED_ARCHITECTURES = (*CONVERTIBLE, *MOE_ARCHITECTURES)
 
 # fusions megatron-bridge may turn on that the local (non-TE) layer spec cannot run on CPU
 CPU_OFF_FUSIONS = (
@@ -64,6 +68,22 @@ def check_model_fits_layout(hf: dict, cfg: ActorConfig) -> None:
     for ok, what in checks:
         if not ok:
             raise ActorConfigError(f"actor.tensor_parallel={tp} does not divide the model's {what}")
+    experts = hf_num_experts(hf)
+    ep = cfg.expert_parallel
+    if arch in MOE_ARCHITECTURES:
+        if experts % ep:
+            raise ActorConfigError(
+                f"actor.expert_parallel={ep} does not divide the model's num_experts={experts}"
+            )
+        if hf.get("mlp_only_layers") or int(hf.get("decoder_sparse_step", 1)) != 1:
+            raise ActorConfigError(
+                "actor.hf_path: a Qwen3-MoE with dense layers (mlp_only_layers / decoder_sparse_step) is not "
+                "supported: every layer must be a mixture of experts"
+            )
+    elif ep != 1:
+        raise ActorConfigError(
+            f"actor.expert_parallel={ep} needs a mixture-of-experts model; {arch} is dense"
+        )
     if hf["num_hidden_layers"] % pp != 0:
         raise ActorConfigError(
             f"actor.pipeline_parallel={pp} does not divide num_hidden_layers={hf['num_hidden_layers']}"
@@ -98,11 +118,56 @@ class MegatronModel:
     def num_layers(self) -> int:
         return int(self.hf_config["num_hidden_layers"])
 
+    @property
+    def is_moe(self) -> bool:
+        return is_moe_config(self.hf_config)
+
+    @property
+    def sequence_parallel(self) -> bool:
+        """Whether activations between the tensor-parallel regions are split along the sequence."""
+        return self.cfg.uses_sequence_parallel(self.is_moe)
+
+    @property
+    def seq_len_multiple(self) -> int:
+        return self.cfg.seq_len_multiple(self.is_moe)
+
+
+def is_moe_config(hf_config: dict) -> bool:
+    """Whether an HF ``config.json`` (as a dict) is one of the supported mixture-of-experts families."""
+    return (hf_config.get("architectures") or ["?"])[0] in MOE_ARCHITECTURES
+
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     while hasattr(module, "module"):
         module = module.module
     return module
+
+
+def configure_moe(provider, cfg: ActorConfig, grouped_gemm: bool) -> None:
+    """The mixture-of-experts settings of ``actor.moe`` on the bridge's provider (its own defaults are
+    pre-training's: an auxiliary load-balancing loss, fused permutation kernels that need TE)."""
+    m = cfg.moe
+    provider.expert_model_parallel_size = cfg.expert_parallel
+    provider.expert_tensor_parallel_size = cfg.resolved_expert_tensor_parallel
+    provider.moe_token_dispatcher_type = m.token_dispatcher
+    provider.moe_router_dtype = m.router_dtype
+    provider.moe_router_load_balancing_type = m.load_balancing
+    provider.moe_aux_loss_coeff = m.aux_loss_coeff
+    provider.moe_router_bias_update_rate = 0.0
+    provider.moe_grouped_gemm = grouped_gemm  # TE's grouped GEMM; the local spec runs the experts in turn
+    provider.moe_permute_fusion = grouped_gemm
+    provider.moe_router_fusion = False
+
+
+def freeze_router(chunks) -> int:
+    """Router weights get no gradient (``actor.moe.freeze_router``); returns how many were frozen."""
+    n = 0
+    for c in chunks:
+        for name, p in c.named_parameters():
+            if name.endswith("mlp.router.weight") or name.endswith("mlp.router.expert_bias"):
+                p.requires_grad_(False)
+                n += 1
+    return n
 
 
 def build_model(cfg: ActorConfig) -> MegatronModel:
@@ -120,7 +185,14 @@ def build_model(cfg: ActorConfig) -> MegatronModel:
     spec = cfg.check_environment(te_available=te, cuda=cuda, capability=capability)
     hf_config = read_hf_config(cfg.hf_path)
     check_model_fits_layout(hf_config, cfg)
-    layout = init_parallel(cfg.tensor_parallel, cfg.pipeline_parallel, cfg.seed)
+    layout = init_parallel(
+        cfg.tensor_parallel,
+        cfg.pipeline_parallel,
+        cfg.seed,
+        ep=cfg.expert_parallel,
+        etp=cfg.resolved_expert_tensor_parallel,
+    )
+    moe = is_moe_config(hf_config)
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
 
     bridge = import_megatron_bridge().AutoBridge.from_hf_pretrained(cfg.hf_path, torch_dtype=cfg.torch_dtype)
@@ -128,7 +200,20 @@ def build_model(cfg: ActorConfig) -> MegatronModel:
     fix_rotary_base(provider, hf_config)
     provider.tensor_model_parallel_size = cfg.tensor_parallel
     provider.pipeline_model_parallel_size = cfg.pipeline_parallel
-    provider.sequence_parallel = False
+    if moe:
+        from nemo_resrl.compat import bridge_moe
+
+        bridge_moe.install()
+        configure_moe(provider, cfg, grouped_gemm=spec == "te")
+        if not te:
+            from nemo_resrl.compat import megatron_moe
+
+            megatron_moe.install()
+    provider.sequence_parallel = cfg.uses_sequence_parallel(moe)  # megatron requires it for MoE under TP
+    if provider.sequence_parallel and spec == "local":
+        from nemo_resrl.compat import megatron_norm
+
+        megatron_norm.install()
     bf16 = cfg.dtype == "bf16"
     provider.params_dtype = cfg.torch_dtype
     provider.pipeline_dtype = cfg.torch_dtype
@@ -143,7 +228,10 @@ def build_model(cfg: ActorConfig) -> MegatronModel:
         for name in CPU_OFF_FUSIONS:
             setattr(provider, name, False)
         provider.transformer_layer_spec = get_gpt_layer_local_spec(
-            qk_layernorm=bool(getattr(provider, "qk_layernorm", False)), normalization="RMSNorm"
+            num_experts=provider.num_moe_experts if moe else None,
+            moe_grouped_gemm=False,
+            qk_layernorm=bool(getattr(provider, "qk_layernorm", False)),
+            normalization="RMSNorm",
         )
     if cfg.recompute == "full":  # every layer keeps its input only and recomputes the rest in backward
         provider.recompute_granularity = "full"
@@ -170,6 +258,8 @@ def build_model(cfg: ActorConfig) -> MegatronModel:
         raise ActorConfigError("virtual pipeline parallelism is not supported")
     for c in raw:
         mark_tensor_parallel_params(c, cfg.tensor_parallel)
+    if moe and cfg.moe.freeze_router:
+        freeze_router(raw)  # before DDP: frozen weights get no gradient buffer and no optimizer state
     chunks = [
         DistributedDataParallel(config=get_model_config(c), ddp_config=ddp_config, module=c) for c in raw
     ]

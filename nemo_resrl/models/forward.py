@@ -55,15 +55,30 @@ class ForwardRunner:
         longest = max(t.numel() for t in seqs.tokens)
         if longest > max_pos:
             raise ValueError(f"a sequence of {longest} tokens exceeds max_position_embeddings={max_pos}")
-        return make_layout(
-            seqs,
-            m.cfg.micro_batch_size,
+        kw = dict(
             pack=m.cfg.pack_sequences,
             max_tokens_per_row=m.cfg.max_tokens_per_row,
-            seq_len_multiple=m.cfg.token_multiple,  # FP8 GEMMs need token dimensions divisible by 16 / 128
-            uniform_shape=m.layout.pp > 1,
+            seq_len_multiple=m.seq_len_multiple,  # FP8 GEMMs: 16 / 128; sequence parallelism: tensor_parallel
+            uniform_shape=m.layout.pp > 1 or m.layout.ep > 1,
             phases=phases,
         )
+        layout = make_layout(seqs, m.cfg.micro_batch_size, **kw)
+        if m.layout.ep > 1:
+            layout = self._same_shape_on_every_rank(seqs, layout, kw)
+        return layout
+
+    def _same_shape_on_every_rank(self, seqs: Sequences, layout: Layout, kw: dict) -> Layout:
+        """With expert parallelism every MoE layer exchanges tokens with ranks of other data-parallel
+        replicas (megatron's token dispatchers gather equal-shaped blocks): every rank runs the largest
+        number of micro-batches of the largest shape any rank needs, filler rows making up the rest."""
+        shape = torch.tensor(
+            [len(layout.micro_batches), layout.seq_len], dtype=torch.long, device=self.m.device
+        )
+        dist.all_reduce(shape, op=dist.ReduceOp.MAX)  # over every rank: the simplest superset of the groups
+        n, s = int(shape[0]), int(shape[1])
+        if (n, s) == (len(layout.micro_batches), layout.seq_len):
+            return layout
+        return make_layout(seqs, self.m.cfg.micro_batch_size, min_micro_batches=n, min_seq_len=s, **kw)
 
     def run(self, layout: Layout, loss_func_of: Callable, forward_only: bool) -> list:
         """megatron's schedule over ``layout``'s micro-batches; ``loss_func_of(mb, output)`` is called on
@@ -225,7 +240,11 @@ class ForwardRunner:
 
     def _penultimate_hook(self, consumer: PenultimateConsumer):
         def hook(module, inputs, output):
-            hidden = output[0] if isinstance(output, tuple) else output  # [S, rows, d]
+            hidden = output[0] if isinstance(output, tuple) else output  # [S, rows, d] ([S/tp, ...] under SP)
+            if self.m.sequence_parallel:
+                from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
+
+                hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
             mb = self._current_mb
             flat = hidden.detach().transpose(0, 1).reshape(-1, hidden.shape[-1])
             consumer(PenultimateChunk(mb.seq_index, mb.resp_pos, flat.index_select(0, mb.flat_pos)))

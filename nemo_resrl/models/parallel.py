@@ -30,6 +30,7 @@ class ParallelLayout:
     tp_rank: int
     pp_rank: int
     dp_rank: int
+    ep: int = 1  # expert parallel (mixture-of-experts models)
 
     @property
     def is_first_stage(self) -> bool:
@@ -56,8 +57,9 @@ def init_distributed(timeout_s: float = 1800.0) -> None:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
 
 
-def init_parallel(tp: int, pp: int, seed: int) -> ParallelLayout:
-    """Initialise (or check) megatron's model-parallel state for a tp x pp layout; seed its RNGs."""
+def init_parallel(tp: int, pp: int, seed: int, ep: int = 1, etp: int = 1) -> ParallelLayout:
+    """Initialise (or check) megatron's model-parallel state for a tp x pp layout (and, for mixture-of-experts
+    models, ep expert-parallel ranks of etp expert-tensor-parallel ranks each); seed its RNGs."""
     init_distributed()
     apply_cpu_patches()
     from megatron.core import parallel_state as ps
@@ -68,14 +70,28 @@ def init_parallel(tp: int, pp: int, seed: int) -> ParallelLayout:
         raise ActorConfigError(
             f"world size {world} is not divisible by actor.tensor_parallel x pipeline_parallel = {tp * pp}"
         )
+    if (world // pp) % (ep * etp) != 0:
+        raise ActorConfigError(
+            f"actor.expert_parallel x expert_tensor_parallel = {ep * etp} does not divide the {world // pp} "
+            "ranks of a pipeline stage (world size / actor.pipeline_parallel)"
+        )
     if ps.model_parallel_is_initialized():
-        have = (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size())
-        if have != (tp, pp):
+        have = (
+            ps.get_tensor_model_parallel_world_size(),
+            ps.get_pipeline_model_parallel_world_size(),
+            ps.get_expert_model_parallel_world_size(),
+        )
+        if have[:2] != (tp, pp) or (ep > 1 and have[2] != ep):
             raise ActorConfigError(
-                f"model parallel state already initialised as tp x pp = {have}, not {(tp, pp)}"
+                f"model parallel state already initialised as tp x pp x ep = {have}, not {(tp, pp, ep)}"
             )
     else:
-        ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+        ps.initialize_model_parallel(
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=pp,
+            expert_model_parallel_size=ep,
+            expert_tensor_parallel_size=etp,
+        )
         tensor_parallel.model_parallel_cuda_manual_seed(seed)
     return current_layout()
 
@@ -91,6 +107,7 @@ def current_layout() -> ParallelLayout:
         tp_rank=ps.get_tensor_model_parallel_rank(),
         pp_rank=ps.get_pipeline_model_parallel_rank(),
         dp_rank=ps.get_data_parallel_rank(),
+        ep=ps.get_expert_model_parallel_world_size(),
     )
 
 

@@ -162,6 +162,7 @@ BAD_PER_SECTION = {
     "reward.length_scale": ("reward.length_scale.start=0", "reward.length_scale.start"),
     "cluster": ("cluster.mfu=2", "cluster.mfu"),
     "actor.arch": ("actor.arch.num_layers=4", "actor.arch.hidden_size"),
+    "actor.moe": ("actor.moe.aux_loss_coeff=0.01", "actor.moe.aux_loss_coeff"),
     "checkpoint": ("checkpoint.keep_last=0", "checkpoint.keep_last"),
     "logging": ("logging.run_dir=''", "logging.run_dir"),
 }
@@ -309,3 +310,28 @@ def test_qwen3_4b_with_resrl_is_the_released_run():
     assert (cfg.data.max_prompt_tokens, t.prompts_per_step // t.mini_batches) == (2048, 64)
     assert (o.lr, o.warmup_steps, o.weight_decay, o.clip_grad) == (1e-6, 10, 0.1, 1.0)
     assert cfg.reward.length_scale.max_length == s.max_tokens and cfg.algorithm.name == "resrl"
+
+
+def test_expert_tensor_parallel_without_expert_parallel_must_equal_tensor_parallel():
+    """Otherwise megatron-core reduces expert gradients over the data-parallel ranks only (silently
+    wrong: measured as a different step at TP=2 with expert_tensor_parallel=1)."""
+    from nemo_resrl.config import ActorConfig, ConfigError
+
+    bad = ActorConfig(hf_path="x", tensor_parallel=2, expert_tensor_parallel=1)
+    with pytest.raises(ConfigError, match="actor.expert_tensor_parallel"):
+        bad.validate()
+    assert ActorConfig(hf_path="x", tensor_parallel=2).validate().resolved_expert_tensor_parallel == 2
+    ep = ActorConfig(hf_path="x", tensor_parallel=2, expert_parallel=4).validate()
+    assert ep.resolved_expert_tensor_parallel == 1
+    assert ActorConfig(hf_path="x", tensor_parallel=2, expert_parallel=4, expert_tensor_parallel=2).validate()
+
+
+def test_sequence_parallel_is_on_for_moe_under_tensor_parallel_and_pads_to_tensor_parallel():
+    from nemo_resrl.config import ActorConfig
+
+    tp2 = ActorConfig(hf_path="x", tensor_parallel=2).validate()
+    assert tp2.uses_sequence_parallel(moe=True) and not tp2.uses_sequence_parallel(moe=False)
+    assert tp2.seq_len_multiple(moe=True) == 2 and tp2.seq_len_multiple(moe=False) == 1
+    fp8 = ActorConfig(hf_path="x", tensor_parallel=4, sequence_parallel=True, pad_to_multiple=6).validate()
+    assert fp8.seq_len_multiple(moe=False) == 12
+    assert not ActorConfig(hf_path="x", sequence_parallel=True).validate().uses_sequence_parallel(moe=True)

@@ -3,7 +3,8 @@
     python -m torch.distributed.run --standalone --nproc_per_node N \
         -m tests.distributed.resrl_probe --work DIR --tp T --pp P
 
-DIR holds the tiny Qwen3 checkpoint ``qwen3/``. Every data-parallel rank takes sequences
+DIR holds the tiny Qwen3 checkpoint ``qwen3/`` (``--model NAME``: ``DIR/NAME``, e.g. the tiny Qwen3-MoE
+with ``--ep 2``: expert parallel over the data-parallel ranks). Every data-parallel rank takes sequences
 ``dp_rank::dp`` of one fixed batch, so every group's responses are spread over the data-parallel
 ranks. The reference is ``compute_resrl_weights`` (single process, whole groups) on the layer L-2
 hidden states of the same job's actor, gathered from all ranks: same inputs, same sampled rows.
@@ -53,13 +54,15 @@ def main() -> None:
     ap.add_argument("--work", required=True)
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--pp", type=int, default=1)
+    ap.add_argument("--ep", type=int, default=1)
+    ap.add_argument("--model", default="qwen3")
     args = ap.parse_args()
     work = Path(args.work)
 
     from megatron.core import parallel_state as ps
 
     from nemo_resrl.algorithms.resrl import ResRLConfig, compute_resrl_weights
-    from nemo_resrl.config.actor import ActorConfig
+    from nemo_resrl.config.actor import ActorConfig, MoEConfig
     from nemo_resrl.distributed.collectives import all_gather_rows
     from nemo_resrl.distributed.resrl_pass import ResponseMeta, old_logprobs_with_resrl
     from nemo_resrl.models.actor import MegatronActor
@@ -67,14 +70,16 @@ def main() -> None:
 
     actor = MegatronActor(
         ActorConfig(
-            hf_path=str(work / "qwen3"),
+            hf_path=str(work / args.model),
             tensor_parallel=args.tp,
             pipeline_parallel=args.pp,
+            expert_parallel=args.ep,
+            moe=MoEConfig(token_dispatcher="allgather"),
             micro_batch_size=3,
         )
     )
     lay = actor.layout
-    name = f"tp{lay.tp}pp{lay.pp}dp{lay.dp}"
+    name = f"tp{lay.tp}pp{lay.pp}dp{lay.dp}" + (f"ep{lay.ep}" if lay.ep > 1 else "")
     seqs, group_ids, adv = fixed_batch()
     B = len(seqs)
     idx = list(range(lay.dp_rank, B, lay.dp))

@@ -33,3 +33,21 @@ def test_unsupported_architecture_is_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(ActorConfigError, match="architecture GPT2LMHeadModel is not supported"):
         MegatronActor(ActorConfig(hf_path=str(tmp_path)))
+
+
+def test_expert_layouts_the_model_cannot_take_are_refused_before_building(tmp_path):
+    import json
+
+    import torch.distributed as dist
+
+    moe = make_tiny(tmp_path / "m", "qwen3_moe")  # 8 experts
+    with pytest.raises(ActorConfigError, match="expert_parallel=3 does not divide the model's num_experts=8"):
+        MegatronActor(ActorConfig(hf_path=str(moe), expert_parallel=3))
+    dense = make_tiny(tmp_path / "q", "qwen3")
+    with pytest.raises(ActorConfigError, match="expert_parallel=2 needs a mixture-of-experts model"):
+        MegatronActor(ActorConfig(hf_path=str(dense), expert_parallel=2))
+    cfg = json.loads((moe / "config.json").read_text())
+    (moe / "config.json").write_text(json.dumps({**cfg, "mlp_only_layers": [0]}))
+    with pytest.raises(ActorConfigError, match="with dense layers"):
+        MegatronActor(ActorConfig(hf_path=str(moe)))
+    assert not dist.is_initialized()

@@ -1,5 +1,5 @@
-"""Tiny random Hugging Face checkpoints (Qwen3, Qwen2 with non-zero q / k / v biases, Llama) for the actor
-tests, written offline.
+"""Tiny random Hugging Face checkpoints (Qwen3, Qwen2 with non-zero q / k / v biases, Qwen3-MoE with 8
+experts and 2 per token, Llama) for the actor tests, written offline.
 
 head_dim 32 (vLLM's CPU attention needs >= 32, so the same models serve the rollout tests); norms
 drawn away from 1 and weights with std 0.1 so that a missed mapping or a wrong norm shows up in the
@@ -26,6 +26,8 @@ def make_tiny(path: str | Path, family: str = "qwen3", seed: int = 0, tie: bool 
         Qwen2ForCausalLM,
         Qwen3Config,
         Qwen3ForCausalLM,
+        Qwen3MoeConfig,
+        Qwen3MoeForCausalLM,
     )
 
     common = dict(
@@ -48,6 +50,11 @@ def make_tiny(path: str | Path, family: str = "qwen3", seed: int = 0, tie: bool 
         model = Qwen3ForCausalLM(Qwen3Config(num_hidden_layers=2, **common))
     elif family == "qwen2":  # biases on q / k / v; vLLM's Qwen2 takes head_dim = hidden / heads: hidden 128
         model = Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=2, **{**common, "hidden_size": 128}))
+    elif family == "qwen3_moe":  # 8 experts, 2 per token, every layer sparse
+        moe = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True)
+        model = Qwen3MoeForCausalLM(
+            Qwen3MoeConfig(num_hidden_layers=2, decoder_sparse_step=1, mlp_only_layers=[], **moe, **common)
+        )
     elif family == "llama":
         model = LlamaForCausalLM(
             LlamaConfig(num_hidden_layers=4, attention_bias=False, mlp_bias=False, **common)

@@ -1,11 +1,12 @@
-"""``convert_from_hf``: a Hugging Face directory (Qwen3 / Llama safetensors) -> a Megatron dist-checkpoint of
-this project's actor (model only), which ``MegatronActor.load_checkpoint(path, with_optimizer=False)`` loads
-at any TP x PP.
+"""``convert_from_hf``: a Hugging Face directory (Qwen3, Qwen3-MoE, Qwen2, Llama safetensors) -> a Megatron
+dist-checkpoint of this project's actor (model only), which ``MegatronActor.load_checkpoint(path,
+with_optimizer=False)`` loads at any TP x PP (x EP).
 
-Streaming: each chunk of the checkpoint (one layer of one megatron tensor, or a block of embedding rows) is
-built from lazily opened safetensors slices when DCP writes it, then dropped; peak memory is about one
-layer's fused tensor and its HF parts. Layers are stacked as megatron-core saves them: key
-``decoder.layers.<suffix>``, global shape [L, ...], one chunk per layer. The HF config and tokenizer are
+Streaming: each chunk of the checkpoint (one layer of one megatron tensor, one expert of one layer, or a
+block of embedding rows) is built from lazily opened safetensors slices when DCP writes it, then dropped;
+peak memory is about one layer's fused tensor and its HF parts. Layers are stacked as megatron-core saves
+them: key ``decoder.layers.<suffix>``, global shape [L, ...] ([L, E, ...] for experts), one chunk per
+layer (per layer and expert). The HF config and tokenizer are
 copied into ``<out>/hf/`` so the result converts back with ``convert_to_hf``. Written to ``<out>.partial``
 and renamed into place when complete.
 """
@@ -98,6 +99,21 @@ def megatron_tensors(w: HFWeights, shape: ModelShape, dtype: torch.dtype) -> lis
     out = [row_chunks(M.EMBEDDING, "model.embed_tokens.weight")]
     for suffix in shape.layer_suffixes():
         one = shape.megatron_layer_shape(suffix)
+        E = shape.experts_of(suffix)
+        if E:  # [L, E, ...]: one chunk per (layer, expert)
+            t = DistTensor(M.LAYER_PREFIX + suffix, dtype, (shape.num_layers, E, *one))
+            for i in range(shape.num_layers):
+                for e in range(E):
+
+                    def produce(suffix=suffix, i=i, e=e) -> torch.Tensor:
+                        parts = [
+                            checked(M.hf_layer_name(i, s, e), sh) for s, sh in shape.hf_layer_shapes(suffix)
+                        ]
+                        return M.merge_layer_tensor(suffix, parts, shape).to(dtype)[None, None]
+
+                    t.chunks.append(((i, e, *([0] * len(one))), (1, 1, *one), produce))
+            out.append(t)
+            continue
         t = DistTensor(M.LAYER_PREFIX + suffix, dtype, (shape.num_layers, *one))
         for i in range(shape.num_layers):
 

@@ -1,5 +1,5 @@
-"""Megatron-core GPT <-> Hugging Face (Qwen3, Qwen2 / Qwen2.5, Llama) tensor names and layouts, as pure
-functions.
+"""Megatron-core GPT <-> Hugging Face (Qwen3, Qwen3-MoE, Qwen2 / Qwen2.5, Llama) tensor names and layouts,
+as pure functions.
 
 Megatron keeps, per decoder layer (``decoder.layers.<suffix>``; in a dist-checkpoint the layers of one
 suffix are stacked into a [L, ...] tensor, one chunk per layer):
@@ -19,6 +19,18 @@ mlp.linear_fc1.weight  [2 f, h]                              mlp.gate_proj.weigh
 mlp.linear_fc2.weight                                        mlp.down_proj.weight
 ===========================================================  ==========================================
 
+Qwen3-MoE replaces the dense MLP by a router and E experts per layer (every layer sparse); the expert tensors
+are stacked [L, E, ...] in a dist-checkpoint, one chunk per (layer, expert):
+
+===========================================================  ==========================================
+mlp.router.weight  [E, h]                                    mlp.gate.weight
+mlp.experts.experts.linear_fc1.weight  [E, 2 f, h]           mlp.experts.<e>.gate_proj.weight (rows :f),
+                                                             mlp.experts.<e>.up_proj.weight (f:)
+mlp.experts.experts.linear_fc2.weight  [E, h, f]             mlp.experts.<e>.down_proj.weight
+===========================================================  ==========================================
+
+(``f``: ``moe_intermediate_size``; ``mlp.linear_fc1.layer_norm_weight`` stays the post-attention norm.)
+
 plus ``embedding.word_embeddings.weight`` -> ``model.embed_tokens.weight``, ``decoder.final_layernorm.weight``
 -> ``model.norm.weight`` and, for untied models, ``output_layer.weight`` -> ``lm_head.weight``. Megatron
 may pad the vocabulary rows; HF gets the first ``vocab_size`` rows. The tests check these against
@@ -31,7 +43,8 @@ from dataclasses import dataclass
 
 import torch
 
-SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM")
+MOE_ARCHITECTURES = ("Qwen3MoeForCausalLM",)
+SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM", *MOE_ARCHITECTURES)
 
 EMBEDDING = "embedding.word_embeddings.weight"
 FINAL_NORM = "decoder.final_layernorm.weight"
@@ -52,6 +65,13 @@ QK_NORMS = {
     "self_attention.q_layernorm.weight": "self_attn.q_norm.weight",
     "self_attention.k_layernorm.weight": "self_attn.k_norm.weight",
 }
+ROUTER = "mlp.router.weight"
+EXPERT_FC1 = "mlp.experts.experts.linear_fc1.weight"
+EXPERT_FC2 = "mlp.experts.experts.linear_fc2.weight"
+EXPERT_SUFFIXES = (EXPERT_FC1, EXPERT_FC2)  # stacked [L, E, ...]: one chunk per (layer, expert)
+DENSE_MLP = ("mlp.linear_fc2.weight",)  # DIRECT entries a mixture-of-experts layer does not have
+EXPERT_FC1_HF = ("mlp.experts.{e}.gate_proj.weight", "mlp.experts.{e}.up_proj.weight")
+EXPERT_FC2_HF = "mlp.experts.{e}.down_proj.weight"
 QKV_HF = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")
 QKV_BIAS_HF = ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")
 FC1_HF = ("mlp.gate_proj.weight", "mlp.up_proj.weight")
@@ -74,10 +94,20 @@ class ModelShape:
     head_dim: int
     vocab: int
     tied: bool
+    num_experts: int = 0  # routed experts per layer (0: dense)
+    moe_ffn: int = 0  # each expert's FFN size (moe_intermediate_size)
 
     @property
     def qk_norm(self) -> bool:
-        return self.architecture == "Qwen3ForCausalLM"
+        return self.architecture in ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    def experts_of(self, suffix: str) -> int:
+        """E for a stacked expert tensor (its chunks are per (layer, expert)), else 0."""
+        return self.num_experts if suffix in EXPERT_SUFFIXES else 0
 
     @property
     def qkv_bias(self) -> bool:
@@ -97,6 +127,13 @@ class ModelShape:
             raise ConversionError("Qwen2 with use_sliding_window=true is not supported (full attention only)")
         heads = int(hf["num_attention_heads"])
         hidden = int(hf["hidden_size"])
+        moe = {}
+        if arch in MOE_ARCHITECTURES:
+            from nemo_resrl.convert.hf_files import hf_num_experts
+
+            if hf.get("mlp_only_layers") or int(hf.get("decoder_sparse_step", 1)) != 1:
+                raise ConversionError("Qwen3-MoE with dense layers (mlp_only_layers / decoder_sparse_step)")
+            moe = dict(num_experts=hf_num_experts(hf), moe_ffn=int(hf["moe_intermediate_size"]))
         return cls(
             architecture=arch,
             num_layers=int(hf["num_hidden_layers"]),
@@ -107,11 +144,15 @@ class ModelShape:
             head_dim=int(hf.get("head_dim") or hidden // heads),
             vocab=int(hf["vocab_size"]),
             tied=bool(hf.get("tie_word_embeddings", False)),
+            **moe,
         )
 
     def layer_suffixes(self) -> list[str]:
         """Every megatron layer suffix this model has, in a fixed order."""
-        out = [*DIRECT, QKV, FC1]
+        if self.is_moe:
+            out = [k for k in DIRECT if k not in DENSE_MLP] + [QKV, ROUTER, *EXPERT_SUFFIXES]
+        else:
+            out = [*DIRECT, QKV, FC1]
         if self.qk_norm:
             out += list(QK_NORMS)
         if self.qkv_bias:
@@ -130,6 +171,9 @@ class ModelShape:
             FC1: (2 * self.ffn, h),
             "self_attention.q_layernorm.weight": (hd,),
             "self_attention.k_layernorm.weight": (hd,),
+            ROUTER: (self.num_experts, h),
+            EXPERT_FC1: (2 * self.moe_ffn, h),  # per expert
+            EXPERT_FC2: (h, self.moe_ffn),
         }
         return shapes[suffix]
 
@@ -150,6 +194,12 @@ class ModelShape:
             ]
         if suffix == FC1:
             return [(FC1_HF[0], (self.ffn, h)), (FC1_HF[1], (self.ffn, h))]
+        if suffix == EXPERT_FC1:  # names hold "{e}", the expert (hf_layer_name fills it in)
+            return [(EXPERT_FC1_HF[0], (self.moe_ffn, h)), (EXPERT_FC1_HF[1], (self.moe_ffn, h))]
+        if suffix == EXPERT_FC2:
+            return [(EXPERT_FC2_HF, (h, self.moe_ffn))]
+        if suffix == ROUTER:
+            return [("mlp.gate.weight", (self.num_experts, h))]
         name = DIRECT.get(suffix) or QK_NORMS.get(suffix)
         if name is None:
             raise ConversionError(f"unknown megatron layer tensor {suffix}")
@@ -199,6 +249,8 @@ def split_layer_tensor(suffix: str, w: torch.Tensor, shape: ModelShape) -> list[
         return list(zip(QKV_BIAS_HF, split_qkv(w, shape), strict=True))
     if suffix == FC1:
         return list(zip(FC1_HF, split_fc1(w), strict=True))
+    if suffix == EXPERT_FC1:  # one expert's [2 f, h]
+        return list(zip(EXPERT_FC1_HF, split_fc1(w), strict=True))
     return [(shape.hf_layer_shapes(suffix)[0][0], w)]
 
 
@@ -206,11 +258,12 @@ def merge_layer_tensor(suffix: str, hf_tensors: list[torch.Tensor], shape: Model
     """HF layer tensors (in ``hf_layer_shapes(suffix)`` order) -> the megatron layer tensor."""
     if suffix in (QKV, QKV_BIAS):
         return merge_qkv(*hf_tensors, shape)
-    if suffix == FC1:
+    if suffix in (FC1, EXPERT_FC1):
         return merge_fc1(*hf_tensors)
     (w,) = hf_tensors
     return w
 
 
-def hf_layer_name(i: int, hf_suffix: str) -> str:
-    return f"model.layers.{i}.{hf_suffix}"
+def hf_layer_name(i: int, hf_suffix: str, expert: int | None = None) -> str:
+    """``model.layers.<i>.<suffix>``, the expert number filled into an expert suffix's ``{e}``."""
+    return f"model.layers.{i}." + (hf_suffix.format(e=expert) if expert is not None else hf_suffix)

@@ -93,9 +93,19 @@ class _LayerSource:
         self.saved = reader.tensors()
         self._last: tuple[tuple[str, int], torch.Tensor] | None = None
 
-    def key_and_box(self, suffix: str, i: int) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+    def key_and_box(self, suffix: str, i: int, e: int = 0) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
         want = self.shape.megatron_layer_shape(suffix)
         stacked = M.LAYER_PREFIX + suffix
+        E = self.shape.experts_of(suffix)
+        if E:  # stacked [L, E, ...] (megatron-core's SequentialMLP / grouped-expert format)
+            if stacked not in self.saved:
+                raise ConversionError(f"the checkpoint has no {stacked}")
+            got = self.saved[stacked][0]
+            if got != (self.shape.num_layers, E, *want):
+                raise ConversionError(
+                    f"{stacked}: saved shape {got}, config says {(self.shape.num_layers, E, *want)}"
+                )
+            return stacked, (i, e, *([0] * len(want))), (1, 1, *want)
         if stacked in self.saved:
             got = self.saved[stacked][0]
             if got != (self.shape.num_layers, *want):
@@ -110,12 +120,12 @@ class _LayerSource:
             return single, (0,) * len(want), want
         raise ConversionError(f"the checkpoint has no {stacked} (nor {single})")
 
-    def read(self, suffix: str, i: int) -> torch.Tensor:
-        if self._last is not None and self._last[0] == (suffix, i):
+    def read(self, suffix: str, i: int, e: int = 0) -> torch.Tensor:
+        if self._last is not None and self._last[0] == (suffix, i, e):
             return self._last[1]
-        key, offsets, sizes = self.key_and_box(suffix, i)
+        key, offsets, sizes = self.key_and_box(suffix, i, e)
         t = self.reader.read(key, offsets, sizes).reshape(self.shape.megatron_layer_shape(suffix))
-        self._last = ((suffix, i), t)
+        self._last = ((suffix, i, e), t)
         return t
 
     def dtype(self, suffix: str) -> torch.dtype:
@@ -164,13 +174,16 @@ def hf_entries(
     ]
     for i in range(shape.num_layers):
         for suffix in shape.layer_suffixes():
-            for j, (hf_suffix, hf_shape) in enumerate(shape.hf_layer_shapes(suffix)):
+            experts = range(shape.experts_of(suffix)) if shape.experts_of(suffix) else [None]
+            for e in experts:
+                for j, (hf_suffix, hf_shape) in enumerate(shape.hf_layer_shapes(suffix)):
 
-                def produce(suffix=suffix, i=i, j=j) -> Iterator[torch.Tensor]:
-                    parts = M.split_layer_tensor(suffix, src.read(suffix, i), shape)
-                    yield parts[j][1].to(out_dtype)
+                    def produce(suffix=suffix, i=i, j=j, e=e) -> Iterator[torch.Tensor]:
+                        parts = M.split_layer_tensor(suffix, src.read(suffix, i, e or 0), shape)
+                        yield parts[j][1].to(out_dtype)
 
-                entries.append(TensorEntry(M.hf_layer_name(i, hf_suffix), out_dtype, hf_shape, produce))
+                    name = M.hf_layer_name(i, hf_suffix, e)
+                    entries.append(TensorEntry(name, out_dtype, hf_shape, produce))
     final_shape = saved[M.FINAL_NORM][0]
 
     def final_norm() -> Iterator[torch.Tensor]:

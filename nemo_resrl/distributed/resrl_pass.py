@@ -285,8 +285,12 @@ class ResRLPass:
             self.kept_rows.append(normalize_hidden(chunk.hidden[sel.to(chunk.hidden.device)], cfg.ln_eps))
             self.kept_keys.append(torch.stack([self.seq_group[s[sel]], pool[sel]], dim=1))
         self.pos_left.difference_update(s[is_pos[s]].unique().tolist())
-        if not self.fitted and not self.pos_left:
-            self._fit_and_share()  # within the micro-batch holding the last positive, before its negatives
+        if not self.fitted and chunk.phases_done >= 1:
+            # the positives' phase is complete: within the micro-batch holding the last positive, before its
+            # negatives (with expert parallelism, at the same micro-batch on every rank: a collective)
+            if self.pos_left:
+                raise RuntimeError(f"internal error: positives {sorted(self.pos_left)} not seen by phase end")
+            self._fit_and_share()
             self.fitted = True
         grp = self.seq_group[s]
         use = (grp >= 0) & ~is_pos[s] & mask[s, r]

@@ -84,6 +84,7 @@ class MicroBatch:
     response token; seq_index / resp_pos: int64 [n], its sequence (global index) and response position.
     seq_ids: the sequences in this micro-batch (global indices, ascending).
     placement: sequence (global index) -> (row, offset of its first token in the row).
+    phases_done: how many leading phases (0, 1, ...) have all their rows in this or earlier micro-batches.
     """
 
     tokens: torch.Tensor
@@ -95,6 +96,7 @@ class MicroBatch:
     resp_pos: torch.Tensor
     seq_ids: torch.Tensor
     placement: dict[int, tuple[int, int]]
+    phases_done: int = 0
 
     def to(self, device: torch.device | str) -> MicroBatch:
         kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
@@ -108,6 +110,7 @@ class Layout:
     seq_len: int  # S (the longest micro-batch)
     batch_size: int  # B
     width: int  # T, the response-aligned width
+    phase_rows: tuple[int, ...] = ()  # rows (not filler) of each phase
 
 
 def _first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -139,6 +142,7 @@ def make_layout(
     phases: list[int] | None = None,
     min_micro_batches: int = 0,
     min_seq_len: int = 0,
+    phase_micro_batches: list[int] | None = None,
 ) -> Layout:
     """Lay ``seqs`` out as micro-batches of ``micro_batch_size`` rows (see the module docstring).
 
@@ -151,6 +155,10 @@ def make_layout(
     min_micro_batches / min_seq_len (uniform_shape only): at least this many micro-batches (the extra ones
     are filler rows only) of at least this length, so that ranks whose MoE layers exchange tokens
     (expert parallelism) run the same number of micro-batches of the same shape.
+    phase_micro_batches (uniform_shape only; with phases): phase p fills exactly ``phase_micro_batches[p]``
+    micro-batches of its own (filler rows make up the rest), so that every rank reaches the end of a phase
+    at the same micro-batch (expert parallelism with a consumer that synchronises at the end of a phase).
+    Every micro-batch records how many phases are complete after it (``MicroBatch.phases_done``).
     """
     require(len(seqs) >= 1, "an empty batch has no micro-batches")
     require(micro_batch_size >= 1, "micro_batch_size must be >= 1")
@@ -174,21 +182,49 @@ def make_layout(
             rows_of += [[i] for i in members]
     fill = lambda r: sum(lengths[i] for i in r)  # noqa: E731
     round_up = lambda n: -(-n // seq_len_multiple) * seq_len_multiple  # noqa: E731
+    n_phases = max(phase) + 1
     if uniform_shape:
         seq_len = round_up(max(max(fill(r) for r in rows_of), min_seq_len))
-        n_rows = -(-len(rows_of) // micro_batch_size) * micro_batch_size
-        n_rows = max(n_rows, min_micro_batches * micro_batch_size)
-        rows_of = rows_of + [[] for _ in range(n_rows - len(rows_of))]
-        groups = [rows_of[s : s + micro_batch_size] for s in range(0, n_rows, micro_batch_size)]
+        if phase_micro_batches is not None:
+            require(len(phase_micro_batches) >= n_phases, "phase_micro_batches must cover every phase")
+            groups, ends = [], []
+            for p, n_mb in enumerate(phase_micro_batches):
+                mine = [r for r in rows_of if phase[r[0]] == p]
+                require(
+                    len(mine) <= n_mb * micro_batch_size, f"phase {p} needs more than {n_mb} micro-batches"
+                )
+                mine += [[] for _ in range(n_mb * micro_batch_size - len(mine))]
+                groups += [mine[s : s + micro_batch_size] for s in range(0, len(mine), micro_batch_size)]
+                ends.append(len(groups) - 1)  # phase p is complete after this micro-batch
+        else:
+            n_rows = -(-len(rows_of) // micro_batch_size) * micro_batch_size
+            n_rows = max(n_rows, min_micro_batches * micro_batch_size)
+            rows_of = rows_of + [[] for _ in range(n_rows - len(rows_of))]
+            groups = [rows_of[s : s + micro_batch_size] for s in range(0, n_rows, micro_batch_size)]
         mbs = [_build_micro_batch(seqs, g, seq_len, pack, pad_id) for g in groups]
     else:
         rows_of.sort(key=lambda r: (phase[r[0]], -fill(r), r[0]))
         groups = [rows_of[s : s + micro_batch_size] for s in range(0, len(rows_of), micro_batch_size)]
         mbs = [_build_micro_batch(seqs, g, round_up(max(fill(r) for r in g)), pack, pad_id) for g in groups]
         seq_len = max(mb.tokens.shape[1] for mb in mbs)
+    if not (uniform_shape and phase_micro_batches is not None):
+        last = [-1] * n_phases  # the last micro-batch holding a row of each phase
+        for j, g in enumerate(groups):
+            for r in g:
+                if r:
+                    last[phase[r[0]]] = j
+        ends = [max(last[: p + 1]) for p in range(n_phases)]
+    for j, mb in enumerate(mbs):
+        mb.phases_done = sum(1 for e in ends if e <= j)
     width = max(seqs.response_lens)
+    phase_rows = tuple(sum(1 for r in rows_of if r and phase[r[0]] == p) for p in range(n_phases))
     return Layout(
-        micro_batches=mbs, rows=micro_batch_size, seq_len=seq_len, batch_size=len(seqs), width=width
+        micro_batches=mbs,
+        rows=micro_batch_size,
+        seq_len=seq_len,
+        batch_size=len(seqs),
+        width=width,
+        phase_rows=phase_rows,
     )
 
 

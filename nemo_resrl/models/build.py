@@ -20,12 +20,9 @@ from nemo_resrl.compat.bridge_config import fix_rotary_base
 from nemo_resrl.compat.versions import check_megatron_core
 from nemo_resrl.config.actor import ActorConfig, ActorConfigError, OptimConfig
 from nemo_resrl.convert.hf_files import hf_num_experts
-from nemo_resrl.convert.mapping import SUPPORTED_ARCHITECTURES as CONVERTIBLE
+from nemo_resrl.convert.mapping import MOE_ARCHITECTURES, SUPPORTED_ARCHITECTURES
 from nemo_resrl.models.parallel import ParallelLayout, init_parallel
 from nemo_resrl.models.tp_attributes import mark_tensor_parallel_params
-
-MOE_ARCHITECTURES = ("Qwen3MoeForCausalLM",)
-SUPPORTED_ARCHITECTURES = (*CONVERTIBLE, *MOE_ARCHITECTURES)
 
 # fusions megatron-bridge may turn on that the local (non-TE) layer spec cannot run on CPU
 CPU_OFF_FUSIONS = (

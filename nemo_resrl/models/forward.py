@@ -26,12 +26,13 @@ class PenultimateChunk:
 
     seq_index / resp_pos: int64 [n] (sequence in the caller's batch, position in its response);
     hidden: [n, d] in the activation dtype, detached, on the compute device. Identical on every
-    tensor-parallel rank of the owning stage (no sequence parallelism).
+    tensor-parallel rank of the owning stage (under sequence parallelism the hook gathers the sequence).
     """
 
     seq_index: torch.Tensor
     resp_pos: torch.Tensor
     hidden: torch.Tensor
+    phases_done: int = 0  # phases (``logprobs(phases=...)``) whose every sequence is in this chunk or earlier
 
 
 PenultimateConsumer = Callable[[PenultimateChunk], None]
@@ -71,14 +72,24 @@ class ForwardRunner:
         """With expert parallelism every MoE layer exchanges tokens with ranks of other data-parallel
         replicas (megatron's token dispatchers gather equal-shaped blocks): every rank runs the largest
         number of micro-batches of the largest shape any rank needs, filler rows making up the rest."""
+        dev, mbs = self.m.device, self.m.cfg.micro_batch_size
+        n_phases = torch.tensor([len(layout.phase_rows)], dtype=torch.long, device=dev)
+        dist.all_reduce(
+            n_phases, op=dist.ReduceOp.MAX
+        )  # over every rank: the simplest superset of the groups
+        per_phase = list(layout.phase_rows) + [0] * (int(n_phases) - len(layout.phase_rows))
         shape = torch.tensor(
-            [len(layout.micro_batches), layout.seq_len], dtype=torch.long, device=self.m.device
+            [len(layout.micro_batches), layout.seq_len, *(-(-r // mbs) for r in per_phase)],
+            dtype=torch.long,
+            device=dev,
         )
-        dist.all_reduce(shape, op=dist.ReduceOp.MAX)  # over every rank: the simplest superset of the groups
-        n, s = int(shape[0]), int(shape[1])
+        dist.all_reduce(shape, op=dist.ReduceOp.MAX)
+        n, s, phase_mbs = int(shape[0]), int(shape[1]), [int(x) for x in shape[2:]]
+        if kw.get("phases") is not None:  # every rank finishes each phase at the same micro-batch
+            return make_layout(seqs, mbs, min_seq_len=s, phase_micro_batches=phase_mbs, **kw)
         if (n, s) == (len(layout.micro_batches), layout.seq_len):
             return layout
-        return make_layout(seqs, self.m.cfg.micro_batch_size, min_micro_batches=n, min_seq_len=s, **kw)
+        return make_layout(seqs, mbs, min_micro_batches=n, min_seq_len=s, **kw)
 
     def run(self, layout: Layout, loss_func_of: Callable, forward_only: bool) -> list:
         """megatron's schedule over ``layout``'s micro-batches; ``loss_func_of(mb, output)`` is called on
@@ -247,6 +258,7 @@ class ForwardRunner:
                 hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
             mb = self._current_mb
             flat = hidden.detach().transpose(0, 1).reshape(-1, hidden.shape[-1])
-            consumer(PenultimateChunk(mb.seq_index, mb.resp_pos, flat.index_select(0, mb.flat_pos)))
+            rows = flat.index_select(0, mb.flat_pos)
+            consumer(PenultimateChunk(mb.seq_index, mb.resp_pos, rows, phases_done=mb.phases_done))
 
         return hook

@@ -381,9 +381,12 @@ class Trainer:
         updates (sequence sums and per token), over all data-parallel ranks."""
         pos = correct.nonzero().flatten().tolist()
         total = n_tok = 0.0  # sum over the positives' tokens of (new - old) log-prob, and their count
+        # a policy call is collective over the job (with expert parallelism the MoE layers exchange tokens
+        # across data-parallel ranks): a rank without positives still runs one, on a row it then ignores
+        run = pos or [0]
+        sub = Sequences([seqs.tokens[i] for i in run], [seqs.prompt_lens[i] for i in run])
+        new = self.policy.logprobs(sub).outputs
         if pos:
-            sub = Sequences([seqs.tokens[i] for i in pos], [seqs.prompt_lens[i] for i in pos])
-            new = self.policy.logprobs(sub).outputs
             width = new.logprobs.shape[1]
             delta = (new.logprobs - old_logp[pos, :width]) * mask[pos, :width]
             total, n_tok = float(delta.sum()), float(mask[pos, :width].sum())

@@ -1,7 +1,7 @@
 """The Megatron side of the conversion round trips, run at one TP x PP layout (``test_round_trip.py``).
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 -m tests.convert.convert_probe \
-        --work DIR --family qwen3 --tp 2 --pp 1
+        --work DIR --family qwen3 --tp 2 --pp 1    (--ep 2 with --family qwen3_moe)
 
 Phase 1 (to HF): build the actor from ``DIR/<family>``, take one optimizer step (so the weights are no
 longer the HF ones), save a run-style checkpoint ``DIR/<layout>/ckpt`` and record, for the test to compare
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--family", required=True)
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--pp", type=int, default=1)
+    ap.add_argument("--ep", type=int, default=1)
     args = ap.parse_args()
     work = Path(args.work)
 
@@ -47,12 +48,13 @@ def main() -> None:
             hf_path=str(path),
             tensor_parallel=args.tp,
             pipeline_parallel=args.pp,
+            expert_parallel=args.ep,
             micro_batch_size=2,
             optim=optim,
         )
         return MegatronActor(cfg)
 
-    out = work / f"{args.family}_tp{args.tp}pp{args.pp}"
+    out = work / (f"{args.family}_tp{args.tp}pp{args.pp}" + (f"ep{args.ep}" if args.ep > 1 else ""))
     seqs = fixed_batch()
     _, mask = seqs.response_tokens()
 

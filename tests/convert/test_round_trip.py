@@ -1,11 +1,11 @@
-"""Conversion round trips against live Megatron actors at TP=2 and PP=2 (gloo, tiny random models).
+"""Conversion round trips against live Megatron actors at TP=2, PP=2 and EP=2 (gloo, tiny random models).
 
-to HF: an actor trained one step at TP=2 (Qwen3, untied; Qwen2 with q / k / v biases) or PP=2 (Llama, tied
-embeddings) saves a
-checkpoint; ``convert_to_hf`` turns it into an HF directory; transformers' logits on a fixed batch equal the
-Megatron actor's, and the tensors equal megatron-bridge's own export of the live model.
+to HF: an actor trained one step at TP=2 (Qwen3, untied; Qwen2 with q / k / v biases), PP=2 (Llama, tied
+embeddings) or EP=2 (Qwen3-MoE, 8 experts) saves a checkpoint; ``convert_to_hf`` turns it into an HF
+directory; transformers' logits on a fixed batch equal the Megatron actor's, and the tensors equal
+megatron-bridge's own export of the live model.
 
-from HF: ``convert_from_hf`` of the HF model is loaded by an actor of ANOTHER random model at TP=2 / PP=2;
+from HF: ``convert_from_hf`` of the HF model is loaded by an actor of ANOTHER random model at its layout;
 its logits then equal transformers' on the original model (and differed before the load).
 """
 
@@ -24,9 +24,19 @@ from tests.models.tiny_hf import make_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.distributed
-LAYOUTS = {"qwen3_tp2pp1": ("qwen3", 2, 1), "llama_tp1pp2": ("llama", 1, 2), "qwen2_tp2pp1": ("qwen2", 2, 1)}
-# the Qwen2 job (its biases split per query group and over TP) runs in the slow tier only
-PARAMS = [pytest.param(k, marks=pytest.mark.slow) if k.startswith("qwen2") else k for k in LAYOUTS]
+# name: (family, tp, pp, ep)
+LAYOUTS = {
+    "qwen3_tp2pp1": ("qwen3", 2, 1, 1),
+    "llama_tp1pp2": ("llama", 1, 2, 1),
+    "qwen2_tp2pp1": ("qwen2", 2, 1, 1),
+    "qwen3_moe_tp1pp1ep2": ("qwen3_moe", 1, 1, 2),
+}
+FAMILIES = ("qwen3", "llama", "qwen2", "qwen3_moe")
+# the Qwen2 job (its biases split per query group and over TP) and the MoE job (experts split over expert
+# parallel ranks, per-expert HF tensors) run in the slow tier only
+PARAMS = [
+    pytest.param(k, marks=pytest.mark.slow) if k.startswith("qwen2") or "moe" in k else k for k in LAYOUTS
+]
 TOL = 1e-5
 
 
@@ -56,7 +66,8 @@ def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("convert")
-    for family, tie in (("qwen3", False), ("llama", True), ("qwen2", False)):
+    for family in FAMILIES:
+        tie = family == "llama"
         make_tiny(work / family, family, seed=0, tie=tie)
         make_tiny(work / f"{family}_other", family, seed=1, tie=tie)
         convert_from_hf(work / family, work / f"{family}_from_hf")
@@ -69,8 +80,8 @@ _RAN: set[str] = set()
 def layout_run(work: Path, name: str) -> Path:
     """The probe's job for layout ``name`` (run once per module, when a test first needs it)."""
     if name not in _RAN:
-        family, tp, pp = LAYOUTS[name]
-        args = ["--work", work, "--family", family, "--tp", tp, "--pp", pp]
+        family, tp, pp, ep = LAYOUTS[name]
+        args = ["--work", work, "--family", family, "--tp", tp, "--pp", pp, "--ep", ep]
         res = run_module("tests.convert.convert_probe", *args, nproc=2, timeout=600)
         assert res.returncode == 0 and f"PROBE OK {name}" in res.stdout, (
             res.stdout[-3000:] + res.stderr[-6000:]
@@ -136,7 +147,7 @@ def test_vllm_loads_the_converted_model_with_its_log_probs(work, tmp_path):
     assert worst < 1e-3
 
 
-@pytest.mark.parametrize("family", ["qwen3", "llama", "qwen2"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_hf_to_megatron_to_hf_is_bit_exact(work, family, tmp_path):
     back = convert_to_hf(work / f"{family}_from_hf", tmp_path / "back")
     assert _load_safetensors_dir(back).keys() == _load_safetensors_dir(work / family).keys()

@@ -31,10 +31,10 @@ SLOW_LAYOUTS = {"tp2pp1dp2": (2, 1, 4)}
 TOL = 1e-5
 
 
-def _run(work: Path, tp: int, pp: int, nproc: int) -> dict:
-    args = ["--work", work, "--tp", tp, "--pp", pp]
+def _run(work: Path, tp: int, pp: int, nproc: int, ep: int = 1, model: str = "qwen3") -> dict:
+    args = ["--work", work, "--tp", tp, "--pp", pp, "--ep", ep, "--model", model]
     res = run_module("tests.distributed.resrl_probe", *args, nproc=nproc, timeout=600)
-    name = f"tp{tp}pp{pp}dp{nproc // (tp * pp)}"
+    name = f"tp{tp}pp{pp}dp{nproc // (tp * pp)}" + (f"ep{ep}" if ep > 1 else "")
     assert res.returncode == 0 and f"PROBE OK {name}" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
     return json.loads((work / f"{name}.json").read_text())
 
@@ -70,6 +70,25 @@ def test_weights_equal_single_process_computation(runs, layout):
 @pytest.mark.slow
 def test_tp2_x_dp2_equals_single_process(work):
     _check(_run(work, *SLOW_LAYOUTS["tp2pp1dp2"]))
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_moe_at_ep2_x_dp2_equals_single_process(tmp_path):
+    """Layer L-2's output of a mixture-of-experts model is still a dense [tokens, d] state: the ResRL
+    weights at expert parallel 2 x data parallel 2 equal the in-job single-process computation and the
+    weights of a one-process run of the same model."""
+    make_tiny(tmp_path / "qwen3_moe", "qwen3_moe")
+    one = _run(tmp_path, 1, 1, 1, model="qwen3_moe")
+    ep2 = _run(tmp_path, 1, 1, 2, ep=2, model="qwen3_moe")
+    for result in (one, ep2):
+        _check(result)
+    for label in ("default", "m_below_k", "positive_set"):
+        a = torch.load(tmp_path / f"tp1pp1dp1_{label}.pt")
+        b = torch.load(tmp_path / f"tp1pp1dp2ep2_{label}.pt")
+        mask = a["mask"]
+        assert (a["weights"][mask] < 1).any(), label  # some negative tokens really are down-weighted
+        torch.testing.assert_close(b["weights"][mask], a["weights"][mask], atol=TOL, rtol=0, msg=label)
 
 
 @pytest.mark.distributed

@@ -87,3 +87,30 @@ def test_bad_sequences_are_rejected_with_their_index():
         seqs.check_vocab(256)
     with pytest.raises(ValueError, match="does not fit in max_tokens_per_row=4"):
         make_layout(Sequences([torch.arange(6)], [1]), 1, pack=True, max_tokens_per_row=4)
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_phases_come_in_order_and_each_micro_batch_says_which_are_complete(uniform):
+    seqs = Sequences([torch.arange(1, 3 + i) for i in range(7)], [1] * 7)
+    phases = [1, 0, 1, 0, 1, 1, 0]  # sequences 1, 3, 6 first
+    lay = make_layout(seqs, 2, uniform_shape=uniform, phases=phases)
+    where = {int(i): j for j, mb in enumerate(lay.micro_batches) for i in mb.seq_ids}
+    assert sorted(where) == list(range(7))
+    assert max(where[i] for i in (1, 3, 6)) <= min(where[i] for i in (0, 2, 4, 5))
+    # phase 0 ends in the second micro-batch (which also starts phase 1); phase 1 in the last
+    assert [mb.phases_done for mb in lay.micro_batches] == [0, 1, 1, 2]
+    assert lay.phase_rows == (3, 4)
+
+
+def test_phase_aligned_layout_ends_each_phase_at_the_given_micro_batch():
+    """Expert parallelism: a rank with fewer positives still finishes phase 0 where the others do."""
+    seqs = Sequences([torch.arange(1, 4 + i) for i in range(5)], [1] * 5)
+    lay = make_layout(seqs, 2, phases=[0, 1, 1, 1, 1], phase_micro_batches=[3, 2])
+    assert len(lay.micro_batches) == 5
+    assert [mb.seq_ids.tolist() for mb in lay.micro_batches] == [[0], [], [], [1, 2], [3, 4]]
+    assert [mb.phases_done for mb in lay.micro_batches] == [0, 0, 1, 1, 2]
+    assert {mb.tokens.shape for mb in lay.micro_batches} == {(2, 7)}
+    none = make_layout(seqs, 2, phases=[1] * 5, phase_micro_batches=[0, 3])  # no positives anywhere
+    assert [mb.phases_done for mb in none.micro_batches] == [1, 1, 2]
+    with pytest.raises(ValueError, match="phase 1 needs more than 1 micro-batches"):
+        make_layout(seqs, 2, phases=[0, 1, 1, 1, 1], phase_micro_batches=[1, 1])

@@ -10,6 +10,7 @@ The ``torchrun`` fixture of ``tests/conftest.py`` is this function.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -45,8 +46,33 @@ def run_module(
     if not gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
     if log is None:
-        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        return _run_group(cmd, env, timeout)
     from tests.session import run_in_own_session
 
     rc, text = run_in_own_session(cmd, log, timeout=timeout, env=env)
     return subprocess.CompletedProcess(cmd, rc, stdout=text, stderr=text[-4000:])
+
+
+def _run_group(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, timeout=timeout)``, except that a timeout (or an interrupt)
+    kills the whole process group: torchrun's workers would otherwise outlive their launcher and keep
+    their cores (measured: two hung workers still running half an hour after their test failed)."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -147,7 +147,7 @@ class ArchConfig(Section):
     qkv_bias: bool = False
     """Biases on the query, key and value projections (Qwen2 / Qwen2.5)."""
     num_experts: int | None = None
-    """Mixture of experts only (not supported by the actor yet)."""
+    """Mixture of experts only (Qwen3-MoE: routed experts per layer, every layer sparse)."""
     experts_per_token: int | None = None
     moe_intermediate_size: int | None = None
 
@@ -178,6 +178,19 @@ class ArchConfig(Section):
             v = getattr(self, k)
             ok = v is None or (isinstance(v, int) and v >= 1)
             keys.require(ok, k, f"must be an integer >= 1, got {v!r}")
+        moe = ("num_experts", "experts_per_token", "moe_intermediate_size")
+        given = [k for k in moe if getattr(self, k) is not None]
+        why = f"is part of a mixture of experts: give all of {', '.join(moe)}"
+        keys.require(len(given) in (0, 3), "num_experts", why)
+        for k in given:
+            v = getattr(self, k)
+            keys.require(isinstance(v, int) and v >= 1, k, f"must be an integer >= 1, got {v!r}")
+        if len(given) == 3:
+            keys.require(
+                self.experts_per_token <= self.num_experts,
+                "experts_per_token",
+                f"is {self.experts_per_token}, more than num_experts={self.num_experts}",
+            )
 
 
 @dataclass
@@ -187,7 +200,7 @@ class ActorConfig(Section):
     KEY = "actor."
 
     hf_path: str = ""
-    """A Hugging Face checkpoint directory (Qwen3 / Llama dense families), or ``embedded:<name>``."""
+    """An HF checkpoint directory (Qwen3, Qwen3-MoE, Qwen2 / Qwen2.5, Llama) or ``embedded:<name>``."""
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     expert_parallel: int = 1

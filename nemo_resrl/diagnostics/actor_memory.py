@@ -5,18 +5,21 @@ from __future__ import annotations
 
 
 def measured_bytes(actor) -> dict[str, int]:
-    """What the built actor holds: parameter storage (the contiguous param buffer when the distributed
-    optimizer has one), the fp32 gradient buffer, the fp32 master copies and Adam's two moments."""
+    """What the built actor holds: parameter storage (the contiguous param buffers when the distributed
+    optimizer has them, expert-parallel ones included; frozen parameters), the fp32 gradient buffers, the
+    fp32 master copies and Adam's two moments."""
     from nemo_resrl.compat.megatron_optimizer import inner_adams
 
     params = grads = 0
     for chunk in actor.model.chunks:
-        for b in chunk.buffers:
+        for b in [*chunk.buffers, *getattr(chunk, "expert_parallel_buffers", [])]:
             grads += b.grad_data.numel() * b.grad_data.element_size()
             if b.param_data is not None:
                 params += b.param_data.numel() * b.param_data.element_size()
             else:
                 params += sum(p.numel() * p.element_size() for p in b.params)
+        # parameters without a gradient (a frozen mixture-of-experts router) are in no buffer
+        params += sum(p.numel() * p.element_size() for p in chunk.parameters() if not p.requires_grad)
     master = 0
     for opt in getattr(actor.optimizer, "chained_optimizers", [actor.optimizer]):
         for name in ("shard_fp32_from_float16_groups", "fp32_from_float16_groups"):

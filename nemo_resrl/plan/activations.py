@@ -16,6 +16,10 @@ sequence length, p = bytes of the actor dtype:
     attention (unfused): q, k and v expanded to every head, softmax output: 3 q p + a s p
     output projection input:              q p
     MLP: fc1 output (gate and up), SwiGLU's three saved values: 2 f p + 3 f p
+    mixture of experts (E experts, k per token, expert FFN f_e, instead of the MLP): each of a token's
+    k expert copies keeps its permuted input and its SwiGLU values, (k / ep) (h + 5 f_e / etp) p on one
+    rank with balanced routing; the un-permutation keeps the experts' output h p; the float64 router its
+    probabilities over E and the top-k values, normalised values, indices and their sum: 8 E + 8 (3 k + 1)
 
 TransformerEngine spec (GPU; flash attention keeps q, k, v, its output and a float32 log-sum-exp, no
 s x s term; the layer norms are fused into the linears): estimated the same way, not measured.
@@ -33,16 +37,34 @@ def _norm(width: int, rows: int, p: int) -> int:
     return 8 * width + FP32 * rows + p * width
 
 
-def layer_token_bytes(arch: ModelArch, *, tp: int, p: int, seq_len: int, spec: str = "local") -> int:
+def moe_token_bytes(arch: ModelArch, *, p: int, ep: int = 1, etp: int = 1) -> int:
+    """A mixture-of-experts MLP's saves per token (module docstring); measured exactly at ep = etp = 1."""
+    h, e, k, f = arch.hidden_size, arch.num_experts, arch.experts_per_token, arch.moe_intermediate_size // etp
+    return k * (h + 5 * f) * p // ep + h * p + 8 * e + 8 * (3 * k + 1)
+
+
+def layer_token_bytes(
+    arch: ModelArch,
+    *,
+    tp: int,
+    p: int,
+    seq_len: int,
+    spec: str = "local",
+    ep: int = 1,
+    etp: int | None = None,
+) -> int:
     """Bytes one decoder layer saves for backward per token of a sequence of ``seq_len`` tokens."""
     h, d = arch.hidden_size, arch.head_dim
     a, g = arch.num_attention_heads // tp, arch.num_key_value_heads // tp
     q, k, f = a * d, g * d, arch.intermediate_size // tp
+    etp = tp if etp is None else etp
     if spec == "te":
         ln = p * h + FP32  # the input of a fused layer-norm linear and its 1 / rms
         qk = (p * q + FP32 * a + p * k + FP32 * g) if arch.qk_layernorm else 0
         attention = p * (q + 2 * k) + p * q + FP32 * a  # q, k, v, output (= projection input), lse
         mlp = p * h + 2 * f * p + f * p  # fc1 input (the norm's output), fc1 output, fc2 input
+        if arch.is_moe:
+            mlp = p * h + moe_token_bytes(arch, p=p, ep=ep, etp=etp)
         return 2 * ln + qk + attention + mlp
     total = 2 * _norm(h, 1, p)
     if arch.qk_layernorm:
@@ -51,7 +73,7 @@ def layer_token_bytes(arch: ModelArch, *, tp: int, p: int, seq_len: int, spec: s
     total += 4 * d * p  # rotary cos / sin
     total += 3 * q * p + a * seq_len * p  # unfused attention
     total += q * p  # output projection input
-    total += 2 * f * p + 3 * f * p  # MLP
+    total += moe_token_bytes(arch, p=p, ep=ep, etp=etp) if arch.is_moe else 2 * f * p + 3 * f * p  # MLP
     return total
 
 
@@ -71,9 +93,18 @@ def logprob_chunk_bytes(arch: ModelArch, *, tp: int, chunk_rows: int) -> int:
     return 2 * chunk_rows * (arch.vocab_size // tp) * FP32
 
 
-def forward_working_bytes(arch: ModelArch, *, tp: int, p: int, tokens: int, seq_len: int, spec: str) -> int:
+def forward_working_bytes(
+    arch: ModelArch,
+    *,
+    tp: int,
+    p: int,
+    tokens: int,
+    seq_len: int,
+    spec: str,
+    ep: int = 1,
+    etp: int | None = None,
+) -> int:
     """The largest set of temporaries of a forward-only pass over ``tokens`` tokens: one layer's values
     (nothing is kept between layers) plus the residual stream in and out."""
-    return tokens * (
-        layer_token_bytes(arch, tp=tp, p=p, seq_len=seq_len, spec=spec) + 2 * arch.hidden_size * p
-    )
+    per_layer = layer_token_bytes(arch, tp=tp, p=p, seq_len=seq_len, spec=spec, ep=ep, etp=etp)
+    return tokens * (per_layer + 2 * arch.hidden_size * p)

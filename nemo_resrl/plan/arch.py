@@ -14,12 +14,13 @@ FAMILIES = {
     "Qwen3ForCausalLM": (True, False),
     "Qwen2ForCausalLM": (False, True),
     "LlamaForCausalLM": (False, False),
+    "Qwen3MoeForCausalLM": (True, False),
 }
 
 
 @dataclass(frozen=True)
 class ModelArch:
-    """A dense decoder (Qwen3 / Qwen2 / Llama family): the numbers every count in the plan starts from."""
+    """A decoder (Qwen3 / Qwen2 / Llama dense, Qwen3-MoE): the numbers every count in the plan starts from."""
 
     num_layers: int
     hidden_size: int
@@ -32,6 +33,29 @@ class ModelArch:
     qk_layernorm: bool
     qkv_bias: bool = False
     source: str = ""
+    num_experts: int = 0  # mixture of experts (Qwen3-MoE: every layer); 0: dense
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def mlp_params(self) -> int:
+        """One layer's MLP: the dense SwiGLU, or the router and every expert's SwiGLU."""
+        h = self.hidden_size
+        if self.is_moe:
+            return self.num_experts * h + self.num_experts * 3 * h * self.moe_intermediate_size
+        return 3 * h * self.intermediate_size
+
+    @property
+    def active_mlp_params(self) -> int:
+        """The MLP weights one token multiplies with: the router and its experts_per_token experts."""
+        h = self.hidden_size
+        if self.is_moe:
+            return self.num_experts * h + self.experts_per_token * 3 * h * self.moe_intermediate_size
+        return 3 * h * self.intermediate_size
 
     @property
     def q_dim(self) -> int:
@@ -46,11 +70,11 @@ class ModelArch:
     @property
     def layer_params(self) -> int:
         """Parameters of one decoder layer (unsharded)."""
-        h, f = self.hidden_size, self.intermediate_size
+        h = self.hidden_size
         attn = h * (self.q_dim + 2 * self.kv_dim) + self.q_dim * h
         norms = 2 * h + (2 * self.head_dim if self.qk_layernorm else 0)
         bias = self.q_dim + 2 * self.kv_dim if self.qkv_bias else 0
-        return attn + 3 * h * f + norms + bias
+        return attn + self.mlp_params + norms + bias
 
     @property
     def total_params(self) -> int:
@@ -59,29 +83,46 @@ class ModelArch:
         out = 0 if self.tie_word_embeddings else emb
         return emb + out + self.num_layers * self.layer_params + self.hidden_size
 
-    def check_layout(self, tp: int, pp: int, what: str = "actor") -> None:
-        """The tensor / pipeline sizes divide the model's dimensions (as the actor requires)."""
-        checks = (
+    def check_layout(self, tp: int, pp: int, what: str = "actor", ep: int = 1, etp: int = 1) -> None:
+        """The tensor / pipeline / expert sizes divide the model's dimensions (as the actor requires)."""
+        checks = [
             (self.num_attention_heads, "num_attention_heads", tp, "tensor_parallel"),
             (self.num_key_value_heads, "num_key_value_heads", tp, "tensor_parallel"),
             (self.vocab_size, "vocab_size", tp, "tensor_parallel"),
             (self.intermediate_size, "intermediate_size", tp, "tensor_parallel"),
             (self.num_layers, "num_layers", pp, "pipeline_parallel"),
-        )
+        ]
+        if self.is_moe:
+            checks += [
+                (self.num_experts, "num_experts", ep, "expert_parallel"),
+                (self.moe_intermediate_size, "moe_intermediate_size", etp, "expert_tensor_parallel"),
+            ]
+        elif ep > 1:
+            raise ConfigError(f"{what}.expert_parallel={ep} needs a mixture-of-experts model")
         for value, name, size, key in checks:
             if value % size:
                 raise ConfigError(f"{what}.{key}={size} does not divide the model's {name}={value}")
 
 
 def arch_from_hf_config(hf: dict, source: str = "") -> ModelArch:
-    """``ModelArch`` of an HF ``config.json`` (a dense Qwen3 / Qwen2 / Llama)."""
+    """``ModelArch`` of an HF ``config.json`` (Qwen3 / Qwen2 / Llama, Qwen3-MoE)."""
     arch = (hf.get("architectures") or ["?"])[0]
     if arch not in FAMILIES:
         raise ConfigError(
             f"actor.hf_path: architecture {arch} is not supported by the plan; supported: {sorted(FAMILIES)}"
         )
     heads = int(hf["num_attention_heads"])
+    moe = {}
+    if arch == "Qwen3MoeForCausalLM":
+        from nemo_resrl.convert.hf_files import hf_num_experts
+
+        moe = dict(
+            num_experts=hf_num_experts(hf),
+            experts_per_token=int(hf["num_experts_per_tok"]),
+            moe_intermediate_size=int(hf["moe_intermediate_size"]),
+        )
     return ModelArch(
+        **moe,
         num_layers=int(hf["num_hidden_layers"]),
         hidden_size=int(hf["hidden_size"]),
         num_attention_heads=heads,
@@ -108,10 +149,6 @@ def resolve_arch(actor: ActorConfig) -> ModelArch:
     if cfg_file is not None and cfg_file.is_file():
         return arch_from_hf_config(json.loads(cfg_file.read_text()), f"{cfg_file}")
     a = actor.arch
-    if a.num_experts:
-        raise ConfigError(
-            "actor.arch.num_experts: mixture-of-experts models are not supported by the actor yet"
-        )
     if not a.complete:
         raise ConfigError(
             f"actor.arch: the plan needs the model's architecture: actor.hf_path ({path!r}) is not a local "
@@ -129,4 +166,7 @@ def resolve_arch(actor: ActorConfig) -> ModelArch:
         qk_layernorm=bool(a.qk_layernorm),
         qkv_bias=bool(a.qkv_bias),
         source="actor.arch",
+        num_experts=a.num_experts or 0,
+        experts_per_token=a.experts_per_token or 0,
+        moe_intermediate_size=a.moe_intermediate_size or 0,
     )

@@ -1,4 +1,4 @@
-"""FLOPs of the step's passes (dense transformer, causal attention).
+"""FLOPs of the step's passes (causal attention; a mixture of experts counts the experts a token uses).
 
 Per token, a forward pass costs ``2 N`` for the matrix multiplications (N: the weights of every linear
 layer and the output layer; the embedding lookup costs nothing) plus ``4 L q c`` for attention (QK^T and
@@ -13,9 +13,10 @@ from nemo_resrl.plan.arch import ModelArch
 
 
 def matmul_params(arch: ModelArch) -> int:
-    """Weights of every matrix multiplication of a forward pass (the output layer included, tied or not)."""
+    """Weights of every matrix multiplication of a forward pass (the output layer included, tied or not;
+    mixture of experts: the router and the experts_per_token experts a token goes through)."""
     h = arch.hidden_size
-    per_layer = h * (arch.q_dim + 2 * arch.kv_dim) + arch.q_dim * h + 3 * h * arch.intermediate_size
+    per_layer = h * (arch.q_dim + 2 * arch.kv_dim) + arch.q_dim * h + arch.active_mlp_params
     return arch.num_layers * per_layer + arch.vocab_size * h
 
 

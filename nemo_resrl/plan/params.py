@@ -25,6 +25,8 @@ class ParamSpec:
     name: str
     numel: int
     shared_embedding: bool = False
+    expert: bool = False  # a routed expert's weight (its own buffer with expert parallelism)
+    frozen: bool = False  # no gradient (a frozen router): outside the buffers, no optimizer state
 
 
 def stage_layers(arch: ModelArch, pp: int, stage: int) -> range:
@@ -32,9 +34,42 @@ def stage_layers(arch: ModelArch, pp: int, stage: int) -> range:
     return range(stage * per, (stage + 1) * per)
 
 
-def stage_params(arch: ModelArch, tp: int, pp: int, stage: int, spec: str = "local") -> list[ParamSpec]:
-    """The parameters of pipeline ``stage`` on one tensor rank, in ``named_parameters`` order."""
+def moe_params(
+    arch: ModelArch, prefix: str, *, ep: int, etp: int, freeze_router: bool, spec: str
+) -> list[ParamSpec]:
+    """One mixture-of-experts layer's router and this rank's experts (E / ep of them, each split over etp)."""
+    h, f = arch.hidden_size, arch.moe_intermediate_size // etp
+    out = [ParamSpec(prefix + "mlp.router.weight", arch.num_experts * h, frozen=freeze_router)]
+    for j in range(arch.num_experts // ep):
+        if spec == "te":  # TEGroupedMLP: linear_fc1.weight<j> ..., then linear_fc2.weight<j> ...
+            names = (f"mlp.experts.linear_fc1.weight{j}", f"mlp.experts.linear_fc2.weight{j}")
+        else:
+            names = (
+                f"mlp.experts.local_experts.{j}.linear_fc1.weight",
+                f"mlp.experts.local_experts.{j}.linear_fc2.weight",
+            )
+        out += [
+            ParamSpec(prefix + names[0], 2 * f * h, expert=True),
+            ParamSpec(prefix + names[1], h * f, expert=True),
+        ]
+    return out
+
+
+def stage_params(
+    arch: ModelArch,
+    tp: int,
+    pp: int,
+    stage: int,
+    spec: str = "local",
+    *,
+    ep: int = 1,
+    etp: int | None = None,
+    freeze_router: bool = True,
+) -> list[ParamSpec]:
+    """The parameters of pipeline ``stage`` on one tensor rank, in ``named_parameters`` order
+    (mixture-of-experts models: ``ep`` expert-parallel ranks of ``etp`` (default tp) ranks each)."""
     h, dh = arch.hidden_size, arch.head_dim
+    etp = tp if etp is None else etp
     q, kv, f, v = arch.q_dim // tp, arch.kv_dim // tp, arch.intermediate_size // tp, arch.vocab_size // tp
     first, last = stage == 0, stage == pp - 1
     tied_across = arch.tie_word_embeddings and pp > 1
@@ -51,15 +86,22 @@ def stage_params(arch: ModelArch, tp: int, pp: int, stage: int, spec: str = "loc
         qkv = [ParamSpec(p + "self_attention.linear_qkv.weight", (q + 2 * kv) * h)]
         if arch.qkv_bias:
             qkv.append(ParamSpec(p + "self_attention.linear_qkv.bias", q + 2 * kv))
-        if spec == "te":  # layer norms fused into the following linear layers
+        if arch.is_moe:
+            mlp = moe_params(arch, p, ep=ep, etp=etp, freeze_router=freeze_router, spec=spec)
+        else:
+            mlp = [
+                ParamSpec(p + "mlp.linear_fc1.weight", 2 * f * h),
+                ParamSpec(p + "mlp.linear_fc2.weight", h * f),
+            ]
+        if spec == "te":  # layer norms fused into the following linear layers (a MoE keeps its own norm)
+            pre_mlp = "pre_mlp_layernorm.weight" if arch.is_moe else "mlp.linear_fc1.layer_norm_weight"
             out += [
                 ParamSpec(p + "self_attention.linear_proj.weight", h * q),
                 ParamSpec(p + "self_attention.linear_qkv.layer_norm_weight", h),
                 *qkv,
                 *qk,
-                ParamSpec(p + "mlp.linear_fc1.layer_norm_weight", h),
-                ParamSpec(p + "mlp.linear_fc1.weight", 2 * f * h),
-                ParamSpec(p + "mlp.linear_fc2.weight", h * f),
+                ParamSpec(p + pre_mlp, h),
+                *mlp,
             ]
         else:
             out += [
@@ -68,8 +110,7 @@ def stage_params(arch: ModelArch, tp: int, pp: int, stage: int, spec: str = "loc
                 *qkv,
                 *qk,
                 ParamSpec(p + "pre_mlp_layernorm.weight", h),
-                ParamSpec(p + "mlp.linear_fc1.weight", 2 * f * h),
-                ParamSpec(p + "mlp.linear_fc2.weight", h * f),
+                *mlp,
             ]
     if last:
         out.append(ParamSpec("decoder.final_layernorm.weight", h))
@@ -165,20 +206,39 @@ def actor_static(
     distributed_optimizer: bool,
     dp_rank: int = 0,
     spec: str = "local",
+    ep: int = 1,
+    etp: int | None = None,
+    freeze_router: bool = True,
+    edp_rank: int | None = None,
 ) -> ActorStatic:
-    params = stage_params(arch, tp, pp, stage, spec)
+    """Mixture-of-experts models: with expert parallelism the experts' weights form a second buffer,
+    sharded over the expert-data-parallel ranks (dp x tp / (ep x etp)); a frozen router is in no buffer."""
+    etp = tp if etp is None else etp
+    params = stage_params(arch, tp, pp, stage, spec, ep=ep, etp=etp, freeze_router=freeze_router)
     numel = sum(p.numel for p in params)
-    layout = buffer_layout(params, dp, distributed_optimizer)
-    if distributed_optimizer:
-        param_bytes = layout.numel * dtype_bytes  # the parameters are views into the param buffer
-        main = shard_elements(layout, dp, dp_rank)[0]
+    frozen = sum(p.numel for p in params if p.frozen)
+    groups = [([p for p in params if not p.frozen and not (p.expert and ep > 1)], dp, dp_rank)]
+    if ep > 1:
+        edp = dp * tp // (ep * etp)
+        rank = dp_rank % edp if edp_rank is None else edp_rank
+        groups.append(([p for p in params if p.expert and not p.frozen], edp, rank))
+    buffered = main = 0
+    for members, size, rank in groups:
+        if not members:
+            continue
+        layout = buffer_layout(members, size, distributed_optimizer)
+        buffered += layout.numel
+        main += (
+            shard_elements(layout, size, rank)[0] if distributed_optimizer else sum(p.numel for p in members)
+        )
+    if distributed_optimizer:  # the parameters are views into the param buffers
+        param_bytes = (buffered + frozen) * dtype_bytes
     else:
         param_bytes = numel * dtype_bytes
-        main = numel
     master = main * FP32 if dtype_bytes != FP32 else 0  # fp32 models: the parameters themselves
     return ActorStatic(
         params=param_bytes,
-        grads=layout.numel * FP32,
+        grads=buffered * FP32,
         master=master,
         optimizer=2 * main * FP32,
         param_numel=numel,

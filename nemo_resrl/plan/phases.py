@@ -61,6 +61,13 @@ class Layout:
     dp: int
     rollout_tp: int
     world: int
+    ep: int = 1  # expert parallel (mixture-of-experts models)
+    etp: int = 1  # expert tensor parallel
+
+    @property
+    def moe(self) -> dict[str, int]:
+        """The expert-parallel keyword arguments of the byte counts."""
+        return {"ep": self.ep, "etp": self.etp}
 
 
 @dataclass
@@ -120,14 +127,28 @@ def layout_of(cfg: RunConfig) -> Layout:
             f"actor.tensor_parallel x actor.pipeline_parallel = {mp} does not divide the cluster's {world} "
             "GPUs (cluster.nodes x cluster.gpus_per_node)"
         )
-    return Layout(a.tensor_parallel, a.pipeline_parallel, world // mp, cfg.rollout.tensor_parallel, world)
+    ep, etp = a.expert_parallel, a.resolved_expert_tensor_parallel
+    if (world // a.pipeline_parallel) % (ep * etp):
+        raise ConfigError(
+            f"actor.expert_parallel x expert_tensor_parallel = {ep * etp} does not divide the "
+            f"{world // a.pipeline_parallel} GPUs of a pipeline stage"
+        )
+    return Layout(
+        a.tensor_parallel,
+        a.pipeline_parallel,
+        world // mp,
+        cfg.rollout.tensor_parallel,
+        world,
+        ep=ep,
+        etp=etp,
+    )
 
 
 def make_plan(cfg: RunConfig, arch: ModelArch | None = None) -> Plan:
     """Plan ``cfg`` (see the module docstring); ``arch``: the model (default: ``resolve_arch``)."""
     arch = arch or resolve_arch(cfg.actor)
     lay = layout_of(cfg)
-    arch.check_layout(lay.tp, lay.pp)
+    arch.check_layout(lay.tp, lay.pp, **lay.moe)
     a, r, c = cfg.actor, cfg.rollout, cfg.cluster
     p = _dtype_bytes(a.dtype)
     rp = p if r.dtype == "auto" else _dtype_bytes(r.dtype)
@@ -178,6 +199,8 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None) -> Plan:
             dtype_bytes=p,
             distributed_optimizer=a.optim.use_distributed_optimizer,
             spec=spec,
+            freeze_router=a.moe.freeze_router,
+            **lay.moe,
         )
         params, grads, optim = _resident(st, True, True, True)
         layers = len(stage_layers(arch, lay.pp, stage))
@@ -199,7 +222,9 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None) -> Plan:
         lp.append(
             Component(
                 "forward working set (one micro-batch)",
-                forward_working_bytes(arch, tp=lay.tp, p=p, tokens=micro_tokens, seq_len=seq, spec=spec),
+                forward_working_bytes(
+                    arch, tp=lay.tp, p=p, tokens=micro_tokens, seq_len=seq, spec=spec, **lay.moe
+                ),
             )
         )
         if last:
@@ -220,7 +245,7 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None) -> Plan:
             neg = responses_per_rank * s.max_tokens * FP32
             lp.append(Component("ResRL: sampled positive rows, projectors, residuals", rows + proj + neg))
         if kl:
-            largest = max(q.numel for q in stage_params(arch, lay.tp, lay.pp, stage, spec))
+            largest = max(q.numel for q in stage_params(arch, lay.tp, lay.pp, stage, spec, **lay.moe))
             lp.append(Component("reference swap temporary", largest * p))
         per_stage["old log-probs"].append(Phase("old log-probs", stage, lp))
 
@@ -228,10 +253,18 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None) -> Plan:
         in_flight = min(lay.pp - stage, micro_batches)
         if a.recompute == "full":
             kept = layers * layer_input_bytes(arch, p=p) * micro_tokens
-            transient = micro_tokens * layer_token_bytes(arch, tp=lay.tp, p=p, seq_len=seq, spec=spec) * 2
+            transient = (
+                micro_tokens * layer_token_bytes(arch, tp=lay.tp, p=p, seq_len=seq, spec=spec, **lay.moe) * 2
+            )
         else:
-            kept = layers * layer_token_bytes(arch, tp=lay.tp, p=p, seq_len=seq, spec=spec) * micro_tokens
-            transient = micro_tokens * layer_token_bytes(arch, tp=lay.tp, p=p, seq_len=seq, spec=spec)
+            kept = (
+                layers
+                * layer_token_bytes(arch, tp=lay.tp, p=p, seq_len=seq, spec=spec, **lay.moe)
+                * micro_tokens
+            )
+            transient = micro_tokens * layer_token_bytes(
+                arch, tp=lay.tp, p=p, seq_len=seq, spec=spec, **lay.moe
+            )
         tr = [overhead, asleep, params, grads, optim]
         tr.append(
             Component(
@@ -262,7 +295,7 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None) -> Plan:
         # checkpoint save: the engine asleep, everything of the actor on the device
         ck = [overhead, asleep, params, grads, optim]
         if kl:  # the reference is swapped in to be saved
-            largest = max(q.numel for q in stage_params(arch, lay.tp, lay.pp, stage, spec))
+            largest = max(q.numel for q in stage_params(arch, lay.tp, lay.pp, stage, spec, **lay.moe))
             ck.append(Component("reference swap temporary", largest * p))
         per_stage["checkpoint save"].append(Phase("checkpoint save", stage, ck))
 
@@ -314,6 +347,8 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None) -> Plan:
         dtype_bytes=p,
         distributed_optimizer=a.optim.use_distributed_optimizer,
         spec=spec,
+        freeze_router=a.moe.freeze_router,
+        **lay.moe,
     )
     dp_bw = (
         c.network_gbps if c.nodes > 1 and lay.dp > 1 and lay.tp * lay.pp < c.world_size else c.nvlink_gbps

@@ -26,9 +26,12 @@ def weight_bytes(arch: ModelArch, *, tp: int, p: int) -> int:
     h = arch.hidden_size
     emb = arch.vocab_size * h // tp
     out = 0 if arch.tie_word_embeddings else emb
-    layers = arch.num_layers * (
-        (arch.q_dim + 2 * arch.kv_dim) * h // tp + arch.q_dim * h // tp + 3 * h * arch.intermediate_size // tp
-    )
+    if arch.is_moe:  # the router replicated, every expert's FFN split over the tensor ranks
+        e = arch.num_experts
+        mlp = e * h + e * 3 * h * (arch.moe_intermediate_size // tp)
+    else:
+        mlp = 3 * h * arch.intermediate_size // tp
+    layers = arch.num_layers * ((arch.q_dim + 2 * arch.kv_dim) * h // tp + arch.q_dim * h // tp + mlp)
     norms = arch.num_layers * (2 * h + (2 * arch.head_dim if arch.qk_layernorm else 0)) + h
     bias = arch.num_layers * (arch.q_dim + 2 * arch.kv_dim) // tp if arch.qkv_bias else 0
     return (emb + out + layers + norms + bias) * p
@@ -44,6 +47,8 @@ def profile_activation_bytes(arch: ModelArch, *, tp: int, p: int) -> int:
     """vLLM's profiling-run peak: one scheduler step of MAX_NUM_BATCHED_TOKENS tokens through a layer (the
     residual stream, QKV, the MLP's gate / up), plus float32 logits of MAX_NUM_SEQS sampled positions."""
     h, f = arch.hidden_size, arch.intermediate_size // tp
+    if arch.is_moe:  # each token's experts_per_token expert copies
+        f = arch.experts_per_token * arch.moe_intermediate_size // tp
     per_token = p * (4 * h + (arch.q_dim + 2 * arch.kv_dim) // tp + 3 * f)
     return MAX_NUM_BATCHED_TOKENS * per_token + MAX_NUM_SEQS * (arch.vocab_size // tp) * FP32
 

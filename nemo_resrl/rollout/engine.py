@@ -36,6 +36,7 @@ import torch.distributed as dist
 from nemo_resrl.common import require
 from nemo_resrl.compat import running_on_cpu
 from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
+from nemo_resrl.convert.hf_files import hf_num_experts
 from nemo_resrl.rollout.batch import RefitStats, RolloutBatch
 
 log = logging.getLogger(__name__)
@@ -293,6 +294,10 @@ class RolloutEngine:
             from nemo_resrl.compat.vllm_cpu import repack_tied_lm_head
 
             self.llm.collective_rpc(repack_tied_lm_head)  # else logits keep the original lm_head
+        if self.cpu and hf_num_experts(self.hf_config):
+            from nemo_resrl.compat.vllm_cpu import repack_moe_experts
+
+            self.llm.collective_rpc(repack_moe_experts)  # else the experts read unpacked weights as packed
         self.llm.reset_prefix_cache()
         return RefitStats(
             tensors=counted["tensors"], bytes=counted["bytes"], calls=1, seconds=time.perf_counter() - t0

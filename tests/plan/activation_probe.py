@@ -3,7 +3,8 @@ token, with ``torch.autograd.graph.saved_tensors_hooks``.
 
     python -m tests.plan.activation_probe --work DIR
 
-DIR must hold the tiny HF checkpoints ``qwen3/``, ``qwen2/`` and ``llama/`` (``tiny_hf.make_tiny``).
+DIR must hold the tiny HF checkpoints ``qwen3/``, ``qwen2/``, ``llama/`` and ``qwen3_moe/``
+(``tiny_hf.make_tiny``).
 
 A tensor counts once per storage; parameters, boolean masks and storages that more than one layer saves
 (the rotary table, shared by every layer) are left out. Without recomputation, layer 0's saves are those
@@ -26,7 +27,8 @@ import torch
 warnings.filterwarnings("ignore")
 
 SEQ_LENS = (16, 64, 256)
-CASES = [(m, d, r) for m in ("qwen3", "qwen2", "llama") for d in ("fp32", "bf16") for r in ("none", "full")]
+MODELS = ("qwen3", "qwen2", "llama", "qwen3_moe")
+CASES = [(m, d, r) for m in MODELS for d in ("fp32", "bf16") for r in ("none", "full")]
 
 
 def layer_bytes_per_token(gpt, seq_len: int, recompute: bool) -> float:

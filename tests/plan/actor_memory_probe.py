@@ -28,6 +28,8 @@ MODELS = (
     ("llama_tied", "fp32", True),
     ("qwen3", "bf16", False),
     ("qwen2", "bf16", True),
+    ("qwen3_moe", "bf16", True),  # experts over --ep ranks, a frozen router
+    ("qwen3_moe", "fp32", False),
 )
 
 
@@ -36,7 +38,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--pp", type=int, default=1)
+    ap.add_argument("--ep", type=int, default=1, help="expert parallel (the MoE models only)")
     args = ap.parse_args()
+
+    from megatron.core import parallel_state as ps
 
     from nemo_resrl.config import ActorConfig, PolicyLossConfig
     from nemo_resrl.diagnostics.actor_memory import measured_bytes
@@ -48,7 +53,14 @@ def main() -> None:
     records = []
     for name, dtype, distributed in MODELS:
         path = args.work / name
-        cfg = ActorConfig(hf_path=str(path), dtype=dtype, tensor_parallel=args.tp, pipeline_parallel=args.pp)
+        ep = args.ep if name.startswith("qwen3_moe") else 1
+        cfg = ActorConfig(
+            hf_path=str(path),
+            dtype=dtype,
+            tensor_parallel=args.tp,
+            pipeline_parallel=args.pp,
+            expert_parallel=ep,
+        )
         cfg.optim.use_distributed_optimizer = distributed
         actor = MegatronActor(cfg.validate())
         g = torch.Generator().manual_seed(0)
@@ -66,6 +78,9 @@ def main() -> None:
             dp_rank=lay.dp_rank,
             dtype_bytes=2 if dtype == "bf16" else 4,
             distributed_optimizer=distributed,
+            ep=ep,
+            etp=cfg.resolved_expert_tensor_parallel,
+            edp_rank=ps.get_expert_data_parallel_rank(),
         )
         planned = {
             "params": plan.params,
@@ -73,9 +88,10 @@ def main() -> None:
             "master": plan.master,
             "optimizer": plan.optimizer,
         }
-        model = f"{name} {dtype} distributed_optimizer={distributed}"
+        model = f"{name} {dtype} distributed_optimizer={distributed}" + (f" ep={ep}" if ep > 1 else "")
         records.append({"model": model, "measured": measured_bytes(actor), "planned": planned})
         del actor
+        ps.destroy_model_parallel()  # the next model may use another expert-parallel size
     rank = torch.distributed.get_rank()
     (args.work / f"rank{rank}.json").write_text(json.dumps({"layout": str(lay), "records": records}))
 

@@ -1,6 +1,7 @@
 """The plan's activation bytes per token per layer (local layer spec) against what the Megatron actor
 really saves for backward on CPU, counted with ``saved_tensors_hooks`` (``activation_probe.py``), with
-and without full recomputation, for tiny Qwen3 (q / k norms) and Llama models in fp32 and bf16."""
+and without full recomputation, for tiny Qwen3 (q / k norms), Qwen2, Llama and Qwen3-MoE (8 experts, 2 per
+token) models in fp32 and bf16."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from nemo_resrl.plan.activations import layer_input_bytes, layer_token_bytes
 from nemo_resrl.plan.arch import arch_from_hf_config
 from tests.models.tiny_hf import make_tiny
-from tests.plan.activation_probe import CASES, SEQ_LENS
+from tests.plan.activation_probe import CASES, MODELS, SEQ_LENS
 
 
 @pytest.fixture(scope="module")
@@ -19,14 +20,11 @@ def measured(tmp_path_factory):
     from tests.launch import run_module
 
     work = tmp_path_factory.mktemp("activations")
-    for family in ("qwen3", "qwen2", "llama"):
+    for family in MODELS:
         make_tiny(work / family, family)
     res = run_module("tests.plan.activation_probe", "--work", work, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
-    archs = {
-        f: arch_from_hf_config(json.loads((work / f / "config.json").read_text()))
-        for f in ("qwen3", "qwen2", "llama")
-    }
+    archs = {f: arch_from_hf_config(json.loads((work / f / "config.json").read_text())) for f in MODELS}
     return json.loads((work / "activations.json").read_text()), archs
 
 

@@ -24,6 +24,7 @@ MODEL_CARDS = {
     "qwen3_8b": (8.2, 6.95),
     "qwen3_14b": (14.8, 13.2),
     "qwen3_32b": (32.8, 31.2),
+    "qwen3_30b_a3b": (30.5, 29.9),
 }
 
 
@@ -38,6 +39,15 @@ def test_each_presets_architecture_has_its_model_cards_parameter_counts(model):
     assert round((arch.total_params - embeddings) / 1e9, digits) == non_embedding
 
 
+def test_the_moe_presets_active_parameters_are_its_model_cards():
+    """Qwen3-30B-A3B's card: "3.3B activated" (8 of 128 experts per token, everything else dense); the
+    count is 3.35 B, which the card prints cut to one decimal."""
+    arch = resolve_arch(load_plan_config(["model=qwen3_30b_a3b"]).actor)
+    idle = arch.num_layers * (arch.num_experts - arch.experts_per_token) * 3 * arch.hidden_size
+    active = (arch.total_params - idle * arch.moe_intermediate_size) / 1e9
+    assert 3.3 <= active < 3.4
+
+
 def test_a_local_hf_directory_wins_over_actor_arch(tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -50,16 +60,17 @@ def test_a_local_hf_directory_wins_over_actor_arch(tmp_path):
 
 
 def test_unusable_architectures_are_refused_with_the_key():
-    with pytest.raises(ConfigError, match="Qwen3MoeForCausalLM is not supported by the plan"):
-        arch_from_hf_config({"architectures": ["Qwen3MoeForCausalLM"]})
+    with pytest.raises(ConfigError, match="DeepseekV3ForCausalLM is not supported by the plan"):
+        arch_from_hf_config({"architectures": ["DeepseekV3ForCausalLM"]})
     cfg = load_plan_config([])  # the CPU default: an embedded model the plan reads from its config.json
     assert resolve_arch(cfg.actor).num_layers > 0
     bare = load_plan_config(["actor.hf_path=/nonexistent"])
     with pytest.raises(ConfigError, match="actor.arch: the plan needs the model's architecture"):
         resolve_arch(bare.actor)
-    moe = load_plan_config(["model=qwen3_8b", "actor.arch.num_experts=8"])
-    with pytest.raises(ConfigError, match="actor.arch.num_experts"):
-        resolve_arch(moe.actor)
+    with pytest.raises(ConfigError, match="actor.arch.num_experts is part of a mixture of experts"):
+        resolve_arch(load_plan_config(["model=qwen3_8b", "actor.arch.num_experts=8"]).actor)
+    moe = load_plan_config(["model=qwen3_30b_a3b"]).actor
+    assert resolve_arch(moe).experts_per_token == 8
 
 
 def test_the_tiny_models_config_json_gives_the_numbers_transformers_uses(tmp_path):

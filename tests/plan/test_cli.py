@@ -19,6 +19,7 @@ GPU_PRESETS = (
     "qwen3_32b",
     "qwen2p5_math_7b",
     "qwen2p5_7b",
+    "qwen3_30b_a3b",
 )
 
 

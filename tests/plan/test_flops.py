@@ -16,6 +16,20 @@ from tests.models.tiny_hf import make_tiny
 
 QWEN3_8B = ModelArch(36, 4096, 32, 8, 128, 12288, 151936, False, True)
 QWEN3_1P7B = ModelArch(28, 2048, 16, 8, 128, 6144, 151936, True, True)
+QWEN3_30B_A3B = ModelArch(
+    48,
+    2048,
+    32,
+    4,
+    128,
+    6144,
+    151936,
+    False,
+    True,
+    num_experts=128,
+    experts_per_token=8,
+    moe_intermediate_size=768,
+)
 
 
 def forward_flops_of_sequence(a: ModelArch, s: int) -> int:
@@ -27,13 +41,20 @@ def forward_flops_of_sequence(a: ModelArch, s: int) -> int:
         a.hidden_size,
         a.intermediate_size,
     )
-    weights = [(h, q), (h, kv), (h, kv), (q, h), (h, f), (h, f), (f, h)]
+    weights = [(h, q), (h, kv), (h, kv), (q, h)]
+    if a.num_experts:  # the router, then each of the token's experts_per_token experts
+        fe = a.moe_intermediate_size
+        weights += [(h, a.num_experts)] + [(h, fe), (h, fe), (fe, h)] * a.experts_per_token
+    else:
+        weights += [(h, f), (h, f), (f, h)]
     per_token = a.num_layers * sum(2 * m * n for m, n in weights) + 2 * h * a.vocab_size
     attention = a.num_layers * sum(4 * q * i for i in range(1, s + 1))
     return s * per_token + attention
 
 
-@pytest.mark.parametrize("arch", [QWEN3_8B, QWEN3_1P7B], ids=["qwen3-8b", "qwen3-1.7b-tied"])
+@pytest.mark.parametrize(
+    "arch", [QWEN3_8B, QWEN3_1P7B, QWEN3_30B_A3B], ids=["qwen3-8b", "qwen3-1.7b-tied", "qwen3-30b-a3b"]
+)
 @pytest.mark.parametrize("s", [1, 7, 1024, 8192])
 def test_flops_per_token_equal_an_independent_count(arch, s):
     fwd = forward_flops_of_sequence(arch, s) / s

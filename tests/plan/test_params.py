@@ -45,17 +45,21 @@ def test_an_embedding_shared_across_pipeline_stages_gets_a_bucket_of_its_own():
 @pytest.mark.slow
 def test_the_planned_bytes_equal_the_built_actor_at_tp2_pp2_dp2(tmp_path, torchrun):
     """Every rank of an 8-process TP=2 x PP=2 x DP=2 job, for tiny Qwen3, Qwen2 (q / k / v biases) and
-    Llama models, tied and untied, bf16 and fp32, with and without the distributed optimizer: parameter
-    buffer, fp32 gradient buffer, fp32 master shard and Adam's moments, byte for byte."""
+    Llama models, tied and untied, bf16 and fp32, with and without the distributed optimizer, and a tiny
+    Qwen3-MoE at EP=2 (its experts in a second buffer sharded over the expert-data-parallel ranks, its
+    frozen router in none): parameter buffers, fp32 gradient buffers, fp32 master shard and Adam's
+    moments, byte for byte."""
     for name, family, tie in (
         ("qwen3", "qwen3", False),
         ("qwen3_tied", "qwen3", True),
         ("llama", "llama", False),
         ("llama_tied", "llama", True),
         ("qwen2", "qwen2", False),
+        ("qwen3_moe", "qwen3_moe", False),
     ):
         make_tiny(tmp_path / name, family, tie=tie)
-    res = torchrun("tests.plan.actor_memory_probe", "--work", tmp_path, "--tp", 2, "--pp", 2, nproc=8)
+    args = ("--work", tmp_path, "--tp", 2, "--pp", 2, "--ep", 2)  # the MoE: EP=2 x expert-DP=2 per stage
+    res = torchrun("tests.plan.actor_memory_probe", *args, nproc=8)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
     masters = set()
     for rank in range(8):

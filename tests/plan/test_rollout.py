@@ -43,3 +43,16 @@ def test_the_engines_weight_bytes_are_the_models_parameters(tmp_path):
         norms = arch.num_layers * (2 * arch.hidden_size + 2 * arch.head_dim * arch.qk_layernorm)
         norms += arch.hidden_size
         assert weight_bytes(arch, tp=2, p=2) == 2 * ((numel - norms) // 2 + norms)
+
+
+def test_a_mixture_of_experts_engine_holds_every_expert_and_a_whole_router(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    d = make_tiny(tmp_path / "qwen3_moe", "qwen3_moe")
+    arch = arch_from_hf_config(json.loads((d / "config.json").read_text()))
+    model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32)
+    numel = sum(p.numel() for p in model.parameters())
+    assert weight_bytes(arch, tp=1, p=2) == 2 * numel and arch.total_params == numel
+    norms = arch.num_layers * (2 * arch.hidden_size + 2 * arch.head_dim) + arch.hidden_size
+    router = arch.num_layers * arch.num_experts * arch.hidden_size  # replicated on every tensor rank
+    assert weight_bytes(arch, tp=2, p=2) == 2 * ((numel - norms - router) // 2 + norms + router)

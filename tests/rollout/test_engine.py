@@ -190,6 +190,19 @@ def test_vllm_runs_a_converted_qwen2_and_refits_its_biases(tmp_path, torchrun):
     assert r["after_refit_without_biases"] > 1.001  # the biases moved too, and the refit carries them
 
 
+@pytest.mark.slow
+def test_vllm_runs_a_converted_qwen3_moe_and_refits_its_experts(tmp_path, torchrun):
+    make_tiny(tmp_path / "qwen3_moe", "qwen3_moe")
+    res = torchrun("tests.rollout.moe_rollout_probe", "--work", tmp_path, nproc=1, timeout=600)
+    assert res.returncode == 0 and "PROBE OK" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
+    r = json.loads((tmp_path / "qwen3_moe.json").read_text())
+    assert r["responses"] > 0 and r["before"] < 1.001
+    assert r["refit_tensors"] == 3 + 2 * (4 + 2 + 2 + 1 + 8 * 3)  # every HF tensor, 48 of them experts
+    assert r["after_refit"] < 1.001 and r["after_full_refit_again"] < 1.001  # sampler == actor
+    assert r["after_refit_without_experts"] > 1.001  # the experts moved too, and the refit carries them
+    assert r["after_reload_without_repack"] > 1.01  # vLLM alone leaves the CPU experts' packing stale
+
+
 def test_only_the_known_harmless_vllm_messages_are_hidden():
     import logging
     from pathlib import Path

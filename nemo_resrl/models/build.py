@@ -182,6 +182,12 @@ def build_model(cfg: ActorConfig) -> MegatronModel:
     spec = cfg.check_environment(te_available=te, cuda=cuda, capability=capability)
     hf_config = read_hf_config(cfg.hf_path)
     check_model_fits_layout(hf_config, cfg)
+    moe = is_moe_config(hf_config)
+    if moe and not cuda and cfg.moe.token_dispatcher == "alltoall":
+        raise ActorConfigError(
+            "actor.moe.token_dispatcher=alltoall needs a GPU (megatron-core's alltoall dispatcher creates a "
+            "CUDA stream); use allgather without one"
+        )
     layout = init_parallel(
         cfg.tensor_parallel,
         cfg.pipeline_parallel,
@@ -189,7 +195,6 @@ def build_model(cfg: ActorConfig) -> MegatronModel:
         ep=cfg.expert_parallel,
         etp=cfg.resolved_expert_tensor_parallel,
     )
-    moe = is_moe_config(hf_config)
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
 
     bridge = import_megatron_bridge().AutoBridge.from_hf_pretrained(cfg.hf_path, torch_dtype=cfg.torch_dtype)

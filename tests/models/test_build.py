@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nemo_resrl.config.actor import ActorConfig, ActorConfigError
+from nemo_resrl.config.actor import ActorConfig, ActorConfigError, MoEConfig
 from nemo_resrl.models.actor import MegatronActor
 from tests.models.tiny_hf import make_tiny
 
@@ -50,4 +50,7 @@ def test_expert_layouts_the_model_cannot_take_are_refused_before_building(tmp_pa
     (moe / "config.json").write_text(json.dumps({**cfg, "mlp_only_layers": [0]}))
     with pytest.raises(ActorConfigError, match="with dense layers"):
         MegatronActor(ActorConfig(hf_path=str(moe)))
+    (moe / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ActorConfigError, match="token_dispatcher=alltoall needs a GPU"):
+        MegatronActor(ActorConfig(hf_path=str(moe), moe=MoEConfig(token_dispatcher="alltoall")))
     assert not dist.is_initialized()

@@ -59,7 +59,8 @@ class RolloutConfig(Section):
     dtype: str = "auto"
     """auto (the checkpoint's) | fp32 | bf16."""
     tensor_parallel: int = 1
-    """vLLM tensor parallel; in training it must equal actor.tensor_parallel (colocated ranks)."""
+    """vLLM tensor parallel; in training a multiple of actor.tensor_parallel (colocated ranks: an engine
+    wider than the actor serves several data-parallel replicas)."""
     gpu_memory_utilization: float = 0.5
     """GPU: the fraction of the device vLLM may take for weights + KV cache."""
     kv_cache_memory_bytes: int = 256 << 20

@@ -170,10 +170,11 @@ class RunConfig(Section):
             getattr(self, name).check(keys.sub(name))
         algo, sampling = self.algorithm, self.rollout.sampling
         keys.require(
-            self.rollout.tensor_parallel == self.actor.tensor_parallel,
+            self.rollout.tensor_parallel % self.actor.tensor_parallel == 0,
             "rollout.tensor_parallel",
-            f"({self.rollout.tensor_parallel}) must equal actor.tensor_parallel "
-            f"({self.actor.tensor_parallel}): the engine runs colocated in the actor's ranks",
+            f"({self.rollout.tensor_parallel}) must be a multiple of actor.tensor_parallel "
+            f"({self.actor.tensor_parallel}): the engine runs colocated in the actor's ranks, one engine per "
+            "actor tensor-parallel group or per several of them",
         )
         keys.require(
             sampling.n >= 2 or not algo.spec.group_normalised,

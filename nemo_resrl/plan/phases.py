@@ -305,7 +305,8 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None) -> Plan:
     # sizes and time
     n_seq = cfg.trainer.prompts_per_step * s.n
     engines = lay.world // lay.rollout_tp
-    per_engine = math.ceil(n_seq / engines)
+    # every pipeline stage holds the same data-parallel replicas: its engines generate the same sequences
+    per_engine = math.ceil(n_seq * lay.pp / engines)
     concurrent = max(1, min(MAX_NUM_SEQS, int(engine.kv_tokens // seq) if engine.kv_tokens else 0) or 1)
     waves = math.ceil(per_engine / concurrent)
     plan.facts.update(

@@ -12,12 +12,18 @@ def _gib(n: float) -> str:
 
 def format_plan(plan: Plan, cfg_summary: str = "", fixes: dict[str, str] | None = None) -> str:
     a, lay, e = plan.arch, plan.layout, plan.engine
+    mlp = (
+        f"{a.num_experts} experts ({a.experts_per_token} per token, ffn {a.moe_intermediate_size})"
+        if a.is_moe
+        else f"ffn {a.intermediate_size}"
+    )
+    experts = f" EP={lay.ep} ETP={lay.etp}" if a.is_moe else ""
     lines = [
         f"model: {a.num_layers} layers, hidden {a.hidden_size}, {a.num_attention_heads} heads "
-        f"({a.num_key_value_heads} KV), ffn {a.intermediate_size}, vocab {a.vocab_size}, "
+        f"({a.num_key_value_heads} KV), {mlp}, vocab {a.vocab_size}, "
         f"{plan.facts['params'] / 1e9:.2f} B parameters (from {a.source})",
-        f"layout: {lay.world} GPUs, actor TP={lay.tp} PP={lay.pp} DP={lay.dp}, rollout TP={lay.rollout_tp}"
-        + (f"; {cfg_summary}" if cfg_summary else ""),
+        f"layout: {lay.world} GPUs, actor TP={lay.tp} PP={lay.pp}{experts} DP={lay.dp}, "
+        f"rollout TP={lay.rollout_tp}" + (f"; {cfg_summary}" if cfg_summary else ""),
         f"batch: {plan.facts['sequences']} sequences of up to {plan.facts['seq_len']} tokens per step; "
         f"{plan.facts['responses_per_rank']} per data-parallel rank; micro-batches of "
         f"{plan.facts['micro_batch_tokens']} tokens, {plan.facts['micro_batches_per_update']} per update",

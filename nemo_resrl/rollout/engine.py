@@ -10,9 +10,12 @@ token ids; the tokenizer is not loaded.
 
 Colocated layout (CPU and GPU alike): vLLM lays its groups over the torch.distributed world as
 external-DP x TP, so each ``rollout.tensor_parallel`` consecutive ranks form one engine (they must call
-``generate`` / ``refit`` together, with the same prompts), and with more ranks than that every
-data-parallel group has an engine of its own that generates its own prompts, independently of the
-others (vLLM's own ``data_parallel_size`` stays 1; it would lock the engines' steps together, which
+``generate`` / ``refit`` together), and with more ranks than that every data-parallel group has an engine
+of its own that generates its own prompts, independently of the others. An engine wider than the actor's
+tensor-parallel groups (``replica_width``: a model whose weights need more GPUs in vLLM than the actor's
+TP, like a mixture of experts with few KV heads) serves several data-parallel replicas: their prompts are
+gathered, generated together, and each rank gets its replica's responses back. (vLLM's own
+``data_parallel_size`` stays 1; it would lock the engines' steps together, which
 only expert-parallel MoE models need). The actor's Megatron grid (TP innermost) puts the same ranks in
 its tensor-parallel groups.
 
@@ -99,11 +102,16 @@ def _eos_ids(path: Path) -> list[int]:
     return []
 
 
-def check_model_for_rollout(path: str | os.PathLike, cpu: bool) -> dict:
+def check_model_for_rollout(path: str | os.PathLike, cpu: bool, tensor_parallel: int = 1) -> dict:
     """The HF config of ``path``, with the checks vLLM would otherwise fail deep inside."""
     path = Path(path)
     cfg = _hf_json(path, "config.json")
     require(bool(cfg), f"rollout model {str(path)!r} has no config.json")
+    heads = cfg["num_attention_heads"]
+    require(
+        heads % tensor_parallel == 0,
+        f"rollout.tensor_parallel={tensor_parallel} does not divide the model's num_attention_heads={heads}",
+    )
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     arch = (cfg.get("architectures") or ["?"])[0]
     if arch == "Qwen2ForCausalLM":  # vLLM's Qwen2 derives the head size; transformers reads head_dim
@@ -125,11 +133,25 @@ class RolloutEngine:
     """vLLM engine for one model; see the module docstring. Build on every rank of a colocated job
     (torchrun: tensor- or data-parallel)."""
 
-    def __init__(self, model_path: str | os.PathLike, cfg: RolloutConfig):
+    def __init__(
+        self, model_path: str | os.PathLike, cfg: RolloutConfig, *, replica_width: int | None = None
+    ):
+        """``replica_width``: how many consecutive ranks hold the same prompts (the actor's tensor-parallel
+        size in training; default ``rollout.tensor_parallel``). A smaller width makes one engine serve
+        several data-parallel replicas: ``generate`` then gathers their prompts, generates them together
+        and hands each rank its replica's responses (an engine wider than the actor)."""
         self.cfg = cfg  # validated by the config pass (RunConfig / EvalConfig.validate)
+        width = cfg.tensor_parallel if replica_width is None else replica_width
+        require(
+            width >= 1 and cfg.tensor_parallel % width == 0,
+            f"rollout.tensor_parallel={cfg.tensor_parallel} must be a multiple of the ranks that share "
+            f"prompts ({width}: actor.tensor_parallel)",
+        )
+        self.replica_width = width
+        self.group = None  # the torch group of this rank's engine, when it serves several replicas
         self.cpu = running_on_cpu()
         self.path = Path(model_path)
-        self.hf_config = check_model_for_rollout(self.path, self.cpu)
+        self.hf_config = check_model_for_rollout(self.path, self.cpu, cfg.tensor_parallel)
         self.vocab_size = int(self.hf_config["vocab_size"])
         self.eos_ids = _eos_ids(self.path)
         multi_rank = (
@@ -179,6 +201,12 @@ class RolloutEngine:
                 f"world size {world} is not divisible by rollout.tensor_parallel = {cfg.tensor_parallel}",
             )
             kwargs["distributed_executor_backend"] = "external_launcher"
+            if width < cfg.tensor_parallel:  # every rank takes part in creating every group
+                tp = cfg.tensor_parallel
+                for start in range(0, world, tp):
+                    g = dist.new_group(list(range(start, start + tp)))
+                    if start <= dist.get_rank() < start + tp:
+                        self.group = g
         self.llm = LLM(**kwargs)
         self.awake = set(WAKE_TAGS)  # the parts of the engine's memory that are allocated
 
@@ -225,6 +253,28 @@ class RolloutEngine:
         except (ValueError, TypeError) as e:
             raise ValueError(f"rollout.sampling rejected by vLLM: {e}") from None
 
+    def _replicas(
+        self, prompts: list[list[int]], first_index: int, s: SamplingConfig
+    ) -> tuple[list[tuple[list[list[int]], int]], int]:
+        """The (prompts, first index) of every data-parallel replica this engine serves, in rank order,
+        and which of them is this rank's. Collective over the engine's ranks when it serves several."""
+        if self.group is None:
+            return [(prompts, first_index)], 0
+        ranks = dist.get_world_size(self.group)
+        got: list = [None] * ranks
+        dist.all_gather_object(got, (prompts, first_index, s), group=self.group)
+        w = self.replica_width
+        for r, (ps, first, samp) in enumerate(got):
+            lead = got[r - r % w]
+            require(
+                (ps, first) == lead[:2],
+                f"ranks {r - r % w} and {r} of one data-parallel replica passed different prompts",
+            )
+            require(
+                samp == got[0][2], "the ranks of one rollout engine asked for different sampling settings"
+            )
+        return [(got[r][0], got[r][1]) for r in range(0, ranks, w)], dist.get_rank(self.group) // w
+
     def generate(
         self,
         prompts: Sequence[Sequence[int]],
@@ -247,10 +297,17 @@ class RolloutEngine:
         self._check_prompts(prompts)
         require(first_index >= 0, f"first_index must be >= 0, got {first_index}")
         require(not self.asleep, "the rollout engine is asleep: call wake_up() before generate()")
-        params = [self._params(s, len(p), first_index + i) for i, p in enumerate(prompts)]
-        if s.seed is not None and s.seed_mode == "step":
-            self.llm.collective_rpc(seed_generators, args=((s.seed * 1_000_003 + first_index) % (1 << 31),))
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        replicas, mine = self._replicas(prompts, first_index, s)
+        params = [self._params(s, len(p), first + i) for ps, first in replicas for i, p in enumerate(ps)]
+        everything = [p for ps, _ in replicas for p in ps]
+        if s.seed is not None and s.seed_mode == "step":  # one engine seed: the first replica's
+            seed = (s.seed * 1_000_003 + replicas[0][1]) % (1 << 31)
+            self.llm.collective_rpc(seed_generators, args=(seed,))
+        outs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in everything], params, use_tqdm=False
+        )
+        start = sum(len(ps) for ps, _ in replicas[:mine])
+        outs = outs[start : start + len(prompts)]  # this rank's replica
         idx, resp, lps, trunc = [], [], [], []
         for i, out in enumerate(outs):
             for c in out.outputs:

@@ -183,7 +183,7 @@ def test_a_bad_value_in_every_section_names_the_full_key(section):
 @pytest.mark.parametrize(
     "overrides, key",
     [
-        (["rollout.tensor_parallel=2"], "rollout.tensor_parallel"),
+        (["actor.tensor_parallel=2", "rollout.tensor_parallel=3"], "rollout.tensor_parallel"),
         (["rollout.sampling.temperature=0"], "rollout.sampling.temperature"),
         (["rollout.sampling.max_tokens=400"], "data.max_prompt_tokens"),
         (["algorithm.overlong.buffer=500"], "algorithm.overlong.buffer"),

@@ -25,6 +25,7 @@ MODEL_CARDS = {
     "qwen3_14b": (14.8, 13.2),
     "qwen3_32b": (32.8, 31.2),
     "qwen3_30b_a3b": (30.5, 29.9),
+    "qwen3_235b_a22b": (235, 234),
 }
 
 
@@ -34,18 +35,23 @@ def test_each_presets_architecture_has_its_model_cards_parameter_counts(model):
     assert arch.source == "actor.arch"
     total, non_embedding = MODEL_CARDS[model]
     embeddings = arch.vocab_size * arch.hidden_size * (1 if arch.tie_word_embeddings else 2)
-    digits = len(str(non_embedding).split(".")[1])
-    assert round(arch.total_params / 1e9, len(str(total).split(".")[1])) == total
-    assert round((arch.total_params - embeddings) / 1e9, digits) == non_embedding
+
+    def digits(x: float) -> int:
+        return len(str(x).split(".")[1]) if "." in str(x) else 0
+
+    assert round(arch.total_params / 1e9, digits(total)) == total
+    assert round((arch.total_params - embeddings) / 1e9, digits(non_embedding)) == non_embedding
 
 
-def test_the_moe_presets_active_parameters_are_its_model_cards():
-    """Qwen3-30B-A3B's card: "3.3B activated" (8 of 128 experts per token, everything else dense); the
-    count is 3.35 B, which the card prints cut to one decimal."""
-    arch = resolve_arch(load_plan_config(["model=qwen3_30b_a3b"]).actor)
+@pytest.mark.parametrize("model,card", [("qwen3_30b_a3b", 3.3), ("qwen3_235b_a22b", 22)])
+def test_the_moe_presets_active_parameters_are_their_model_cards(model, card):
+    """The cards' "3.3B activated" and "22B activated" (8 of 128 experts per token, everything else
+    dense): the counts are 3.35 B and 22.2 B, which the cards print cut to their digits."""
+    arch = resolve_arch(load_plan_config([f"model={model}"]).actor)
     idle = arch.num_layers * (arch.num_experts - arch.experts_per_token) * 3 * arch.hidden_size
     active = (arch.total_params - idle * arch.moe_intermediate_size) / 1e9
-    assert 3.3 <= active < 3.4
+    step = 0.1 if isinstance(card, float) else 1
+    assert card <= active < card + step
 
 
 def test_a_local_hf_directory_wins_over_actor_arch(tmp_path):

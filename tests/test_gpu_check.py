@@ -31,6 +31,7 @@ def _run(tmp_path: Path, *args: str) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_the_gpu_check_runs_every_check_on_cpu(tmp_path):
     r = _run(tmp_path, "--cpu")

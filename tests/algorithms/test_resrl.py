@@ -227,7 +227,9 @@ def test_property_invariant_to_response_and_token_order(seed, perm_seed):
     # tokens: permute positions within every response (all rows are used: M_max >= pool)
     q = torch.randperm(hidden.shape[1], generator=g)
     out = compute_resrl_weights(hidden[:, q], mask[:, q], groups, adv, CFG).weights
-    torch.testing.assert_close(out, base[:, q], atol=1e-4, rtol=0)
+    # float32 sums over the tokens in another order move a weight by up to ~1.3e-4 (seed 159679,
+    # permutation 182); an order-dependent bug moves weights by O(0.1)
+    torch.testing.assert_close(out, base[:, q], atol=5e-4, rtol=0)
 
 
 def test_subsample_is_independent_of_batch_order_given_response_ids():

@@ -47,16 +47,19 @@ def test_forward_and_train_step_work_with_all_patches():
     _ok(_probe("train_clip"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("part", ["rng", "device"])
 def test_model_build_needs_rng_and_device_patches(part):
     _fails(_probe("forward", "--skip", part), "Torch not compiled with CUDA enabled")
 
 
+@pytest.mark.slow
 def test_schedule_and_grad_clipping_need_the_cuda_to_cpu_mode():
     _fails(_probe("train", "--skip", "mode"), "Torch not compiled with CUDA enabled")
     _fails(_probe("train_clip", "--skip", "mode"), "Torch not compiled with CUDA enabled")
 
 
+@pytest.mark.slow
 def test_activation_recomputation_needs_the_recompute_patch():
     _ok(_probe("recompute"))
     _fails(_probe("recompute", "--skip", "recompute"), "Torch not compiled with CUDA enabled")

@@ -30,6 +30,7 @@ def _te_missing() -> bool:
     return not transformer_engine_available()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _te_missing(), reason="with TransformerEngine megatron defines te_general_gemm")
 def test_router_gating_raises_name_error_without_patch_and_matches_mm_with_it():
     res = _python(
@@ -53,6 +54,7 @@ def test_router_gating_raises_name_error_without_patch_and_matches_mm_with_it():
     assert "PATCHED OK" in res.stdout, res.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_torch_norm_refuses_sequence_parallel_without_patch_and_marks_weights_with_it():
     res = _python(
         """

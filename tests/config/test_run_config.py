@@ -73,7 +73,7 @@ def test_every_yaml_loads_and_validates(group, option):
     if group == "algorithm":
         assert cfg.algorithm.name == option
     if group == "model" and option.startswith("qwen3"):
-        assert cfg.actor.dtype == "bf16" and cfg.rollout.tensor_parallel == cfg.actor.tensor_parallel
+        assert cfg.actor.dtype == "bf16" and cfg.rollout.tensor_parallel % cfg.actor.tensor_parallel == 0
 
 
 def test_loading_every_config_imports_no_training_stack():

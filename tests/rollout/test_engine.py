@@ -162,6 +162,7 @@ def test_a_qwen2_whose_head_dim_vllm_would_not_use_is_refused(tmp_path):
         check_model_for_rollout(tmp_path, cpu=False, tensor_parallel=3)
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_colocated_tensor_parallel_engine_refits_from_a_tp2_actor(tmp_path, torchrun):
     """vLLM (external_launcher, TP=2) and the Megatron actor (TP=2) share two torchrun ranks."""

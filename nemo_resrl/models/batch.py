@@ -183,6 +183,7 @@ def make_layout(
     fill = lambda r: sum(lengths[i] for i in r)  # noqa: E731
     round_up = lambda n: -(-n // seq_len_multiple) * seq_len_multiple  # noqa: E731
     n_phases = max(phase) + 1
+    ends = None  # per phase: the micro-batch after which all its rows have run
     if uniform_shape:
         seq_len = round_up(max(max(fill(r) for r in rows_of), min_seq_len))
         if phase_micro_batches is not None:
@@ -207,7 +208,7 @@ def make_layout(
         groups = [rows_of[s : s + micro_batch_size] for s in range(0, len(rows_of), micro_batch_size)]
         mbs = [_build_micro_batch(seqs, g, round_up(max(fill(r) for r in g)), pack, pad_id) for g in groups]
         seq_len = max(mb.tokens.shape[1] for mb in mbs)
-    if not (uniform_shape and phase_micro_batches is not None):
+    if ends is None:
         last = [-1] * n_phases  # the last micro-batch holding a row of each phase
         for j, g in enumerate(groups):
             for r in g:

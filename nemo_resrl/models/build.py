@@ -67,7 +67,7 @@ def check_model_fits_layout(hf: dict, cfg: ActorConfig) -> None:
             raise ActorConfigError(f"actor.tensor_parallel={tp} does not divide the model's {what}")
     experts = hf_num_experts(hf)
     ep = cfg.expert_parallel
-    if arch in MOE_ARCHITECTURES:
+    if is_moe_config(hf):
         if experts % ep:
             raise ActorConfigError(
                 f"actor.expert_parallel={ep} does not divide the model's num_experts={experts}"

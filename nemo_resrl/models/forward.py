@@ -73,10 +73,9 @@ class ForwardRunner:
         replicas (megatron's token dispatchers gather equal-shaped blocks): every rank runs the largest
         number of micro-batches of the largest shape any rank needs, filler rows making up the rest."""
         dev, mbs = self.m.device, self.m.cfg.micro_batch_size
+        # all-reduces over every rank (the simplest superset of the groups): how many phases, then the shape
         n_phases = torch.tensor([len(layout.phase_rows)], dtype=torch.long, device=dev)
-        dist.all_reduce(
-            n_phases, op=dist.ReduceOp.MAX
-        )  # over every rank: the simplest superset of the groups
+        dist.all_reduce(n_phases, op=dist.ReduceOp.MAX)
         per_phase = list(layout.phase_rows) + [0] * (int(n_phases) - len(layout.phase_rows))
         shape = torch.tensor(
             [len(layout.micro_batches), layout.seq_len, *(-(-r // mbs) for r in per_phase)],

@@ -189,8 +189,9 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None) -> Plan:
     rc = cfg.algorithm.resrl
 
     per_stage: dict[str, list[Phase]] = {name: [] for name in PHASES}
+    statics: list[ActorStatic] = []  # per pipeline stage
     for stage in range(lay.pp):
-        st: ActorStatic = actor_static(
+        st = actor_static(
             arch,
             tp=lay.tp,
             pp=lay.pp,
@@ -202,6 +203,7 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None) -> Plan:
             freeze_router=a.moe.freeze_router,
             **lay.moe,
         )
+        statics.append(st)
         params, grads, optim = _resident(st, True, True, True)
         layers = len(stage_layers(arch, lay.pp, stage))
         last = stage == lay.pp - 1
@@ -339,18 +341,7 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None) -> Plan:
     plan.seconds["generation"] = prefill + waves * s.max_tokens * decode_step
     plan.seconds["log-prob passes"] = plan.flops["log-prob passes"] / (lay.world * peak * c.mfu)
     plan.seconds["training"] = plan.flops["training"] / (lay.world * peak * c.mfu)
-    st0 = actor_static(
-        arch,
-        tp=lay.tp,
-        pp=lay.pp,
-        dp=lay.dp,
-        stage=0,
-        dtype_bytes=p,
-        distributed_optimizer=a.optim.use_distributed_optimizer,
-        spec=spec,
-        freeze_router=a.moe.freeze_router,
-        **lay.moe,
-    )
+    st0 = statics[0]
     dp_bw = (
         c.network_gbps if c.nodes > 1 and lay.dp > 1 and lay.tp * lay.pp < c.world_size else c.nvlink_gbps
     ) * 1e9

@@ -112,10 +112,10 @@ def check_model_for_rollout(path: str | os.PathLike, cpu: bool, tensor_parallel:
         heads % tensor_parallel == 0,
         f"rollout.tensor_parallel={tensor_parallel} does not divide the model's num_attention_heads={heads}",
     )
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    derived = cfg["hidden_size"] // heads
+    head_dim = cfg.get("head_dim") or derived
     arch = (cfg.get("architectures") or ["?"])[0]
     if arch == "Qwen2ForCausalLM":  # vLLM's Qwen2 derives the head size; transformers reads head_dim
-        derived = cfg["hidden_size"] // cfg["num_attention_heads"]
         require(
             head_dim == derived,
             f"rollout model: Qwen2 with head_dim={head_dim} != hidden_size / num_attention_heads = "

@@ -12,8 +12,6 @@ import json
 import warnings
 from pathlib import Path
 
-import torch
-
 warnings.filterwarnings("ignore")
 
 
@@ -21,44 +19,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True)
     work = Path(ap.parse_args().work)
-    from nemo_resrl.config.actor import ActorConfig, OptimConfig
-    from nemo_resrl.config.algorithm import PolicyLossConfig
-    from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
-    from nemo_resrl.models.actor import MegatronActor
-    from nemo_resrl.rollout.batch import token_mult_prob_error
-    from nemo_resrl.rollout.engine import RolloutEngine
+    from tests.rollout.refit_check import RefitCheck
 
-    model = work / "llama_tied"
-    engine = RolloutEngine(
-        model,
-        RolloutConfig(dtype="fp32", max_model_len=128, sampling=SamplingConfig(n=2, max_tokens=12, seed=1)),
-    )
-    actor = MegatronActor(
-        ActorConfig(hf_path=str(model), micro_batch_size=8, optim=OptimConfig(lr=1e-2, weight_decay=0.0))
-    )
-    g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(3, 256, (8,), generator=g).tolist() for _ in range(6)]
-
-    def tmpe() -> float:
-        b = engine.generate(prompts)
-        out = actor.forward_logprobs(b.to_sequences())
-        return token_mult_prob_error(b.response_logprobs(), out.logprobs, out.mask)
-
-    def step() -> None:
-        b = engine.generate(prompts)
-        out = actor.forward_logprobs(b.to_sequences())
-        adv = torch.randn(out.logprobs.shape, generator=g) * out.mask
-        actor.train_step(b.to_sequences(), out.logprobs, adv, out.mask, PolicyLossConfig())
-
-    res = {"tied": bool(engine.hf_config["tie_word_embeddings"]), "before": tmpe()}
+    c = RefitCheck(work / "llama_tied")
+    engine, actor = c.engine, c.actor
+    res = {"tied": bool(engine.hf_config["tie_word_embeddings"]), "before": c.tmpe()}
     for _ in range(2):
-        step()
+        c.step()
         engine.refit(actor.export_hf_weights())
-    res["after_refit"] = tmpe()
-    step()
+    res["after_refit"] = c.tmpe()
+    c.step()
     engine.hf_config["tie_word_embeddings"] = False  # negative control: skip the lm_head re-pack
     engine.refit(actor.export_hf_weights())
-    res["after_refit_without_repack"] = tmpe()
+    res["after_refit_without_repack"] = c.tmpe()
     (work / "tied.json").write_text(json.dumps(res))
     print("PROBE OK", json.dumps(res), flush=True)
 

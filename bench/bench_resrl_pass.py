@@ -1,9 +1,12 @@
 """Old-log-prob pass: plain GRPO vs ResRL riding on it vs the released code's approach, side by side.
 
     PYTHONPATH=. .venv/bin/python bench/bench_resrl_pass.py [--layers 4 --hidden 512 --groups 8 ...]
+    python bench/bench_resrl_pass.py --device cuda --layers 8 --hidden 2048 --vocab 151936 --groups 4 \
+        --group-size 8 --prompt-len 256 --resp-min 256 --resp-max 1024
 
-Each variant runs in a fresh process on the same random Qwen3-shaped model and batch (world of one,
-CPU or GPU, whichever this machine has):
+Each variant runs in a fresh process on the same random Qwen3-shaped model and batch (world of one, on
+``--device``: the GPU if there is one, else the CPU; bf16 on a GPU, fp32 on the CPU; megatron-core's
+local layer spec when TransformerEngine is not installed):
   grpo      ``actor.forward_logprobs`` over the batch (what GRPO needs anyway)
   resrl     ``old_logprobs_with_resrl``: the same pass in two phases with the layer L-2 consumer,
             sampled rows, SVD per group, residuals, quantile gating
@@ -111,11 +114,13 @@ def run_variant(args) -> dict:
     from nemo_resrl.distributed.resrl_pass import ResponseMeta, old_logprobs_with_resrl
     from nemo_resrl.models.actor import MegatronActor
 
-    dtype = "bf16" if torch.cuda.is_available() else "fp32"
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the actor builds on the CPU
+    dtype = "bf16" if args.device == "cuda" else "fp32"
     actor = MegatronActor(ActorConfig(hf_path=args.model, micro_batch_size=args.micro_batch, dtype=dtype))
     seqs, gids, adv = make_batch(args)
     B = len(seqs)
-    meta = ResponseMeta(group_ids=gids, response_ids=torch.arange(B), advantages=adv)
+    meta = ResponseMeta(group_ids=gids, response_ids=torch.arange(B), advantages=adv, positive=adv > 0)
     cfg = ResRLConfig()
     _, mask = seqs.response_tokens()
     T = mask.shape[1]
@@ -148,7 +153,7 @@ def run_variant(args) -> dict:
         for mb, h in zip(layout.micro_batches, kept[len(layers) - 2]):
             flat = h.reshape(-1, h.shape[-1]).float().cpu()
             hidden[mb.seq_index, mb.resp_pos] = flat[mb.flat_pos]
-        compute_resrl_weights(hidden, mask, gids, adv, cfg, step=0)
+        compute_resrl_weights(hidden, mask, gids, adv, cfg, step=0, positive=adv > 0)
 
     fn = {"grpo": grpo, "resrl": resrl, "released": released}[args.variant]
     fn()  # warm-up
@@ -183,6 +188,7 @@ def main() -> None:
     ap.add_argument("--resp-max", type=int, default=192)
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--variant", default=None)
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
@@ -195,14 +201,18 @@ def main() -> None:
         results = []
         for variant in ("grpo", "resrl", "released"):
             cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant, "--model", str(model)]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+            env = dict(os.environ)
+            if args.device == "cpu":
+                env["CUDA_VISIBLE_DEVICES"] = ""
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
             if not line:
                 raise SystemExit(f"{variant} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
             results.append(json.loads(line[0][7:]))
     base = results[0]
     print(
-        f"model: {args.layers} layers, d={args.hidden}, vocab {args.vocab}; batch: {args.groups} groups x "
+        f"device {args.device}; model: {args.layers} layers, d={args.hidden}, vocab {args.vocab}; "
+        f"batch: {args.groups} groups x "
         f"{args.group_size} responses, {base['tokens']} tokens ({base['response_tokens']} response tokens)"
     )
     print(f"{'variant':<10} {'time s':>8} {'x grpo':>7} {'peak extra MiB':>15}")

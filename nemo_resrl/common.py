@@ -10,6 +10,7 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import torch
 
 
@@ -37,6 +38,15 @@ def require_shape(t: torch.Tensor, shape: tuple, name: str) -> None:
     require(
         ok, f"{name} must have shape {tuple('*' if s is None else s for s in shape)}, got {tuple(t.shape)}"
     )
+
+
+def index_to_device(index: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """A host int64 index array as a tensor on ``device``: always a copy (a torch operator), so its bytes
+    count on every device (``nemo_resrl.diagnostics.live_bytes``)."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64)).to(device, copy=True)
 
 
 def global_rank() -> int:

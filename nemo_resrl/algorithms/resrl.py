@@ -12,13 +12,16 @@ blocks across ranks so both paths give identical weights):
     group_sample_seed        (seed, step, group id) -> int   one seed per group and step
     sample_row_indices       pool size, M_max, seed -> sorted indices [M] (uniform, no replacement)
     group_skip_reason        docs/algorithm.md §4.5 degenerate-group rules -> None or a reason string
-    fit_positive_subspace    x+ [M, d] -> (mu [d], V_k [d, k])            (subspace.py)
+    fit_group_subspaces      rows [N, d] + each group's row indices -> SubspaceBatch (mu [G, d],
+                             V_k [G, d, k]): LayerNorm, then batched fits (subspace.py)
     residual_energy          x- [T, d], (mu, V_k) -> R [T]                 (subspace.py)
-    quantile_gate            R [n] (ALL negative tokens of a group) -> w [n] in [xi, 1]
-                             (= quantile_bounds over the whole group, then gate per token)
+    grouped_quantile_bounds  R [n] with each token's group -> (q_lo [G], q_hi [G]) over ALL negative
+                             tokens of each group; ``gate`` then weighs each token: w in [xi, 1]
     token_advantages         A [B], w [B, T] -> A~ [B, T]
 
 and one batch-level entry point, ``compute_resrl_weights``, for a single process holding whole groups.
+Every tensor these make lives on the input's device; nothing but small per-response counts goes to
+the host.
 
 Sampling order: a group's positive pool is ordered by (response id, token position), so the sample
 does not depend on how the batch rows are ordered or split across ranks.
@@ -30,12 +33,13 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from nemo_resrl.algorithms.grouping import index_groups
-from nemo_resrl.algorithms.subspace import fit_positive_subspace, residual_energy
-from nemo_resrl.common import require, require_finite, require_shape
+from nemo_resrl.algorithms.subspace import SubspaceBatch, fit_subspaces, residual_energy
+from nemo_resrl.common import index_to_device, require, require_finite, require_shape
 from nemo_resrl.config.algorithm import ResRLConfig
 
 # Reasons a group gets no ResRL weights (all its weights stay 1), docs/algorithm.md §4.5.
@@ -126,14 +130,12 @@ def quantile_bounds(residuals: torch.Tensor, alpha: float, beta: float) -> tuple
 
 
 def gate(residuals: torch.Tensor, q_lo: torch.Tensor, q_hi: torch.Tensor, xi: float) -> torch.Tensor:
-    """Weights ``xi + (1 - xi) z``, ``z = clamp((R - q_lo) / (q_hi - q_lo), 0, 1)`` (§5): [n] -> [n]."""
-    r = residuals.float()
+    """Weights ``xi + (1 - xi) z``, ``z = clamp((R - q_lo) / (q_hi - q_lo), 0, 1)``, z = 0.5 where the
+    span is flat (§5): residuals [n] with bounds broadcastable to it -> [n] float32. No host sync."""
     span = q_hi - q_lo
-    if float(span) < QUANTILE_SPAN_FLAT:
-        z = torch.full_like(r, 0.5)
-    else:
-        z = ((r - q_lo) / span.clamp_min(QUANTILE_SPAN_FLOOR)).clamp(0.0, 1.0)
-    return xi + (1.0 - xi) * z
+    z = (residuals.float() - q_lo).div_(span.clamp_min(QUANTILE_SPAN_FLOOR)).clamp_(0.0, 1.0)
+    z.masked_fill_(span < QUANTILE_SPAN_FLAT, 0.5)
+    return z.mul_(1.0 - xi).add_(xi)
 
 
 def quantile_gate(residuals: torch.Tensor, alpha: float, beta: float, xi: float) -> torch.Tensor:
@@ -141,6 +143,37 @@ def quantile_gate(residuals: torch.Tensor, alpha: float, beta: float, xi: float)
     require(residuals.dim() == 1 and residuals.numel() > 0, "quantile_gate needs a non-empty 1-D tensor")
     q_lo, q_hi = quantile_bounds(residuals, alpha, beta)
     return gate(residuals, q_lo, q_hi, xi)
+
+
+def grouped_quantile_bounds(
+    values: torch.Tensor, group: torch.Tensor, counts: list[int], alpha: float, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group (q_lo [G], q_hi [G]) of ``values`` [n] (float32), ``group`` [n] int64 in 0..G-1 with
+    ``counts[g]`` values each (host ints): one sort for all groups, linear interpolation as
+    ``linear_quantile``; a group without values gets bounds 0. On values' device; the interpolation
+    positions are computed on the host."""
+    require(values.dim() == 1 and group.shape == values.shape, "values and group must be [n] each")
+    require(sum(counts) == values.numel() and min(counts, default=0) >= 0, "counts must cover the values")
+    require_finite(values, "residual energies")
+    order = torch.argsort(values, stable=True)
+    order = order.index_select(0, torch.argsort(group.index_select(0, order), stable=True))
+    s = values.index_select(0, order)  # by group, then by value
+    del order
+    n = np.asarray(counts, dtype=np.int64)
+    start = np.cumsum(n) - n
+    last = max(s.numel() - 1, 0)
+    out = []
+    for q in (alpha, beta):
+        pos = q * np.maximum(n - 1, 0)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
+        lo_v = s.index_select(0, index_to_device(np.minimum(start + lo, last), s.device))
+        hi_v = s.index_select(0, index_to_device(np.minimum(start + hi, last), s.device))
+        frac = torch.from_numpy(np.where(n > 0, pos - lo, 0.0).astype(np.float32)).to(s.device, copy=True)
+        q_v = hi_v.sub_(lo_v).mul_(frac).add_(lo_v)  # lo + (hi - lo) frac
+        out.append(q_v.masked_fill_(torch.from_numpy(n == 0).to(s.device, copy=True), 0.0))
+        del lo_v, hi_v, frac
+    return out[0], out[1]
 
 
 def positive_set(advantages: torch.Tensor, correct: torch.Tensor | None, rule: str) -> torch.Tensor:
@@ -173,13 +206,13 @@ class ResponseMeta:
 
     group_ids: prompt group (unique per prompt within the step); response_ids: unique over the WHOLE
     step (all ranks), it fixes the positive pool's sampling order; advantages: outcome advantages;
-    positive: the positive set (``positive_set``; None: A > 0).
+    positive: the positive set (``positive_set`` under the run's ``algorithm.resrl.positive_set``).
     """
 
     group_ids: torch.Tensor
     response_ids: torch.Tensor
     advantages: torch.Tensor
-    positive: torch.Tensor | None = None  # [B] bool; None: A > 0
+    positive: torch.Tensor  # [B] bool
 
 
 @dataclass
@@ -192,7 +225,6 @@ class ResRLStats:
     num_negative_tokens: int = 0  # valid tokens of penalised responses (A < 0) in the batch
     num_weighted_tokens: int = 0  # of which got a ResRL weight (their group is active)
     subspace_ranks: list[int] = field(default_factory=list)
-    svd_fallbacks: int = 0  # randomized SVD did not settle and fell back to exact SVD
 
     def as_metrics(self, prefix: str = "resrl/") -> dict[str, float]:
         m = {
@@ -202,7 +234,6 @@ class ResRLStats:
                 self.num_weighted_tokens / self.num_negative_tokens if self.num_negative_tokens else 0.0
             ),
         }
-        m[f"{prefix}svd_fallbacks"] = float(self.svd_fallbacks)
         for reason in SKIP_REASONS:
             m[f"{prefix}groups_skipped/{reason}"] = float(self.skipped.get(reason, 0))
         if self.subspace_ranks:
@@ -219,6 +250,67 @@ class ResRLWeights:
     stats: ResRLStats
 
 
+def fit_group_subspaces(
+    rows: torch.Tensor, index: list[torch.Tensor], seeds: list[int], cfg: ResRLConfig
+) -> SubspaceBatch:
+    """The positive subspace of each group from its rows: ``rows`` [N, d] (layer L-2 states, any float
+    dtype), ``index[g]`` the rows of group g (int64 on rows' device, >= 2 each), ``seeds[g]`` its fit
+    seed. Groups go ``cfg.fit_batch_groups`` at a time (largest first) through one float32
+    [groups, M, d] buffer: each group's rows LayerNorm-ed into it, then ``fit_subspaces`` in place.
+    Returns mean [G, d], basis [G, d, k] and rank [G] in the order of ``index``."""
+    n_groups, d = len(index), rows.shape[1]
+    k = min(cfg.rank, d)
+    mean = torch.zeros(n_groups, d, dtype=torch.float32, device=rows.device)
+    basis = torch.zeros(n_groups, d, k, dtype=torch.float32, device=rows.device)
+    rank = torch.zeros(n_groups, dtype=torch.int64, device=rows.device)
+    sizes = [int(i.numel()) for i in index]
+    order = sorted(range(n_groups), key=lambda g: (-sizes[g], g))
+    for start in range(0, n_groups, cfg.fit_batch_groups):
+        batch = order[start : start + cfg.fit_batch_groups]
+        x = torch.zeros(len(batch), sizes[batch[0]], d, dtype=torch.float32, device=rows.device)
+        for i, g in enumerate(batch):
+            x[i, : sizes[g]] = normalize_hidden(rows.index_select(0, index[g]), cfg.ln_eps)
+        fit = fit_subspaces(
+            x,
+            [sizes[g] for g in batch],
+            cfg.rank,
+            method=cfg.svd_method,
+            iterations=cfg.svd_iterations,
+            oversample=cfg.svd_oversample,
+            seeds=[seeds[g] for g in batch],
+            overwrite_input=True,
+        )
+        del x
+        where = torch.tensor(batch, dtype=torch.int64, device=rows.device)
+        mean.index_copy_(0, where, fit.mean)
+        basis.index_copy_(0, where, fit.basis)
+        rank.index_copy_(0, where, fit.rank)
+        del fit, where
+    return SubspaceBatch(mean=mean, basis=basis, rank=rank)
+
+
+def residuals_of_rows(
+    states: torch.Tensor, index: np.ndarray, group: np.ndarray, subspaces: SubspaceBatch, cfg: ResRLConfig
+) -> torch.Tensor:
+    """Residual energies [n] float32 (on states' device) of the rows ``states[index]`` (states [N, d]
+    layer L-2 outputs; index [n] int64 numpy), row i against the subspace of group ``group[i]`` (int64
+    numpy [n]). Rows are gathered and LayerNorm-ed ``cfg.residual_chunk_tokens`` at a time."""
+    out = torch.empty(len(index), dtype=torch.float32, device=states.device)
+    for g in np.unique(group).tolist():
+        pick = np.flatnonzero(group == g)
+        sub = subspaces.group(g)
+        for s in range(0, pick.size, cfg.residual_chunk_tokens):
+            part = pick[s : s + cfg.residual_chunk_tokens]
+            rows = index_to_device(index[part], states.device)
+            x = normalize_hidden(states.index_select(0, rows), cfg.ln_eps)
+            del rows
+            r = residual_energy(x, sub, part.size)
+            del x
+            out.index_copy_(0, index_to_device(part, states.device), r)
+            del r
+    return out
+
+
 def compute_resrl_weights(
     hidden: torch.Tensor,
     response_mask: torch.Tensor,
@@ -226,71 +318,84 @@ def compute_resrl_weights(
     advantages: torch.Tensor,
     cfg: ResRLConfig | None = None,
     *,
+    correct: torch.Tensor | None = None,
     step: int = 0,
     response_ids: torch.Tensor | None = None,
     positive: torch.Tensor | None = None,
 ) -> ResRLWeights:
-    """ResRL token weights for a batch that holds whole groups (single process).
+    """ResRL token weights for a batch that holds whole groups (single process, any device).
 
     hidden:        [B, T, d] penultimate representations (output of decoder layer L-2) at the positions
                    whose logits predict each response token (same alignment as the log-probs).
     response_mask: [B, T] valid response tokens (bool or 0/1).
     group_ids:     [B] integer prompt-group id; must be unique per group within the step.
     advantages:    [B] outcome advantages.
+    correct:       [B] bool, the verifier's verdicts: the positive set under ``cfg.positive_set=correct``
+                   (the default, the released recipe's); ``positive_set=advantage`` takes A > 0 instead.
     response_ids:  [B] ids fixing the positive pool's sampling order (default: batch position). Give
                    the same ids in any split of the batch to get the same sample.
-    positive:      [B] bool, the positive set (``positive_set``); default A > 0 (docs/algorithm.md §2).
+    positive:      [B] bool, an explicit positive set (overrides ``cfg.positive_set``).
+    Returns weights [B, T] float32 on ``hidden``'s device.
     """
     cfg = (cfg or ResRLConfig()).validate()
     require(hidden.dim() == 3, f"hidden must be [B, T, d], got shape {tuple(hidden.shape)}")
     b, t, d = hidden.shape
+    dev = hidden.device
     require_shape(response_mask, (b, t), "response_mask")
     require_shape(advantages, (b,), "advantages")
     require_finite(advantages, "advantages")
-    mask = response_mask.bool()
-    require_finite(hidden, "hidden states (valid response tokens)", mask[..., None].expand_as(hidden))
+    if positive is None:
+        require(
+            cfg.positive_set != "correct" or correct is not None,
+            "positive_set=correct (the default) needs the verifier's verdicts: pass correct=[B] bool, or use "
+            "ResRLConfig(positive_set='advantage') for the A > 0 rule",
+        )
+        positive = positive_set(advantages, correct, cfg.positive_set)
+    require_shape(positive, (b,), "positive")
     if response_ids is None:
         response_ids = torch.arange(b)
     require_shape(response_ids, (b,), "response_ids")
-    require(torch.unique(response_ids).numel() == b, "response_ids must be unique within the batch")
-    groups = index_groups(group_ids)
-
-    weights = torch.ones(b, t, dtype=torch.float32, device=hidden.device)
+    rid = response_ids.cpu()
+    require(torch.unique(rid).numel() == b, "response_ids must be unique within the batch")
+    # small per-response vectors on the host: the plan of which rows to fit and which to weigh
+    mask_h = response_mask.bool().cpu()
+    adv_h, pos_h, gid_h = advantages.cpu(), positive.bool().cpu(), group_ids.cpu()
+    groups = index_groups(gid_h)
     stats = ResRLStats(num_groups=groups.num_groups)
-    is_pos = advantages > 0 if positive is None else positive.bool()
-    stats.num_negative_tokens = int(mask[~is_pos & (advantages < 0)].sum())
+    stats.num_negative_tokens = int(mask_h[~pos_h & (adv_h < 0)].sum())
+    fit_index, fit_seeds, neg_b, neg_t, neg_group, neg_counts = [], [], [], [], [], []
     for g in range(groups.num_groups):
         members = groups.members(g)
-        members = members[torch.argsort(response_ids[members])]
-        pos = members[is_pos[members]]
-        neg = members[~is_pos[members]]
-        n_pos_tok = int(mask[pos].sum())
-        n_neg_tok = int(mask[neg].sum())
+        members = members[torch.argsort(rid[members])]
+        pos, neg = members[pos_h[members]], members[~pos_h[members]]
+        n_pos_tok, n_neg_tok = int(mask_h[pos].sum()), int(mask_h[neg].sum())
         reason = group_skip_reason(pos.numel(), neg.numel(), n_pos_tok, n_neg_tok, d, cfg)
         if reason is not None:
             stats.skipped[reason] += 1
             continue
         gid = int(groups.unique[g])
-        pool = hidden[pos][mask[pos]]  # [n_pos_tok, d], ordered by (response id, position)
+        pool_b, pool_t = mask_h[pos].nonzero().unbind(1)  # ordered by (response id, position)
         rows = sample_row_indices(n_pos_tok, cfg.max_rows, group_sample_seed(cfg.seed, step, gid))
-        sub = fit_positive_subspace(
-            normalize_hidden(pool[rows], cfg.ln_eps),
-            cfg.rank,
-            method=cfg.svd_method,
-            max_iter=cfg.svd_max_iter,
-            oversample=cfg.svd_oversample,
-            tol=cfg.svd_tol,
-            seed=group_sample_seed(cfg.seed + 1, step, gid),
-        )
-        neg_mask = torch.zeros(b, t, dtype=torch.bool, device=hidden.device)
-        neg_mask[neg] = mask[neg]
-        x_neg = normalize_hidden(hidden[neg_mask], cfg.ln_eps)
-        r = residual_energy(x_neg, sub, cfg.residual_chunk_tokens)
-        weights[neg_mask] = quantile_gate(r, cfg.alpha, cfg.beta, cfg.xi)
+        fit_index.append(pos[pool_b[rows]] * t + pool_t[rows])
+        fit_seeds.append(group_sample_seed(cfg.seed + 1, step, gid))
+        nb, nt = mask_h[neg].nonzero().unbind(1)
+        neg_b.append(neg[nb])
+        neg_t.append(nt)
+        neg_group.append(torch.full((nb.numel(),), len(neg_counts), dtype=torch.int64))
+        neg_counts.append(nb.numel())
         stats.num_active += 1
-        stats.num_weighted_tokens += int(mask[neg[advantages[neg] < 0]].sum())
-        stats.subspace_ranks.append(sub.rank)
-        stats.svd_fallbacks += int(not sub.converged)
+        stats.num_weighted_tokens += int(mask_h[neg[adv_h[neg] < 0]].sum())
+    weights = torch.ones(b, t, dtype=torch.float32, device=dev)
+    if not fit_index:
+        return ResRLWeights(weights=weights, stats=stats)
+    flat = hidden.reshape(b * t, d)
+    subspaces = fit_group_subspaces(flat, [i.to(dev) for i in fit_index], fit_seeds, cfg)
+    stats.subspace_ranks = subspaces.rank.tolist()
+    nb, nt, ng = torch.cat(neg_b), torch.cat(neg_t), torch.cat(neg_group)
+    resid = residuals_of_rows(flat, (nb * t + nt).numpy(), ng.numpy(), subspaces, cfg)
+    q_lo, q_hi = grouped_quantile_bounds(resid, ng.to(dev), neg_counts, cfg.alpha, cfg.beta)
+    ng_d = ng.to(dev)
+    weights[nb.to(dev), nt.to(dev)] = gate(resid, q_lo[ng_d], q_hi[ng_d], cfg.xi)
     return ResRLWeights(weights=weights, stats=stats)
 
 
@@ -301,24 +406,27 @@ def resrl_token_advantages(
     advantages: torch.Tensor,
     cfg: ResRLConfig | None = None,
     *,
+    correct: torch.Tensor | None = None,
     step: int = 0,
     response_ids: torch.Tensor | None = None,
     positive: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ResRLStats]:
-    """Convenience: ``compute_resrl_weights`` then ``token_advantages``; returns (A~ [B, T], stats).
-
-    A~ is zero at masked positions.
-    """
+    """Convenience: ``compute_resrl_weights`` then ``token_advantages`` with the same positive set;
+    returns (A~ [B, T] on hidden's device, stats). A~ is zero at masked positions."""
     cfg = (cfg or ResRLConfig()).validate()
+    if positive is None and not (cfg.positive_set == "correct" and correct is None):
+        positive = positive_set(advantages, correct, cfg.positive_set)
     res = compute_resrl_weights(
         hidden,
         response_mask,
         group_ids,
         advantages,
         cfg,
+        correct=correct,
         step=step,
         response_ids=response_ids,
         positive=positive,
     )
-    adv = token_advantages(advantages, res.weights, cfg.lambda_pos, positive)
-    return adv * response_mask.to(adv.dtype), res.stats
+    dev = res.weights.device
+    adv = token_advantages(advantages.to(dev), res.weights, cfg.lambda_pos, positive.to(dev))
+    return adv * response_mask.to(dev, adv.dtype), res.stats

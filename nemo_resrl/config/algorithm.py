@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from nemo_resrl.config.keys import ConfigError, Keys, Section
 
-SVD_METHODS = ("auto", "exact", "gram", "randomized")
+SVD_METHODS = ("randomized", "exact")
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 KL_TYPES = ("k1", "k2", "k3", "low_var_kl")
 
@@ -115,11 +115,15 @@ class ResRLConfig(Section):
     ln_eps: float = 1e-5
     min_positive_tokens: int = 4
     """Groups with fewer valid positive tokens are skipped."""
-    svd_method: str = "auto"
-    """auto | exact | gram | randomized (``algorithms/subspace.py``; chosen by benchmark)."""
-    svd_max_iter: int = 32
+    svd_method: str = "randomized"
+    """randomized (fixed-iteration subspace iteration, the default) | exact (``torch.linalg.svd``, the
+    reference); ``algorithms/subspace.py``, chosen by benchmark (docs/benchmarks.md)."""
+    svd_iterations: int = 10
+    """Subspace iterations of the randomized fit (a fixed number: the same cost on every spectrum)."""
     svd_oversample: int = 64
-    svd_tol: float = 1e-4
+    """Extra columns of the randomized fit's block (q = rank + oversample)."""
+    fit_batch_groups: int = 8
+    """Groups fitted together in one batched call (bounds the fit's float32 [groups, M, d] input)."""
     seed: int = 0
     """Base seed of the positive-row sampling (combined with the step and the group id)."""
     residual_chunk_tokens: int = 4096
@@ -141,9 +145,9 @@ class ResRLConfig(Section):
         keys.require(self.ln_eps > 0, "ln_eps", f"must be > 0, got {self.ln_eps}")
         keys.at_least(self.min_positive_tokens, "min_positive_tokens", 2)
         keys.one_of(self.svd_method, "svd_method", SVD_METHODS)
-        keys.at_least(self.svd_max_iter, "svd_max_iter", 0)
-        keys.require(self.svd_tol > 0, "svd_tol", f"must be > 0, got {self.svd_tol}")
+        keys.at_least(self.svd_iterations, "svd_iterations", 0)
         keys.at_least(self.svd_oversample, "svd_oversample", 0)
+        keys.at_least(self.fit_batch_groups, "fit_batch_groups", 1)
         keys.at_least(self.residual_chunk_tokens, "residual_chunk_tokens", 1)
         keys.one_of(self.positive_set, "positive_set", ("advantage", "correct"))
 

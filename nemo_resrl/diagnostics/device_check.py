@@ -158,14 +158,14 @@ class Checks:
         cfg = ResRLConfig(max_rows=32, rank=4)
         gids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
         adv = torch.tensor([1.0, -1.0, 0.5, -0.5, -1.0, 1.0, -0.3, 0.8])
-        meta = ResponseMeta(group_ids=gids, response_ids=torch.arange(8), advantages=adv)
+        meta = ResponseMeta(group_ids=gids, response_ids=torch.arange(8), advantages=adv, positive=adv > 0)
         res = old_logprobs_with_resrl(self.actor(), self.seqs, meta, cfg, step=3)
         _, mask = self.seqs.response_tokens()
         hidden = torch.zeros(*mask.shape, 256)
         for i, o in enumerate(self.hf_outputs()):
             p, n = self.seqs.prompt_lens[i], self.seqs.response_lens[i]
             hidden[i, :n] = o.hidden_states[-2][0, p - 1 : p - 1 + n].float().cpu()
-        ref = compute_resrl_weights(hidden, mask, gids, adv, cfg, step=3)
+        ref = compute_resrl_weights(hidden, mask, gids, adv, cfg, step=3, positive=adv > 0)
         diff = float(((res.weights - ref.weights) * mask).abs().max())
         weighted = float((res.weights[mask & (adv < 0)[:, None]] < 0.999).float().mean())
         return {

@@ -2,30 +2,35 @@
 
 The old-log-prob pass (forward only, at the rollout weights) runs anyway for GRPO; ResRL rides on it:
 
-1. Plan (every rank, from a tiny all-gather of per-response metadata over data parallel): each
-   group's positive pool (valid tokens of its positive responses, ordered by (response id, position)),
-   its skip reason (docs/algorithm.md §4.5), its owner (active groups round-robin over the data-parallel
-   ranks) and
-   its sampled pool indices, drawn with the same seed as the single-process ``compute_resrl_weights``:
-   the sample is uniform over the WHOLE group, whichever rank holds which response.
-2. One forward pass with the positive responses first (phase 0) and the negative ones after
-   (phase 1). For positives, the layer L-2 consumer keeps only the sampled rows (LayerNorm-ed,
-   float32) of this rank's positive tokens.
-3. In the micro-batch that holds this rank's last positive response (before its negatives), the rows
-   go to their group's owner (all-to-all), which fits (mu, V_k) and broadcasts it. (A collective
-   inside the forward-only pass is safe: nothing else in it talks across data-parallel ranks.)
-4. For negatives, the consumer turns each token's hidden state into its residual energy at once;
-   one float per negative token is kept.
-5. The residuals of each group are all-gathered (scalars only); every rank computes the group's
-   quantile bounds over ALL its negative tokens and gates its own tokens.
-6. The weights go from the rank that computed them to the other tensor / pipeline ranks of its
-   data-parallel replica.
+1. Plan (every rank, on the host, from a tiny all-gather of per-response metadata over data parallel):
+   each group's positive pool (valid tokens of its positive responses, ordered by (response id,
+   position)), its skip reason (docs/algorithm.md §4.5), its sampled pool indices (drawn with the same
+   seed as the single-process ``compute_resrl_weights``: uniform over the WHOLE group, whichever rank
+   holds which response) and its FIT SLOT. The slots are every (data-parallel rank, tensor rank) pair of
+   the pipeline stage that owns layer L-2: all of them hold that layer's states, so all of them fit.
+   Active groups go to slots largest first, each to the least-loaded slot (rows are the load). A slot's
+   tensor rank is the group's COLUMN: every step below for that group runs on the ranks of that column,
+   over their data-parallel group.
+2. One forward pass with the positive responses first (phase 0) and the negative ones after (phase 1).
+   The layer L-2 consumer copies each sampled positive row into a preallocated buffer in the states'
+   own dtype, at a slot fixed by the plan (nothing is LayerNorm-ed, sorted or shipped to the host).
+3. When phase 0 is complete (in the micro-batch holding this rank's last positive; with expert
+   parallelism at the same micro-batch on every rank): the rows go to their fit slot (one all-to-all with
+   split sizes from the plan); each slot fits its groups in batches (``fit_group_subspaces``: LayerNorm
+   into a float32 buffer, fixed-iteration randomized subspace iteration); each (mu, V_k) goes to the
+   ranks of its column that hold negatives of its group (a second all-to-all).
+4. For negatives, the consumer turns each token's state into its residual energy at once (on the rank of
+   its group's column); one float per negative token is kept.
+5. The residuals of each group are all-gathered over the column (scalars only); every rank computes the
+   quantile bounds of its column's groups over ALL their negative tokens and gates its own tokens.
+6. The weights of a replica are combined over its tensor ranks (each holds its column's groups) and
+   copied to its other pipeline stages.
 
-Only tensor rank 0 of the pipeline stage that owns layer L-2 does steps 2-5 (tensor ranks hold the
-same hidden states): one gather per tensor-parallel group, not one per rank. Extra memory: the
-sampled rows (<= M x d per group, spread over ranks), the projectors (groups x d x (k + 1)), and one
-float per negative token. Nothing keeps all hidden states, and no group is ever split into parts
-that silently get weight 1 (the released code's defect, docs/algorithm.md §10).
+Memory (``nemo_resrl.plan.resrl``; tested byte for byte): the sampled rows kept and received (<= M x d
+per group, in the activation dtype), one batch of float32 fit input and its workspace, the subspaces a
+rank needs (d x (k + 1) floats per group), one float per negative token. Nothing keeps all hidden
+states, and no group is ever split into parts that silently get weight 1 (the released code's defect,
+docs/algorithm.md §10).
 """
 
 from __future__ import annotations
@@ -34,32 +39,36 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from nemo_resrl.algorithms.resrl import (
     ResponseMeta,
     ResRLStats,
+    SubspaceBatch,
+    fit_group_subspaces,
     gate,
     group_sample_seed,
     group_skip_reason,
-    normalize_hidden,
-    quantile_bounds,
+    grouped_quantile_bounds,
+    residuals_of_rows,
     sample_row_indices,
 )
-from nemo_resrl.algorithms.subspace import PositiveSubspace, fit_positive_subspace, residual_energy
-from nemo_resrl.common import require, require_finite, require_shape
+from nemo_resrl.common import index_to_device, require, require_finite, require_shape
 from nemo_resrl.config.algorithm import ResRLConfig
-from nemo_resrl.distributed.collectives import all_gather_rows, exchange_rows, group_global_rank
+from nemo_resrl.distributed.collectives import all_gather_rows
 from nemo_resrl.models.batch import Sequences, TokenOutputs
 
 if TYPE_CHECKING:  # pragma: no cover
     from nemo_resrl.models.forward import PenultimateChunk
 
+FP32 = 4
+
 
 class PassActor(Protocol):
     """What the pass needs of the actor (``MegatronActor``): its layout, the forward-only pass with a
-    penultimate-layer consumer, and the broadcast from the stage that owns layer L-2."""
+    penultimate-layer consumer, and the reduction over the stage that owns layer L-2."""
 
     layout: object
     device: torch.device
@@ -69,7 +78,7 @@ class PassActor(Protocol):
 
     def owns_penultimate_layer(self) -> bool: ...
 
-    def broadcast_from_penultimate_owner(self, t: torch.Tensor) -> torch.Tensor: ...
+    def combine_from_penultimate_stage(self, t: torch.Tensor, op: str) -> torch.Tensor: ...
 
 
 @dataclass
@@ -83,10 +92,64 @@ class GroupPlan:
     n_neg_tokens: int = 0  # valid tokens of non-positive responses (the quantile population)
     n_penalised_tokens: int = 0  # valid tokens of responses with A < 0
     pool_offset: dict[int, int] = field(default_factory=dict)  # response id -> first pool index
+    pool_holder: dict[int, int] = field(default_factory=dict)  # response id -> data-parallel rank
+    neg_tokens_by_rank: Counter = field(default_factory=Counter)  # data-parallel rank -> negative tokens
     reason: str | None = None
     active: int = -1  # index among active groups
-    owner: int = -1  # data-parallel rank that fits the subspace
-    sample: torch.Tensor | None = None  # sorted pool indices [M]
+    slot: int = -1  # fit slot: dp_rank * tp + column
+    sample: np.ndarray | None = None  # sorted pool indices [M]
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.sample is None else int(self.sample.size)
+
+
+def assign_slots(sizes: list[int], slots: int) -> list[int]:
+    """Largest first, each to the least-loaded slot (ties: lowest slot): a slot per item."""
+    load = [0] * slots
+    out = [0] * len(sizes)
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        s = min(range(slots), key=lambda j: (load[j], j))
+        out[i] = s
+        load[s] += sizes[i]
+    return out
+
+
+def plan_groups(
+    table: np.ndarray, hidden_dim: int, cfg: ResRLConfig, step: int, slots: int
+) -> list[GroupPlan]:
+    """Groups (sorted by id) from the gathered metadata ``table`` [N, 6] int64 rows
+    ``(group id, response id, valid tokens, is_positive, is_penalised, data-parallel rank)``."""
+    require(
+        np.unique(table[:, 1]).size == table.shape[0],
+        "response_ids must be unique over the whole step (all data-parallel ranks)",
+    )
+    plans: dict[int, GroupPlan] = {}
+    for gid, rid, n, pos, pen, holder in table[np.argsort(table[:, 1], kind="stable")].tolist():
+        g = plans.setdefault(gid, GroupPlan(gid))
+        if pos:
+            g.pool_offset[rid] = g.n_pos_tokens
+            g.pool_holder[rid] = holder
+            g.n_pos += 1
+            g.n_pos_tokens += n
+        else:
+            g.n_neg += 1
+            g.n_neg_tokens += n
+            g.n_penalised_tokens += n if pen else 0
+            g.neg_tokens_by_rank[holder] += n
+    out = [plans[k] for k in sorted(plans)]
+    active = []
+    for g in out:
+        g.reason = group_skip_reason(g.n_pos, g.n_neg, g.n_pos_tokens, g.n_neg_tokens, hidden_dim, cfg)
+        if g.reason is None:
+            g.active = len(active)
+            g.sample = sample_row_indices(
+                g.n_pos_tokens, cfg.max_rows, group_sample_seed(cfg.seed, step, g.gid)
+            ).numpy()
+            active.append(g)
+    for g, s in zip(active, assign_slots([g.rows for g in active], slots)):
+        g.slot = s
+    return out
 
 
 @dataclass
@@ -99,61 +162,27 @@ class ResRLPassResult:
     stats: ResRLStats
 
 
-def plan_groups(
-    table: torch.Tensor, hidden_dim: int, cfg: ResRLConfig, step: int, dp: int
-) -> list[GroupPlan]:
-    """Groups (sorted by id) from the gathered metadata ``table`` [N, 5] int64 rows
-    ``(group id, response id, valid tokens, is_positive, is_penalised)``."""
-    require(
-        torch.unique(table[:, 1]).numel() == table.shape[0],
-        "response_ids must be unique over the whole step (all data-parallel ranks)",
-    )
-    plans: dict[int, GroupPlan] = {}
-    order = torch.argsort(table[:, 1])  # response-id order fixes the pool order
-    for gid, rid, n, pos, pen in table[order].tolist():
-        g = plans.setdefault(gid, GroupPlan(gid))
-        if pos:
-            g.pool_offset[rid] = g.n_pos_tokens
-            g.n_pos += 1
-            g.n_pos_tokens += n
-        else:
-            g.n_neg += 1
-            g.n_neg_tokens += n
-            g.n_penalised_tokens += n if pen else 0
-    out = [plans[k] for k in sorted(plans)]
-    n_active = 0
-    for g in out:
-        g.reason = group_skip_reason(g.n_pos, g.n_neg, g.n_pos_tokens, g.n_neg_tokens, hidden_dim, cfg)
-        if g.reason is None:
-            g.active, g.owner = n_active, n_active % dp
-            g.sample = sample_row_indices(
-                g.n_pos_tokens, cfg.max_rows, group_sample_seed(cfg.seed, step, g.gid)
-            )
-            n_active += 1
-    return out
+@dataclass
+class PassSizes:
+    """What one rank of the L-2 stage holds during the pass (counts; the plan's memory term takes them)."""
 
-
-def _pack(sub: PositiveSubspace, width: int) -> torch.Tensor:
-    d, k = sub.basis.shape
-    out = torch.zeros(d + d * width + 2, dtype=torch.float32, device=sub.mean.device)
-    out[:d] = sub.mean
-    out[d : d + d * width].view(d, width)[:, :k] = sub.basis
-    out[-2], out[-1] = k, float(sub.converged)
-    return out
-
-
-def _unpack(buf: torch.Tensor, d: int, width: int) -> PositiveSubspace:
-    k = int(buf[-2])
-    basis = buf[d : d + d * width].view(d, width)[:, :k].contiguous()
-    return PositiveSubspace(mean=buf[:d].clone(), basis=basis, converged=bool(buf[-1] > 0.5))
+    rows_sent: int = 0  # sampled positive rows this rank keeps for the fit slots of its column
+    rows_received: int = 0  # rows of the groups this rank fits
+    owned_group_rows: list[int] = field(default_factory=list)  # rows of each group this rank fits
+    subspaces_sent: int = 0
+    subspaces_received: int = 0  # subspaces of its column's groups its replica has negatives of
+    negatives: int = 0  # negative tokens of its column's active groups on its replica
+    negatives_max: int = 0  # the most any rank of its column has (the gather's padding)
+    column_groups: int = 0  # active groups of its column
+    kept_per_micro_batch: list[int] = field(default_factory=list)  # positive rows kept, per micro-batch
+    negatives_per_micro_batch: list[list[int]] = field(default_factory=list)  # per group, per micro-batch
 
 
 class ResRLPass:
     """One old-log-prob pass with ResRL weights over this rank's share (module docstring, steps 1-6).
 
-    Built per call; ``run()`` does the pass. The state shared between the steps (the plan, the rows kept
-    for the owners, the fitted subspaces, the negative residuals) lives on the instance, and each step is
-    a method: ``_plan``, ``consume`` (the layer L-2 hook), ``_fit_and_share``, ``_gate``.
+    Built per call; ``run()`` does the pass. ``__init__`` makes the plan on the host; the device work is
+    in ``consume`` (the layer L-2 hook), ``_fit_and_share`` and ``_finish``.
     """
 
     def __init__(
@@ -171,120 +200,159 @@ class ResRLPass:
         B = len(seqs)
         _, resp_mask = seqs.response_tokens()
         T = resp_mask.shape[1]
-        mask = resp_mask if valid_mask is None else (valid_mask.bool() & resp_mask)
+        mask = resp_mask if valid_mask is None else (valid_mask.bool().cpu() & resp_mask)
         require_shape(mask, (B, T), "valid_mask")
         for name, t in (("group_ids", meta.group_ids), ("response_ids", meta.response_ids)):
             require_shape(t, (B,), name)
         require_shape(meta.advantages, (B,), "advantages")
         require_finite(meta.advantages, "advantages")
-        self.actor, self.seqs, self.meta, self.cfg, self.step = actor, seqs, meta, cfg, step
-        self.B, self.T, self.mask = B, T, mask
+        require(meta.positive is not None, "ResponseMeta.positive (the positive set) is required")
+        require_shape(meta.positive, (B,), "positive")
+        self.actor, self.seqs, self.cfg, self.step = actor, seqs, cfg, step
+        self.B, self.T, self.mask = B, T, mask.numpy()
         self.lay, self.dev, self.d = actor.layout, actor.device, actor.hidden_size
         self.dp_group = ps.get_data_parallel_group()
-        self.is_pos = meta.advantages > 0 if meta.positive is None else meta.positive.bool()
-        self.n_valid = mask.sum(dim=1)
-        # only tensor rank 0 of the stage owning layer L-2 computes; the others receive the weights
-        self.computes = actor.owns_penultimate_layer() and self.lay.tp_rank == 0
-        self.width = min(cfg.rank, self.d)
-        self.subspaces: dict[int, PositiveSubspace] = {}
-        self.kept_rows: list[torch.Tensor] = []
-        self.kept_keys: list[torch.Tensor] = []
-        self.resid = torch.full((B, T), float("nan"))
+        self.gid = meta.group_ids.cpu().long().numpy()
+        self.rid = meta.response_ids.cpu().long().numpy()
+        self.is_pos = meta.positive.cpu().bool().numpy()
+        adv = meta.advantages.cpu()
+        self.penalised = (~meta.positive.cpu().bool() & (adv < 0)).numpy()
+        self.computes = actor.owns_penultimate_layer()  # every tensor rank of that stage
+        self.sizes = PassSizes()
         self.fitted = False
+        self.send_buf = self.resid_buf = self.subspaces = None
         self._plan()
 
-    # 1. the plan, identical on every rank
+    # 1. the plan, identical on every rank (host only)
     def _plan(self) -> None:
-        meta, mask, B, T = self.meta, self.mask, self.B, self.T
-        local = torch.stack(
-            [
-                meta.group_ids.long(),
-                meta.response_ids.long(),
-                self.n_valid.long(),
-                self.is_pos.long(),
-                (~self.is_pos & (meta.advantages < 0)).long(),
-            ],
-            dim=1,
-        ).to(self.dev)
-        table = torch.cat(all_gather_rows(local, self.dp_group)).cpu()
-        self.plans = plan_groups(table, self.d, self.cfg, self.step, self.lay.dp)
+        lay, mask = self.lay, self.mask
+        n_valid = mask.sum(axis=1)
+        local = np.stack(
+            [self.gid, self.rid, n_valid, self.is_pos, self.penalised, np.full(self.B, lay.dp_rank)], axis=1
+        ).astype(np.int64)
+        gathered = all_gather_rows(torch.from_numpy(local).to(self.dev), self.dp_group)
+        table = torch.cat(gathered).cpu().numpy()
+        self.plans = plan_groups(table, self.d, self.cfg, self.step, lay.dp * lay.tp)
         self.by_gid = {g.gid: g for g in self.plans}
         self.active = [g for g in self.plans if g.reason is None]
-        self.pos_idx = [i for i in range(B) if self.is_pos[i]]
-        self.neg_idx = [i for i in range(B) if not self.is_pos[i]]
-        self.seq_group = torch.tensor([self.by_gid[int(g)].active for g in meta.group_ids], dtype=torch.long)
-        self.info = torch.zeros(len(self.active), 2)  # (k, converged) per active group
-        # sampled pool index of each local positive token (-1: not sampled)
-        self.sample_pool = torch.full((B, T), -1, dtype=torch.long)
-        for i in self.pos_idx:
-            g = self.by_gid[int(meta.group_ids[i])]
-            if g.reason is not None:
-                continue
-            o, n = g.pool_offset[int(meta.response_ids[i])], int(self.n_valid[i])
-            picked = g.sample[(g.sample >= o) & (g.sample < o + n)]
-            positions = mask[i].nonzero().squeeze(1)[picked - o]
-            self.sample_pool[i, positions] = picked
-        # positives with response tokens: once all of them went by, the subspaces can be fitted
-        lens = self.seqs.response_lens
-        self.pos_left = {i for i in self.pos_idx if lens[i] > 0}
-
-    # 3. rows to owners (all-to-all), SVD on the owner, projectors broadcast (collective over dp)
-    def _fit_and_share(self) -> None:
-        if not self.active:
+        self.pos_left = {i for i in range(self.B) if self.is_pos[i] and self.seqs.response_lens[i] > 0}
+        if not self.computes or not self.active:
             return
-        cfg, d, dev, lay, width = self.cfg, self.d, self.dev, self.lay, self.width
-        rows = torch.cat(self.kept_rows).to(dev) if self.kept_rows else torch.zeros(0, d, device=dev)
-        keys = torch.cat(self.kept_keys) if self.kept_keys else torch.zeros(0, 2, dtype=torch.long)
-        owners = torch.tensor([self.active[a].owner for a in keys[:, 0].tolist()], dtype=torch.long)
-        payload = torch.cat([keys.to(torch.float64).to(dev), rows.double()], dim=1)  # exact ids in fp64
-        self.kept_rows.clear()
-        self.kept_keys.clear()
-        got, _ = exchange_rows(payload, owners.to(dev), self.dp_group)
-        got = got.cpu()
-        packed = []
-        for g in (g for g in self.active if g.owner == lay.dp_rank):
-            part = got[got[:, 0].long() == g.active]
-            part = part[torch.argsort(part[:, 1].long())]
-            require(
-                part.shape[0] == g.sample.numel() and torch.equal(part[:, 1].long(), g.sample),
-                f"group {g.gid}: received {part.shape[0]} sampled rows, expected {g.sample.numel()} "
-                "(ranks disagree on the batch?)",
-            )
-            sub = fit_positive_subspace(
-                part[:, 2:].float().to(dev),
-                cfg.rank,
-                method=cfg.svd_method,
-                max_iter=cfg.svd_max_iter,
-                oversample=cfg.svd_oversample,
-                tol=cfg.svd_tol,
-                seed=group_sample_seed(cfg.seed + 1, self.step, g.gid),
-            )
-            packed.append(_pack(sub, width))
+        col, me = lay.tp_rank, lay.dp_rank
+        tp = lay.tp
+        in_col = [g for g in self.active if g.slot % tp == col]
+        self.col_index = {g.active: j for j, g in enumerate(in_col)}
+        self.owned = [g for g in in_col if g.slot // tp == me]
+        sz = self.sizes
+        sz.column_groups = len(in_col)
+        sz.owned_group_rows = [g.rows for g in self.owned]
+        # 2. the sampled rows this rank keeps, ordered by (fit slot's data-parallel rank, group, pool index)
+        keep_slot = np.full((self.B, self.T), -1, dtype=np.int64)
+        local_of = {int(r): i for i, r in enumerate(self.rid)}
+        send_split = [0] * lay.dp
+        n = 0
+        for dest in range(lay.dp):
+            for g in (g for g in in_col if g.slot // tp == dest):
+                for rid, off in sorted(g.pool_offset.items()):
+                    if g.pool_holder[rid] != me:
+                        continue
+                    i = local_of[rid]
+                    cnt = int(n_valid[i])
+                    picked = g.sample[(g.sample >= off) & (g.sample < off + cnt)]
+                    positions = np.flatnonzero(mask[i])[picked - off]
+                    keep_slot[i, positions] = np.arange(n, n + picked.size)
+                    n += picked.size
+                    send_split[dest] += picked.size
+        self.keep_slot, self.send_split = keep_slot, send_split
+        sz.rows_sent = n
+        # rows this rank receives for its own groups, ordered by (source rank, group, pool index); the
+        # fit index of each owned group gathers its rows in pool order
+        recv_split, keys = [0] * lay.dp, []
         for src in range(lay.dp):
-            owned = [g for g in self.active if g.owner == src]
-            if src == lay.dp_rank:
-                buf = torch.stack(packed) if packed else torch.zeros(0, d + d * width + 2, device=dev)
-            else:
-                buf = torch.empty(len(owned), d + d * width + 2, device=dev)
-            if lay.dp > 1:
-                dist.broadcast(buf, src=group_global_rank(self.dp_group, src), group=self.dp_group)
-            for g, b in zip(owned, buf):
-                sub = _unpack(b, d, width)
-                self.subspaces[g.active] = sub
-                self.info[g.active] = torch.tensor([sub.rank, float(sub.converged)])
+            for g in self.owned:
+                held = [
+                    g.sample[(g.sample >= off) & (g.sample < off + cnt)]
+                    for rid, off, cnt in self._pool_ranges(g)
+                    if g.pool_holder[rid] == src
+                ]
+                for h in held:
+                    keys.append(np.stack([np.full(h.size, g.active), h], axis=1))
+                    recv_split[src] += h.size
+        self.recv_split = recv_split
+        sz.rows_received = sum(recv_split)
+        keys = np.concatenate(keys) if keys else np.zeros((0, 2), dtype=np.int64)
+        order = np.lexsort((keys[:, 1], keys[:, 0]))  # by group, then pool index
+        self.fit_index = []
+        pos = 0
+        for g in self.owned:
+            self.fit_index.append(torch.from_numpy(order[pos : pos + g.rows].copy()))
+            pos += g.rows
+        # 3. subspaces: each owned group to the ranks of the column holding its negatives
+        self.sub_send = [[g for g in self.owned if g.neg_tokens_by_rank[dest]] for dest in range(lay.dp)]
+        self.sub_recv = [
+            [g for g in in_col if g.slot // tp == src and g.neg_tokens_by_rank[me]] for src in range(lay.dp)
+        ]
+        need = [g for part in self.sub_recv for g in part]
+        self.need_index = {g.active: j for j, g in enumerate(need)}
+        sz.subspaces_sent = sum(len(p) for p in self.sub_send)
+        sz.subspaces_received = len(need)
+        # 4. this rank's negative tokens of its column's groups, ordered by (group, response id, position)
+        resid_slot = np.full((self.B, self.T), -1, dtype=np.int64)
+        resid_group = []
+        n = 0
+        for g in in_col:
+            for i in sorted(
+                (i for i in range(self.B) if self.gid[i] == g.gid and not self.is_pos[i]),
+                key=lambda i: self.rid[i],
+            ):
+                positions = np.flatnonzero(mask[i])
+                if not positions.size:
+                    continue
+                resid_slot[i, positions] = np.arange(n, n + positions.size)
+                resid_group.append(np.full(positions.size, self.need_index[g.active]))
+                n += positions.size
+        self.resid_slot = resid_slot
+        self.resid_group = np.concatenate(resid_group) if resid_group else np.zeros(0, dtype=np.int64)
+        sz.negatives = n
+        counts = np.array([[g.neg_tokens_by_rank[r] for g in in_col] for r in range(lay.dp)], dtype=np.int64)
+        sz.negatives_max = int(counts.sum(axis=1).max())
+        # the gathered residuals: rank r's block holds its tokens group by group, then padding
+        labels = np.full((lay.dp, sz.negatives_max), len(in_col), dtype=np.int64)
+        for r in range(lay.dp):
+            labels[r, : counts[r].sum()] = np.repeat(np.arange(len(in_col)), counts[r])
+        self.gather_labels = labels.reshape(-1)
+        self.gather_counts = [*counts.sum(axis=0).tolist(), int((labels == len(in_col)).sum())]
+        self.neg_col_group = np.array(
+            [self.col_index[need[j].active] for j in self.resid_group.tolist()], dtype=np.int64
+        ).reshape(-1)
+        self.neg_where = np.nonzero(resid_slot >= 0)  # (i, t) of each slot, in slot order
+        order = resid_slot[self.neg_where]
+        self.neg_where = (self.neg_where[0][np.argsort(order)], self.neg_where[1][np.argsort(order)])
+
+    def _pool_ranges(self, g: GroupPlan) -> list[tuple[int, int, int]]:
+        """(response id, pool offset, tokens) of each positive response of ``g``, in pool order."""
+        ids = sorted(g.pool_offset, key=g.pool_offset.get)
+        ends = [g.pool_offset[r] for r in ids[1:]] + [g.n_pos_tokens]
+        return [(r, g.pool_offset[r], e - g.pool_offset[r]) for r, e in zip(ids, ends)]
 
     # 2 and 4. the layer L-2 consumer: positives first (phase 0), then negatives (phase 1)
     def consume(self, chunk: PenultimateChunk) -> None:
         if not self.computes:
             return
-        cfg, mask, is_pos = self.cfg, self.mask, self.is_pos
-        s, r = chunk.seq_index.cpu(), chunk.resp_pos.cpu()
-        pool = self.sample_pool[s, r]
-        sel = pool >= 0
-        if bool(sel.any()):
-            self.kept_rows.append(normalize_hidden(chunk.hidden[sel.to(chunk.hidden.device)], cfg.ln_eps))
-            self.kept_keys.append(torch.stack([self.seq_group[s[sel]], pool[sel]], dim=1))
-        self.pos_left.difference_update(s[is_pos[s]].unique().tolist())
+        s, r = chunk.seq_index.numpy(), chunk.resp_pos.numpy()
+        self.pos_left.difference_update(np.unique(s[self.is_pos[s]]).tolist())
+        if not self.active:
+            return
+        if self.send_buf is None and not self.fitted:
+            n, dtype = self.sizes.rows_sent, chunk.states.dtype
+            self.send_buf = torch.empty(n, self.d, dtype=dtype, device=self.dev)
+        slots = self.keep_slot[s, r]
+        sel = np.flatnonzero(slots >= 0)
+        self.sizes.kept_per_micro_batch.append(int(sel.size))
+        if sel.size:
+            rows = chunk.rows(sel)
+            self.send_buf.index_copy_(0, index_to_device(slots[sel], self.dev), rows)
+            del rows
         if not self.fitted and chunk.phases_done >= 1:
             # the positives' phase is complete: within the micro-batch holding the last positive, before its
             # negatives (with expert parallelism, at the same micro-batch on every rank: a collective)
@@ -292,40 +360,104 @@ class ResRLPass:
                 raise RuntimeError(f"internal error: positives {sorted(self.pos_left)} not seen by phase end")
             self._fit_and_share()
             self.fitted = True
-        grp = self.seq_group[s]
-        use = (grp >= 0) & ~is_pos[s] & mask[s, r]
-        for a in torch.unique(grp[use]).tolist():
-            pick = use & (grp == a)
-            x = normalize_hidden(chunk.hidden[pick.to(chunk.hidden.device)], cfg.ln_eps)
-            self.resid[s[pick], r[pick]] = (
-                residual_energy(x, self.subspaces[a], cfg.residual_chunk_tokens).float().cpu()
-            )
+        slots = self.resid_slot[s, r]
+        sel = np.flatnonzero(slots >= 0)
+        groups = self.resid_group[slots[sel]]
+        self.sizes.negatives_per_micro_batch.append(np.bincount(groups).tolist() if sel.size else [])
+        if sel.size:
+            values = residuals_of_rows(chunk.states, chunk.state_index[sel], groups, self.subspaces, self.cfg)
+            self.resid_buf.index_copy_(0, index_to_device(slots[sel], self.dev), values)
+            del values
 
-    # 5. quantile bounds per group over all its negative tokens (all ranks), gate own tokens
-    def _gate(self) -> torch.Tensor:
-        neg_idx_t = torch.tensor(self.neg_idx, dtype=torch.long)
-        neg_group = self.seq_group[neg_idx_t]
-        neg_mask = self.mask[neg_idx_t]
-        resid = self.resid[neg_idx_t]
-        w_neg = torch.ones(len(self.neg_idx), self.T)
+    # 3. rows to their fit slots, batched fits, subspaces to the ranks that need them
+    def _fit_and_share(self) -> None:
+        cfg, dp, dev = self.cfg, self.lay.dp, self.dev
+        recv = self._exchange(self.send_buf, self.send_split, self.recv_split)
+        self.send_buf = None
+        owned = None
+        if self.owned:
+            index = [index_to_device(i, dev) for i in self.fit_index]
+            seeds = [group_sample_seed(cfg.seed + 1, self.step, g.gid) for g in self.owned]
+            owned = fit_group_subspaces(recv, index, seeds, cfg)
+            del index
+        del recv
+        # (mean, basis, rank) of each subspace a column rank needs, in (destination, group) order
+        d, k = self.d, min(cfg.rank, self.d)
+        packed = torch.empty(self.sizes.subspaces_sent, d + d * k + 1, dtype=torch.float32, device=dev)
+        if self.sizes.subspaces_sent:
+            pos = {g.active: j for j, g in enumerate(self.owned)}
+            o = index_to_device(np.array([pos[g.active] for part in self.sub_send for g in part]), dev)
+            packed[:, :d] = owned.mean.index_select(0, o)
+            packed[:, d : d + d * k] = owned.basis.index_select(0, o).view(-1, d * k)
+            packed[:, -1] = owned.rank.index_select(0, o)
+            del o
+        self.ranks = torch.zeros(len(self.active), dtype=torch.float32, device=dev)
+        if owned is not None:
+            where = index_to_device(np.array([g.active for g in self.owned]), dev)
+            self.ranks.index_copy_(0, where, owned.rank.to(torch.float32))
+            del where
+        del owned
+        got = self._exchange(packed, [len(p) for p in self.sub_send], [len(p) for p in self.sub_recv])
+        del packed
+        n = got.shape[0]
+        self.subspaces = SubspaceBatch(
+            mean=got[:, :d], basis=got[:, d : d + d * k].view(n, d, k), rank=got[:, -1]
+        )
+        del got
+        self.resid_buf = torch.empty(self.sizes.negatives_max, dtype=torch.float32, device=dev)
+        if dp > 1:
+            dist.all_reduce(self.ranks, group=self.dp_group)
+
+    def _exchange(self, rows: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
+        """Rows [sum(send), w] to the data-parallel ranks of this column (``send[r]`` to rank r, in order);
+        returns the [sum(recv), w] received, by source rank. Split sizes come from the plan."""
+        if self.lay.dp == 1:
+            return rows
+        w = rows.shape[1]
+        out = rows.new_empty(sum(recv), w)
+        dist.all_to_all_single(
+            out.view(-1),
+            rows.view(-1),
+            output_split_sizes=[c * w for c in recv],
+            input_split_sizes=[c * w for c in send],
+            group=self.dp_group,
+        )
+        return out
+
+    # 5 and 6. quantile bounds per group over all its negative tokens (all ranks of the column), gating,
+    # the weights to every tensor / pipeline rank of the replica
+    def _finish(self) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.dev
+        weights = torch.ones(self.B, self.T, dtype=torch.float32, device=dev)
         if self.computes and self.active:
-            have = neg_mask & (neg_group[:, None] >= 0)
-            grp_tok = neg_group[:, None].expand(-1, self.T)[have]
-            vals = torch.stack([grp_tok.double(), resid[have].double()], dim=1).to(self.dev)
-            everything = torch.cat(all_gather_rows(vals, self.dp_group)).cpu()
-            for g in self.active:
-                mine = have & (neg_group[:, None] == g.active)
-                all_r = everything[everything[:, 0].long() == g.active, 1].float()
-                require(
-                    all_r.numel() == g.n_neg_tokens,
-                    f"group {g.gid}: {all_r.numel()} negative residuals gathered, expected {g.n_neg_tokens}",
-                )
-                q_lo, q_hi = quantile_bounds(all_r, self.cfg.alpha, self.cfg.beta)
-                if bool(mine.any()):
-                    w_neg[mine] = gate(resid[mine], q_lo, q_hi, self.cfg.xi)
-        return w_neg
+            ranks, self.ranks = self.ranks, None
+            sz, dp = self.sizes, self.lay.dp
+            if dp > 1:
+                gathered = torch.empty(dp, sz.negatives_max, dtype=torch.float32, device=dev)
+                dist.all_gather(list(gathered.unbind(0)), self.resid_buf, group=self.dp_group)
+            else:
+                gathered = self.resid_buf[None]
+            labels = index_to_device(self.gather_labels, dev)
+            q_lo, q_hi = grouped_quantile_bounds(
+                gathered.view(-1), labels, self.gather_counts, self.cfg.alpha, self.cfg.beta
+            )
+            del gathered, labels
+            mine = index_to_device(self.neg_col_group, dev)
+            lo, hi = q_lo.index_select(0, mine), q_hi.index_select(0, mine)
+            del mine, q_lo, q_hi
+            w = gate(self.resid_buf[: sz.negatives], lo, hi, self.cfg.xi)
+            del lo, hi
+            self.resid_buf = self.subspaces = None
+            flat = index_to_device(self.neg_where[0] * self.T + self.neg_where[1], dev)
+            weights.view(-1).index_copy_(0, flat, w)
+            del w, flat
+        else:
+            ranks = torch.zeros(len(self.active), dtype=torch.float32, device=dev)
+        weights = self.actor.combine_from_penultimate_stage(weights, "min")
+        ranks = self.actor.combine_from_penultimate_stage(ranks, "sum")
+        return weights, ranks
 
-    def _stats(self) -> ResRLStats:
+    def _stats(self, ranks: torch.Tensor) -> ResRLStats:
         stats = ResRLStats(num_groups=len(self.plans), num_active=len(self.active), skipped=Counter())
         for g in self.plans:
             stats.num_negative_tokens += g.n_penalised_tokens
@@ -333,26 +465,19 @@ class ResRLPass:
                 stats.num_weighted_tokens += g.n_penalised_tokens
             else:
                 stats.skipped[g.reason] += 1
-        stats.subspace_ranks = [int(k) for k in self.info[:, 0].tolist()]
-        stats.svd_fallbacks = int((self.info[:, 1] < 0.5).sum()) if len(self.active) else 0
+        stats.subspace_ranks = [int(k) for k in ranks.tolist()]
         return stats
 
     def run(self, *, with_entropy: bool = False) -> ResRLPassResult:
-        """Steps 2-6: one forward pass (positives first), the gating, the broadcast of the weights."""
+        """Steps 2-6: one forward pass (positives first), the gating, the combination of the weights."""
         phases = [0 if bool(p) else 1 for p in self.is_pos]
         outputs = self.actor.forward_logprobs(
             self.seqs, with_entropy=with_entropy, penultimate_consumer=self.consume, phases=phases
         )
-        if self.computes and not self.fitted:
+        if self.computes and self.active and not self.fitted:
             raise RuntimeError("internal error: the positive subspaces were never fitted during the pass")
-        w_neg = self._gate()
-        # 6. to the other tensor / pipeline ranks of this replica
-        w_neg = self.actor.broadcast_from_penultimate_owner(w_neg)
-        self.info = self.actor.broadcast_from_penultimate_owner(self.info)
-        weights = torch.ones(self.B, self.T)
-        if self.neg_idx:
-            weights[self.neg_idx] = w_neg
-        return ResRLPassResult(outputs=outputs, weights=weights, stats=self._stats())
+        weights, ranks = self._finish()
+        return ResRLPassResult(outputs=outputs, weights=weights, stats=self._stats(ranks))
 
 
 def old_logprobs_with_resrl(

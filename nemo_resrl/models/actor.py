@@ -166,8 +166,8 @@ class MegatronActor:
     def owns_penultimate_layer(self) -> bool:
         return self.forward.owns_penultimate_layer()
 
-    def broadcast_from_penultimate_owner(self, t: torch.Tensor) -> torch.Tensor:
-        return self.forward.broadcast_from_penultimate_owner(t)
+    def combine_from_penultimate_stage(self, t: torch.Tensor, op: str) -> torch.Tensor:
+        return self.forward.combine_from_penultimate_stage(t, op)
 
     # ------------------------------------------------------------------ weights out / checkpoints
     def export_hf_weights(self, *, cpu: bool = True) -> Iterator[tuple[str, torch.Tensor]]:

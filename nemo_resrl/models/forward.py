@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
+from nemo_resrl.common import index_to_device
 from nemo_resrl.models.batch import Layout, MicroBatch, Sequences, TokenOutputs, make_layout
 from nemo_resrl.models.build import MegatronModel
 from nemo_resrl.models.logprobs import vocab_parallel_logprobs
@@ -22,17 +24,28 @@ from nemo_resrl.models.logprobs import vocab_parallel_logprobs
 
 @dataclass
 class PenultimateChunk:
-    """Layer L-2 outputs of one micro-batch's response tokens, handed to the consumer.
+    """Layer L-2 outputs of one micro-batch, handed to the consumer without a copy.
 
-    seq_index / resp_pos: int64 [n] (sequence in the caller's batch, position in its response);
-    hidden: [n, d] in the activation dtype, detached, on the compute device. Identical on every
-    tensor-parallel rank of the owning stage (under sequence parallelism the hook gathers the sequence).
+    seq_index / resp_pos: int64 [n] on the HOST (sequence in the caller's batch, position in its response)
+    of the micro-batch's response tokens; ``rows(sel)`` gathers the states of those response tokens
+    (``sel``: a numpy index or bool mask over the n) as [len(sel), d] in the activation dtype, detached,
+    on the compute device; ``hidden`` is ``rows()`` of all n. Identical on every tensor-parallel rank of
+    the owning stage (under sequence parallelism the hook gathers the sequence first).
     """
 
     seq_index: torch.Tensor
     resp_pos: torch.Tensor
-    hidden: torch.Tensor
+    states: torch.Tensor  # [S * rows, d]: the layer's output, sequence-major, on the device
+    state_index: np.ndarray  # int64 [n]: the row of ``states`` of each response token
     phases_done: int = 0  # phases (``logprobs(phases=...)``) whose every sequence is in this chunk or earlier
+
+    def rows(self, sel: np.ndarray | None = None) -> torch.Tensor:
+        idx = self.state_index if sel is None else self.state_index[sel]
+        return self.states.index_select(0, index_to_device(idx, self.states.device))
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        return self.rows()
 
 
 PenultimateConsumer = Callable[[PenultimateChunk], None]
@@ -45,6 +58,7 @@ class ForwardRunner:
         self.m = model
         self.temperature = float(temperature)
         self._current_mb: MicroBatch | None = None
+        self._current_host_mb: MicroBatch | None = None
         self._pen_stage: int | None = None
 
     # ------------------------------------------------------------------ layout and schedule
@@ -96,8 +110,9 @@ class ForwardRunner:
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         def forward_step(data_iterator, model):
-            mb = next(data_iterator).to(self.m.device)
-            self._current_mb = mb
+            host = next(data_iterator)
+            mb = host.to(self.m.device)
+            self._current_mb, self._current_host_mb = mb, host
             out = model(mb.tokens, mb.position_ids, mb.attention_mask)
             return out, lambda output: loss_func_of(mb, output)
 
@@ -112,7 +127,7 @@ class ForwardRunner:
                 forward_only=forward_only,
             )
         finally:
-            self._current_mb = None
+            self._current_mb = self._current_host_mb = None
 
     def token_logprobs(
         self, logits: torch.Tensor, mb: MicroBatch, with_entropy: bool
@@ -181,18 +196,19 @@ class ForwardRunner:
                 self._pen_stage = int(flag)
         return self._pen_stage
 
-    def broadcast_from_penultimate_owner(self, t: torch.Tensor) -> torch.Tensor:
-        """Copy ``t`` from tensor rank 0 of the stage owning layer L-2 to every tensor / pipeline rank of
-        this data-parallel replica; returns it on the CPU."""
+    def combine_from_penultimate_stage(self, t: torch.Tensor, op: str) -> torch.Tensor:
+        """Reduce ``t`` (``op``: "min" | "max" | "sum") over the tensor ranks of the stage owning layer L-2,
+        where each rank computed part of it, and copy the result to every pipeline stage of this
+        data-parallel replica; returns it on the CPU. Collective over the replica's tensor and pipeline
+        groups."""
         from megatron.core import parallel_state as ps
 
         lay = self.m.layout
         stage = self.penultimate_stage()
         t = t.to(self.m.device).contiguous()
+        reduce_op = {"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX, "sum": dist.ReduceOp.SUM}[op]
         if lay.tp > 1 and lay.pp_rank == stage:
-            dist.broadcast(
-                t, src=ps.get_tensor_model_parallel_src_rank(), group=ps.get_tensor_model_parallel_group()
-            )
+            dist.all_reduce(t, op=reduce_op, group=ps.get_tensor_model_parallel_group())
         if lay.pp > 1:
             group = ps.get_pipeline_model_parallel_group()
             dist.broadcast(t, src=dist.get_process_group_ranks(group)[stage], group=group)
@@ -255,9 +271,12 @@ class ForwardRunner:
                 from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
 
                 hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
-            mb = self._current_mb
-            flat = hidden.detach().transpose(0, 1).reshape(-1, hidden.shape[-1])
-            rows = flat.index_select(0, mb.flat_pos)
-            consumer(PenultimateChunk(mb.seq_index, mb.resp_pos, rows, phases_done=mb.phases_done))
+            mb = self._current_host_mb
+            seq_len, rows = hidden.shape[0], hidden.shape[1]
+            # the micro-batch's flat_pos indexes [rows, S] row-major; the states are [S, rows] row-major
+            flat_pos = mb.flat_pos.numpy()
+            state_index = (flat_pos % seq_len) * rows + flat_pos // seq_len
+            states = hidden.detach().reshape(seq_len * rows, hidden.shape[-1])
+            consumer(PenultimateChunk(mb.seq_index, mb.resp_pos, states, state_index, mb.phases_done))
 
         return hook

@@ -78,10 +78,12 @@ def resrl_weights(
     rows_for_group=None,
     min_pos_tokens=4,
     ln=True,
+    positive=None,
 ):
     """docs/algorithm.md §2-5 for a whole batch: weights [B, T] (1 for positives, skipped groups and padding).
 
     rows_for_group(gid, pool_size) -> indices of the sampled pool rows; None means take all rows.
+    positive: [B] bool, the positive set (None: A > 0).
     """
     hidden = np.asarray(hidden, dtype=np.float64)
     mask = np.asarray(mask, dtype=bool)
@@ -93,8 +95,9 @@ def resrl_weights(
     norm = layer_norm if ln else (lambda h: np.asarray(h, dtype=np.float64))
     for g in sorted(set(groups)):
         members = sorted((i for i in range(b) if groups[i] == g), key=lambda i: response_ids[i])
-        pos = [i for i in members if adv[i] > 0]
-        neg = [i for i in members if adv[i] <= 0]
+        is_pos = (lambda i: adv[i] > 0) if positive is None else (lambda i: bool(positive[i]))
+        pos = [i for i in members if is_pos(i)]
+        neg = [i for i in members if not is_pos(i)]
         if not pos or not neg:
             continue
         pool = [hidden[i, j] for i in pos for j in range(t) if mask[i, j]]

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,6 @@ from hypothesis import strategies as st
 
 from nemo_resrl.algorithms import (
     ResRLConfig,
-    compute_resrl_weights,
     group_sample_seed,
     group_skip_reason,
     quantile_gate,
@@ -14,6 +15,9 @@ from nemo_resrl.algorithms import (
     sample_row_indices,
     token_advantages,
 )
+from nemo_resrl.algorithms.resrl import compute_resrl_weights as resrl_weights
+from nemo_resrl.algorithms.resrl import grouped_quantile_bounds
+from nemo_resrl.algorithms.subspace import SVD_METHODS
 from nemo_resrl.algorithms.resrl import (
     SKIP_FEW_POSITIVE_TOKENS,
     SKIP_NO_NEGATIVE,
@@ -24,6 +28,13 @@ from nemo_resrl.algorithms.resrl import (
 from tests.algorithms import reference as ref
 
 CFG = ResRLConfig(rank=6, svd_method="exact")
+
+
+def compute_resrl_weights(hidden, mask, groups, adv, cfg=CFG, **kw):
+    """The API with the verifier's verdicts ``correct = A > 0`` (the default positive set's input): in
+    these batches every correct response has A > 0, so both rules agree."""
+    kw.setdefault("correct", adv > 0)
+    return resrl_weights(hidden, mask, groups, adv, cfg, **kw)
 
 
 def _batch(seed=0, b=8, t=12, d=32, groups=(0, 0, 0, 0, 1, 1, 1, 1), adv=None):
@@ -50,7 +61,7 @@ def _ref(hidden, mask, groups, adv, cfg, **kw):
     )
 
 
-@pytest.mark.parametrize("method", ["exact", "gram", "randomized"])
+@pytest.mark.parametrize("method", SVD_METHODS)
 @pytest.mark.parametrize("alpha,beta,xi,rank", [(0.2, 0.8, 0.1, 6), (0.1, 0.9, 0.3, 3), (0.3, 0.7, 0.5, 64)])
 def test_weights_match_float64_reference(method, alpha, beta, xi, rank):
     cfg = ResRLConfig(rank=rank, alpha=alpha, beta=beta, xi=xi, svd_method=method)
@@ -247,7 +258,7 @@ def test_token_advantages_spec_6():
     out = token_advantages(adv, w, lambda_pos=0.1)
     assert torch.allclose(out, torch.tensor([[0.2, 0.2], [-0.2, -0.9], [0.0, 0.0]]))
     hidden, mask, groups, adv = _batch(seed=10)
-    a, stats = resrl_token_advantages(hidden, mask, groups, adv, CFG)
+    a, stats = resrl_token_advantages(hidden, mask, groups, adv, CFG, correct=adv > 0)
     assert (a[~mask] == 0).all() and torch.isfinite(a).all()
     assert stats.as_metrics()["resrl/groups_active"] == 2.0
 
@@ -274,3 +285,34 @@ def test_bad_inputs():
     for field, value in [("alpha", 0.9), ("xi", 1.5), ("rank", 0), ("svd_method", "qr"), ("max_rows", 1)]:
         with pytest.raises(ValueError, match=field):
             ResRLConfig(**{field: value}).validate()
+
+
+def test_default_positive_set_is_the_verdicts_and_the_other_rule_is_explicit():
+    """The preset's rule (positive_set=correct) is the API's default: a correct response with A < 0 (a
+    long correct answer under the length-scaled reward) spans the subspace and is never gated; the A > 0
+    rule must be asked for."""
+    hidden, mask, groups, _ = _batch(seed=12)
+    correct = torch.tensor([True, False, True, False, True, False, False, True])
+    adv = torch.tensor([1.0, -1.0, -0.2, -0.5, 1.0, -1.0, -1.0, 1.0])  # response 2: correct, A < 0
+    with pytest.raises(ValueError, match="needs the verifier's verdicts"):
+        resrl_weights(hidden, mask, groups, adv, CFG)
+    by_verdict = resrl_weights(hidden, mask, groups, adv, CFG, correct=correct).weights
+    assert (by_verdict[2] == 1).all()  # a positive: not gated
+    by_advantage = resrl_weights(hidden, mask, groups, adv, replace(CFG, positive_set="advantage")).weights
+    assert (by_advantage[2][mask[2]] < 1).any()  # a negative under A > 0: gated
+    want = _ref(hidden, mask, groups, adv, CFG, positive=correct.numpy())
+    np.testing.assert_allclose(by_verdict.double().numpy(), want, atol=2e-4)
+
+
+def test_grouped_quantile_bounds_equal_each_groups_own_quantiles():
+    g = torch.Generator().manual_seed(3)
+    counts = [5, 1, 0, 17, 2]
+    values = torch.rand(sum(counts), generator=g)
+    group = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    p = torch.randperm(values.numel(), generator=g)
+    q_lo, q_hi = grouped_quantile_bounds(values[p], group[p], counts, 0.2, 0.8)
+    for i, n in enumerate(counts):
+        mine = values[group == i]
+        want = (linear_quantile(mine, 0.2), linear_quantile(mine, 0.8)) if n else (0.0, 0.0)
+        assert q_lo[i].item() == pytest.approx(float(want[0]), abs=1e-7)
+        assert q_hi[i].item() == pytest.approx(float(want[1]), abs=1e-7)

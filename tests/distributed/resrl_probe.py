@@ -85,17 +85,22 @@ def main() -> None:
     idx = list(range(lay.dp_rank, B, lay.dp))
     local = Sequences([seqs.tokens[i] for i in idx], [seqs.prompt_lens[i] for i in idx])
     rids = torch.tensor(idx)
-    meta = ResponseMeta(group_ids=group_ids[idx], response_ids=rids, advantages=adv[idx])
+    meta = ResponseMeta(
+        group_ids=group_ids[idx], response_ids=rids, advantages=adv[idx], positive=adv[idx] > 0
+    )
     _, full_mask = seqs.response_tokens()
     T = full_mask.shape[1]
     dp_group = ps.get_data_parallel_group()
 
+    dev = actor.device  # every tensor handed to a collective lives on the group's device (NCCL: CUDA)
+
     def to_full(t: torch.Tensor) -> torch.Tensor:
         full = torch.zeros(B, T, dtype=t.dtype)
         full[idx, : t.shape[1]] = t
+        full = full.to(dev)
         if lay.dp > 1:
             dist.all_reduce(full, group=dp_group)
-        return full
+        return full.cpu()
 
     # a positive set other than A > 0 (``positive_set=correct`` under a shaped reward): response 10, a
     # correct one of group 2, counted among the negatives' pool
@@ -103,18 +108,19 @@ def main() -> None:
     positive[10] = False
     res: dict = {"layout": name}
     for label, cfg, pos in [
-        ("default", ResRLConfig(max_rows=16, rank=4, seed=3), None),
-        ("m_below_k", ResRLConfig(max_rows=16, rank=32, seed=3), None),
+        ("default", ResRLConfig(max_rows=16, rank=4, seed=3), adv > 0),
+        ("m_below_k", ResRLConfig(max_rows=16, rank=32, seed=3), adv > 0),
         ("positive_set", ResRLConfig(max_rows=16, rank=4, seed=3), positive),
     ]:
-        m = meta if pos is None else dataclasses.replace(meta, positive=pos[idx])
+        m = dataclasses.replace(meta, positive=pos[idx])
         out = old_logprobs_with_resrl(actor, local, m, cfg, step=5)
         weights = to_full(out.weights)
         logp = to_full(out.outputs.logprobs)
         plain = to_full(actor.forward_logprobs(local).logprobs)
         # every rank of the job must hold the same full weights
-        allw = [torch.empty_like(weights) for _ in range(dist.get_world_size())]
-        dist.all_gather(allw, weights)
+        allw = [torch.empty_like(weights).to(dev) for _ in range(dist.get_world_size())]
+        dist.all_gather(allw, weights.to(dev))
+        allw = [w.cpu() for w in allw]
         entry = {
             "ranks_agree": all(torch.equal(w, allw[0]) for w in allw),
             "logp_vs_plain": float((logp - plain).abs().max()),
@@ -125,14 +131,15 @@ def main() -> None:
         rows = []
 
         def grab(c, rows=rows):
-            ids = torch.stack([c.seq_index.double(), c.resp_pos.double()], dim=1)
-            rows.append(torch.cat([ids, c.hidden.double()], dim=1))
+            h = c.hidden
+            ids = torch.stack([c.seq_index, c.resp_pos], dim=1).to(h.device).double()
+            rows.append(torch.cat([ids, h.double()], dim=1))
 
         actor.forward_logprobs(local, penultimate_consumer=grab)  # collective: every rank runs it
         if actor.owns_penultimate_layer() and lay.tp_rank == 0:
             mine = torch.cat(rows)
-            mine[:, 0] = rids[mine[:, 0].long()].double()
-            allrows = torch.cat(all_gather_rows(mine, dp_group))
+            mine[:, 0] = rids.to(mine.device)[mine[:, 0].long()].double()
+            allrows = torch.cat(all_gather_rows(mine, dp_group)).cpu()
             hidden = torch.zeros(B, T, actor.hidden_size)
             hidden[allrows[:, 0].long(), allrows[:, 1].long()] = allrows[:, 2:].float()
             ref = compute_resrl_weights(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -143,8 +144,8 @@ def test_degenerate_groups_are_skipped_and_counted(runs):
     assert all(1 <= k <= 15 for k in ranks) and max(ranks) > 4
 
 
-def _table(rows):
-    return torch.tensor(rows, dtype=torch.long)
+def _table(rows, holder=0):
+    return np.array([[*r, holder] for r in rows], dtype=np.int64)
 
 
 def test_plan_pools_positives_in_response_id_order_and_spreads_owners():
@@ -164,18 +165,31 @@ def test_plan_pools_positives_in_response_id_order_and_spreads_owners():
         ]
     )
     cfg = ResRLConfig(max_rows=8)
-    plans = {g.gid: g for g in plan_groups(table, 64, cfg, step=3, dp=2)}
+    plans = {g.gid: g for g in plan_groups(table, 64, cfg, step=3, slots=2)}
     assert plans[7].pool_offset == {10: 0, 30: 6}  # by response id, not by table order
     assert plans[7].n_pos_tokens == 11 and plans[7].n_neg_tokens == 4
     assert plans[4].reason == SKIP_NO_NEGATIVE
     assert plans[5].reason == SKIP_FEW_POSITIVE_TOKENS
     assert plans[8].reason == SKIP_NO_POSITIVE
     active = sorted((g for g in plans.values() if g.reason is None), key=lambda g: g.active)
-    assert [g.gid for g in active] == [7, 9] and [g.owner for g in active] == [0, 1]
+    assert [g.gid for g in active] == [7, 9] and [g.slot for g in active] == [0, 1]
     expected = sample_row_indices(11, 8, group_sample_seed(cfg.seed, 3, 7))
-    assert torch.equal(plans[7].sample, expected) and plans[7].sample.numel() == 8
+    assert np.array_equal(plans[7].sample, expected.numpy()) and plans[7].sample.size == 8
 
 
 def test_plan_rejects_duplicate_response_ids():
     with pytest.raises(ValueError, match="response_ids must be unique"):
-        plan_groups(_table([[1, 5, 3, 1, 0], [1, 5, 3, 0, 1]]), 64, ResRLConfig(), step=0, dp=1)
+        plan_groups(_table([[1, 5, 3, 1, 0], [1, 5, 3, 0, 1]]), 64, ResRLConfig(), step=0, slots=1)
+
+
+def test_slots_take_the_largest_groups_first_and_balance_rows():
+    from nemo_resrl.distributed.resrl_pass import assign_slots
+
+    # largest first to the least-loaded slot: 9 -> 0, 7 -> 1, 5 -> 2, the first 4 -> 2 (load 5), the
+    # second 4 -> 1 (load 7), then 1 -> 0 (loads 9, 11, 9: the lowest slot wins the tie)
+    assert assign_slots([4, 9, 1, 7, 5, 4], 3) == [2, 0, 0, 1, 2, 1]
+    loads = [0, 0, 0, 0]
+    sizes = [4096] * 10 + [100] * 7
+    for size, s in zip(sizes, assign_slots(sizes, 4)):
+        loads[s] += size
+    assert max(loads) - min(loads) <= 4096

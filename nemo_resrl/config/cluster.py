@@ -23,6 +23,8 @@ class ClusterConfig(Section):
     """Device memory as CUDA reports it (an H100 80 GB: 81559 MiB)."""
     gpu_bf16_tflops: float = 989.0
     """Dense bf16 peak per GPU (H100 SXM)."""
+    gpu_fp32_tflops: float = 67.0
+    """Dense float32 peak per GPU without TF32 (H100 SXM); the ResRL subspace fits run at it."""
     hbm_gbps: float = 3350.0
     """Device memory bandwidth per GPU, GB/s (H100 SXM HBM3); bounds decoding."""
     nvlink_gbps: float = 450.0
@@ -52,7 +54,15 @@ class ClusterConfig(Section):
     def check(self, keys: Keys) -> None:
         keys.at_least(self.nodes, "nodes", 1)
         keys.at_least(self.gpus_per_node, "gpus_per_node", 1)
-        rates = ("gpu_memory_gib", "gpu_bf16_tflops", "hbm_gbps", "nvlink_gbps", "network_gbps", "pcie_gbps")
+        rates = (
+            "gpu_memory_gib",
+            "gpu_bf16_tflops",
+            "gpu_fp32_tflops",
+            "hbm_gbps",
+            "nvlink_gbps",
+            "network_gbps",
+            "pcie_gbps",
+        )
         for k in rates:
             keys.require(getattr(self, k) > 0, k, f"must be > 0, got {getattr(self, k)}")
         keys.require(0 < self.mfu <= 1, "mfu", f"must be in (0, 1], got {self.mfu}")

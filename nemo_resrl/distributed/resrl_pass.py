@@ -94,6 +94,7 @@ class GroupPlan:
     pool_offset: dict[int, int] = field(default_factory=dict)  # response id -> first pool index
     pool_holder: dict[int, int] = field(default_factory=dict)  # response id -> data-parallel rank
     neg_tokens_by_rank: Counter = field(default_factory=Counter)  # data-parallel rank -> negative tokens
+    rows_by_rank: Counter = field(default_factory=Counter)  # data-parallel rank -> sampled rows it holds
     reason: str | None = None
     active: int = -1  # index among active groups
     slot: int = -1  # fit slot: dp_rank * tp + column
@@ -102,6 +103,22 @@ class GroupPlan:
     @property
     def rows(self) -> int:
         return 0 if self.sample is None else int(self.sample.size)
+
+
+@dataclass
+class PassSizes:
+    """What one rank of the L-2 stage holds during the pass (counts; the plan's memory term takes them)."""
+
+    rows_sent: int = 0  # sampled positive rows this rank keeps for the fit slots of its column
+    rows_received: int = 0  # rows of the groups this rank fits
+    owned_group_rows: list[int] = field(default_factory=list)  # rows of each group this rank fits
+    subspaces_sent: int = 0
+    subspaces_received: int = 0  # subspaces of its column's groups its replica has negatives of
+    negatives: int = 0  # negative tokens of its column's active groups on its replica
+    negatives_max: int = 0  # the most any rank of its column has (the gather's padding)
+    column_groups: int = 0  # active groups of its column
+    kept_per_micro_batch: list[int] = field(default_factory=list)  # positive rows kept, per micro-batch
+    negatives_per_micro_batch: list[list[int]] = field(default_factory=list)  # per group, per micro-batch
 
 
 def assign_slots(sizes: list[int], slots: int) -> list[int]:
@@ -149,7 +166,35 @@ def plan_groups(
             active.append(g)
     for g, s in zip(active, assign_slots([g.rows for g in active], slots)):
         g.slot = s
+        for rid, off, cnt in pool_ranges(g):
+            lo, hi = np.searchsorted(g.sample, [off, off + cnt])
+            g.rows_by_rank[g.pool_holder[rid]] += int(hi - lo)
     return out
+
+
+def pool_ranges(g: GroupPlan) -> list[tuple[int, int, int]]:
+    """(response id, pool offset, tokens) of each positive response of ``g``, in pool order."""
+    ids = sorted(g.pool_offset, key=g.pool_offset.get)
+    ends = [g.pool_offset[r] for r in ids[1:]] + [g.n_pos_tokens]
+    return [(r, g.pool_offset[r], e - g.pool_offset[r]) for r, e in zip(ids, ends)]
+
+
+def rank_sizes(active: list[GroupPlan], dp: int, tp: int, dp_rank: int, tp_rank: int) -> PassSizes:
+    """What rank (``dp_rank``, ``tp_rank``) of the L-2 stage holds during the pass (its memory: the
+    planner's ``nemo_resrl.plan.resrl.pass_bytes``), from the plan alone."""
+    col = [g for g in active if g.slot % tp == tp_rank]
+    owned = [g for g in col if g.slot // tp == dp_rank]
+    per_rank = [sum(g.neg_tokens_by_rank[r] for g in col) for r in range(dp)]
+    return PassSizes(
+        rows_sent=sum(g.rows_by_rank[dp_rank] for g in col),
+        rows_received=sum(g.rows for g in owned),
+        owned_group_rows=[g.rows for g in owned],
+        subspaces_sent=sum(1 for g in owned for r in range(dp) if g.neg_tokens_by_rank[r]),
+        subspaces_received=sum(1 for g in col if g.neg_tokens_by_rank[dp_rank]),
+        negatives=per_rank[dp_rank],
+        negatives_max=max(per_rank),
+        column_groups=len(col),
+    )
 
 
 @dataclass
@@ -160,22 +205,6 @@ class ResRLPassResult:
     outputs: TokenOutputs
     weights: torch.Tensor
     stats: ResRLStats
-
-
-@dataclass
-class PassSizes:
-    """What one rank of the L-2 stage holds during the pass (counts; the plan's memory term takes them)."""
-
-    rows_sent: int = 0  # sampled positive rows this rank keeps for the fit slots of its column
-    rows_received: int = 0  # rows of the groups this rank fits
-    owned_group_rows: list[int] = field(default_factory=list)  # rows of each group this rank fits
-    subspaces_sent: int = 0
-    subspaces_received: int = 0  # subspaces of its column's groups its replica has negatives of
-    negatives: int = 0  # negative tokens of its column's active groups on its replica
-    negatives_max: int = 0  # the most any rank of its column has (the gather's padding)
-    column_groups: int = 0  # active groups of its column
-    kept_per_micro_batch: list[int] = field(default_factory=list)  # positive rows kept, per micro-batch
-    negatives_per_micro_batch: list[list[int]] = field(default_factory=list)  # per group, per micro-batch
 
 
 class ResRLPass:
@@ -243,9 +272,7 @@ class ResRLPass:
         in_col = [g for g in self.active if g.slot % tp == col]
         self.col_index = {g.active: j for j, g in enumerate(in_col)}
         self.owned = [g for g in in_col if g.slot // tp == me]
-        sz = self.sizes
-        sz.column_groups = len(in_col)
-        sz.owned_group_rows = [g.rows for g in self.owned]
+        sz = self.sizes = rank_sizes(self.active, lay.dp, tp, me, col)
         # 2. the sampled rows this rank keeps, ordered by (fit slot's data-parallel rank, group, pool index)
         keep_slot = np.full((self.B, self.T), -1, dtype=np.int64)
         local_of = {int(r): i for i, r in enumerate(self.rid)}
@@ -264,7 +291,7 @@ class ResRLPass:
                     n += picked.size
                     send_split[dest] += picked.size
         self.keep_slot, self.send_split = keep_slot, send_split
-        sz.rows_sent = n
+        require(n == sz.rows_sent, f"internal error: {n} positive rows kept, the plan says {sz.rows_sent}")
         # rows this rank receives for its own groups, ordered by (source rank, group, pool index); the
         # fit index of each owned group gathers its rows in pool order
         recv_split, keys = [0] * lay.dp, []
@@ -272,20 +299,22 @@ class ResRLPass:
             for g in self.owned:
                 held = [
                     g.sample[(g.sample >= off) & (g.sample < off + cnt)]
-                    for rid, off, cnt in self._pool_ranges(g)
+                    for rid, off, cnt in pool_ranges(g)
                     if g.pool_holder[rid] == src
                 ]
                 for h in held:
                     keys.append(np.stack([np.full(h.size, g.active), h], axis=1))
                     recv_split[src] += h.size
         self.recv_split = recv_split
-        sz.rows_received = sum(recv_split)
+        require(
+            sum(recv_split) == sz.rows_received, "internal error: the rows received disagree with the plan"
+        )
         keys = np.concatenate(keys) if keys else np.zeros((0, 2), dtype=np.int64)
         order = np.lexsort((keys[:, 1], keys[:, 0]))  # by group, then pool index
         self.fit_index = []
         pos = 0
         for g in self.owned:
-            self.fit_index.append(torch.from_numpy(order[pos : pos + g.rows].copy()))
+            self.fit_index.append(order[pos : pos + g.rows].copy())
             pos += g.rows
         # 3. subspaces: each owned group to the ranks of the column holding its negatives
         self.sub_send = [[g for g in self.owned if g.neg_tokens_by_rank[dest]] for dest in range(lay.dp)]
@@ -294,8 +323,6 @@ class ResRLPass:
         ]
         need = [g for part in self.sub_recv for g in part]
         self.need_index = {g.active: j for j, g in enumerate(need)}
-        sz.subspaces_sent = sum(len(p) for p in self.sub_send)
-        sz.subspaces_received = len(need)
         # 4. this rank's negative tokens of its column's groups, ordered by (group, response id, position)
         resid_slot = np.full((self.B, self.T), -1, dtype=np.int64)
         resid_group = []
@@ -313,9 +340,8 @@ class ResRLPass:
                 n += positions.size
         self.resid_slot = resid_slot
         self.resid_group = np.concatenate(resid_group) if resid_group else np.zeros(0, dtype=np.int64)
-        sz.negatives = n
+        require(n == sz.negatives, "internal error: the negative tokens disagree with the plan")
         counts = np.array([[g.neg_tokens_by_rank[r] for g in in_col] for r in range(lay.dp)], dtype=np.int64)
-        sz.negatives_max = int(counts.sum(axis=1).max())
         # the gathered residuals: rank r's block holds its tokens group by group, then padding
         labels = np.full((lay.dp, sz.negatives_max), len(in_col), dtype=np.int64)
         for r in range(lay.dp):
@@ -328,12 +354,6 @@ class ResRLPass:
         self.neg_where = np.nonzero(resid_slot >= 0)  # (i, t) of each slot, in slot order
         order = resid_slot[self.neg_where]
         self.neg_where = (self.neg_where[0][np.argsort(order)], self.neg_where[1][np.argsort(order)])
-
-    def _pool_ranges(self, g: GroupPlan) -> list[tuple[int, int, int]]:
-        """(response id, pool offset, tokens) of each positive response of ``g``, in pool order."""
-        ids = sorted(g.pool_offset, key=g.pool_offset.get)
-        ends = [g.pool_offset[r] for r in ids[1:]] + [g.n_pos_tokens]
-        return [(r, g.pool_offset[r], e - g.pool_offset[r]) for r, e in zip(ids, ends)]
 
     # 2 and 4. the layer L-2 consumer: positives first (phase 0), then negatives (phase 1)
     def consume(self, chunk: PenultimateChunk) -> None:

@@ -28,6 +28,7 @@ from nemo_resrl.plan.activations import (
 from nemo_resrl.plan.arch import ModelArch, resolve_arch
 from nemo_resrl.plan.flops import forward_flops_per_token, train_flops_per_token
 from nemo_resrl.plan.params import ActorStatic, actor_static, stage_layers, stage_params
+from nemo_resrl.plan.resrl import pass_bytes, pass_seconds, worst_case
 from nemo_resrl.plan.rollout import CUDA_GRAPHS_BYTES, MAX_NUM_SEQS, EngineMemory, engine_memory
 
 GIB = 1 << 30
@@ -185,8 +186,7 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None) -> Plan:
     resrl = cfg.algorithm.spec.resrl_weights
     kl = cfg.algorithm.loss.kl_coef > 0
     penultimate_stage = max(0, arch.num_layers - 2) // (arch.num_layers // lay.pp)
-    groups_per_rank = math.ceil(cfg.trainer.prompts_per_step / lay.dp)
-    rc = cfg.algorithm.resrl
+    resrl_ranks = []
 
     per_stage: dict[str, list[Phase]] = {name: [] for name in PHASES}
     statics: list[ActorStatic] = []  # per pipeline stage
@@ -240,12 +240,15 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None) -> Plan:
                 )
             )
         if resrl and stage == penultimate_stage:
-            # a rank keeps the sampled rows of its own groups' positives, and receives those of the groups
-            # it owns (round-robin over the data-parallel ranks) before fitting them
-            rows = (2 if lay.dp > 1 else 1) * groups_per_rank * rc.max_rows * arch.hidden_size * FP32
-            proj = cfg.trainer.prompts_per_step * arch.hidden_size * (rc.rank + 1) * FP32
-            neg = responses_per_rank * s.max_tokens * FP32
-            lp.append(Component("ResRL: sampled positive rows, projectors, residuals", rows + proj + neg))
+            # the ResRL pass on the busiest rank of the stage: rows kept and received, a fit batch and its
+            # workspace, the subspaces, the residuals (plan/resrl.py, byte-exact against the pass)
+            resrl_ranks = worst_case(cfg, arch.hidden_size, p, lay.dp, lay.tp, micro_tokens)
+            lp.append(
+                Component(
+                    "ResRL: sampled rows, fit, subspaces, residuals",
+                    max(pass_bytes(sz, dims) for sz, dims in resrl_ranks),
+                )
+            )
         if kl:
             largest = max(q.numel for q in stage_params(arch, lay.tp, lay.pp, stage, spec, **lay.moe))
             lp.append(Component("reference swap temporary", largest * p))
@@ -340,6 +343,10 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None) -> Plan:
     decode_step = (engine.weights + kv_read) / (c.hbm_gbps * 1e9)
     plan.seconds["generation"] = prefill + waves * s.max_tokens * decode_step
     plan.seconds["log-prob passes"] = plan.flops["log-prob passes"] / (lay.world * peak * c.mfu)
+    if resrl_ranks:  # every rank of the L-2 stage fits its share at once: the slowest one counts
+        plan.seconds["ResRL fits"] = max(
+            pass_seconds(sz, dims, c.gpu_fp32_tflops) for sz, dims in resrl_ranks
+        )
     plan.seconds["training"] = plan.flops["training"] / (lay.world * peak * c.mfu)
     st0 = statics[0]
     dp_bw = (

@@ -15,10 +15,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from nemo_resrl.algorithms.subspace import fit_workspace_bytes
-from nemo_resrl.distributed.resrl_pass import PassSizes, assign_slots
+from nemo_resrl.config import RunConfig
+from nemo_resrl.distributed.resrl_pass import PassSizes, plan_groups, rank_sizes
 
 FP32, I64 = 4, 8
+# The fit's time model (docs/plan.md; measured on one H200, docs/benchmarks.md):
+FIT_GEMM_EFFICIENCY = 0.5  # share of cluster.gpu_fp32_tflops the fit's batched float32 GEMMs reach
+HOST_RITZ_S = 4e-3  # per group: the two q x q float64 eigendecompositions of the Rayleigh-Ritz step (host)
+KERNEL_S = 1e-5  # per kernel launch; an orthonormalisation is 8 kernels, an iteration 2 of them + 2 GEMMs
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,12 @@ def _residual_moments(n: list[int], dims: PassDims) -> int:
             peak = max(
                 peak,
                 base + c * I64 + _layernorm(c, dims),  # gathered and LayerNorm-ed
-                base + c * d * FP32 + c * FP32 + c * d * FP32 + c * k * FP32 + c * d * FP32,  # x, out, xc, proj, r
+                base
+                + c * d * FP32
+                + c * FP32
+                + c * d * FP32
+                + c * k * FP32
+                + c * d * FP32,  # x, out, xc, proj, r
                 base + c * d * FP32 + c * FP32 + c * d * FP32 + c * FP32,  # x, out, r, its row sums
                 base + c * FP32 + c * I64,  # the chunk's values into the output
             )
@@ -91,7 +103,7 @@ def _gating(sizes: PassSizes, dims: PassDims) -> int:
     n = sizes.negatives
     sort = max(
         n_tot * I64 + n_tot * FP32,  # argsort: indices and the sorted values
-        n_tot * I64 + n_tot * I64 + n_tot * I64 + n_tot * FP32,  # by group: order, labels[order], its argsort
+        4 * n_tot * I64,  # by group: the order, labels[order], its argsort's indices and sorted labels
         n_tot * I64 + n_tot * I64 + n_tot * I64,  # the composed order
     )
     bounds = n_tot * FP32 + 2 * groups * FP32 + 2 * (groups * I64 + groups * FP32) + groups * FP32 + groups
@@ -105,37 +117,100 @@ def _gating(sizes: PassSizes, dims: PassDims) -> int:
     return max(quantiles, gate, scatter)
 
 
-def pass_bytes(sizes: PassSizes, dims: PassDims) -> int:
-    """Peak bytes the ResRL pass allocates on this rank (module docstring); 0 when it fits nothing."""
-    if not dims.active_groups or not (sizes.rows_sent or sizes.rows_received or sizes.negatives_max):
-        if not dims.active_groups:
-            return 0
+def pass_moments(sizes: PassSizes, dims: PassDims) -> dict[str, int]:
+    """Bytes the ResRL pass holds at each of its moments on this rank, by name (``pass_bytes``: their
+    maximum). Names start with the part of the pass: kept, exchange, fit, subspaces, residuals, gating."""
     d, k, p = dims.d, dims.k, dims.act_bytes
     sent = sizes.rows_sent * d * p
     received = sizes.rows_received * d * p
-    moments = [sent + n * (d * p + I64) for n in sizes.kept_per_micro_batch]
+    m = {
+        f"kept rows, micro-batch {j}": sent + n * (d * p + I64)
+        for j, n in enumerate(sizes.kept_per_micro_batch)
+    }
     if dims.dp > 1:
-        moments.append(sent + received)
+        m["exchange of the rows"] = sent + received
     index = sizes.rows_received * I64
     owned = len(sizes.owned_group_rows) * (d * FP32 + d * k * FP32 + I64)
-    for batch in fit_batches(sizes.owned_group_rows, dims.fit_batch_groups):
-        x = len(batch) * batch[0] * d * FP32
-        base = received + index + owned + x
-        moments += [base + _layernorm(m, dims) for m in batch]
-        moments.append(
-            base + fit_workspace_bytes(len(batch), batch[0], d, dims.rank, dims.oversample, dims.iterations)
-        )
+    for b, batch in enumerate(fit_batches(sizes.owned_group_rows, dims.fit_batch_groups)):
+        base = received + index + owned + len(batch) * batch[0] * d * FP32
+        m[f"fit batch {b}, LayerNorm"] = base + max(_layernorm(rows, dims) for rows in batch)
+        ws = fit_workspace_bytes(len(batch), batch[0], d, dims.rank, dims.oversample, dims.iterations)
+        m[f"fit batch {b}, subspace iteration"] = base + ws
     s_sent, s_recv, n_own = sizes.subspaces_sent, sizes.subspaces_received, len(sizes.owned_group_rows)
     packed_sent = s_sent * dims.packed
     ranks = dims.active_groups * FP32
-    moments.append(owned + packed_sent + s_sent * I64 + s_sent * d * k * FP32)
-    moments.append(owned + packed_sent + ranks + n_own * I64 + n_own * FP32)
+    m["subspaces, packing"] = (
+        owned + packed_sent + max(s_sent * I64 + s_sent * d * k * FP32, ranks + n_own * I64 + n_own * FP32)
+    )
     received_subspaces = s_recv * dims.packed
     if dims.dp > 1:
-        moments.append(packed_sent + ranks + received_subspaces)
-    resid = sizes.negatives_max * FP32
-    base = received_subspaces + ranks + resid
-    moments += [base + _residual_moments(n, dims) for n in sizes.negatives_per_micro_batch]
-    weights = dims.batch * dims.width * FP32
-    moments.append(weights + base + _gating(sizes, dims))
-    return max(moments)
+        m["subspaces, exchange"] = packed_sent + ranks + received_subspaces
+    base = received_subspaces + ranks + sizes.negatives_max * FP32
+    for j, n in enumerate(sizes.negatives_per_micro_batch):
+        m[f"residuals, micro-batch {j}"] = base + _residual_moments(n, dims)
+    m["gating"] = dims.batch * dims.width * FP32 + base + _gating(sizes, dims)
+    return m
+
+
+def pass_bytes(sizes: PassSizes, dims: PassDims) -> int:
+    """Peak bytes the ResRL pass allocates on this rank (module docstring); 0 without an active group."""
+    return max(pass_moments(sizes, dims).values()) if dims.active_groups else 0
+
+
+def fit_flops(rows: int, d: int, rank: int, oversample: int, iterations: int) -> float:
+    """Float32 FLOPs of one group's randomized fit of ``rows`` x ``d`` (the GEMMs: 2 per iteration and the
+    Rayleigh-Ritz product; the float64 Cholesky QR of each block: its Gram matrix and its solve)."""
+    k = min(rank, d)
+    q = min(k + oversample, d)
+    gemm = (2 * iterations + 1) * 2 * rows * d * q
+    ortho = (iterations * (rows + d) + d) * 3 * q * q
+    return float(gemm + ortho)
+
+
+def pass_seconds(sizes: PassSizes, dims: PassDims, fp32_tflops: float) -> float:
+    """Estimated time of this rank's fits (batched GEMMs at ``FIT_GEMM_EFFICIENCY`` of the float32 peak,
+    a host Rayleigh-Ritz step per group, kernel launches per batch) and of its negatives' residuals."""
+    rate = fp32_tflops * 1e12 * FIT_GEMM_EFFICIENCY
+    t = 0.0
+    for batch in fit_batches(sizes.owned_group_rows, dims.fit_batch_groups):
+        flops = len(batch) * fit_flops(batch[0], dims.d, dims.rank, dims.oversample, dims.iterations)
+        t += flops / rate + len(batch) * HOST_RITZ_S + (2 * dims.iterations + 2) * 8 * KERNEL_S
+    t += sizes.negatives * 4 * dims.d * dims.k / rate
+    return t
+
+
+def worst_case(cfg: RunConfig, d: int, act_bytes: int, dp: int, tp: int, micro_tokens: int):
+    """The sizes of every rank of the L-2 stage for the step the planner assumes: every group active,
+    its first response correct, every response ``rollout.sampling.max_tokens`` long, each data-parallel
+    rank holding its own groups (the trainer's split). Returns [(PassSizes, PassDims)] per rank."""
+    rc, s = cfg.algorithm.resrl, cfg.rollout.sampling
+    groups, n, T = cfg.trainer.prompts_per_step, s.n, s.max_tokens
+    holder = np.arange(groups) * dp // groups
+    table = np.array(
+        [[g, g * n + j, T, int(j == 0), int(j > 0), holder[g]] for g in range(groups) for j in range(n)],
+        dtype=np.int64,
+    )
+    active = [g for g in plan_groups(table, d, rc, 0, dp * tp) if g.reason is None]
+    mbs_responses = max(1, micro_tokens // max(T, 1))
+    out = []
+    for r in range(dp):
+        for c in range(tp):
+            sz = rank_sizes(active, dp, tp, r, c)
+            sz.kept_per_micro_batch = [min(sz.rows_sent, micro_tokens)]
+            per_group = [min(T, sz.negatives)] * min(mbs_responses, math.ceil(sz.negatives / max(T, 1)))
+            sz.negatives_per_micro_batch = [per_group]
+            dims = PassDims(
+                d=d,
+                rank=rc.rank,
+                oversample=rc.svd_oversample,
+                iterations=rc.svd_iterations,
+                fit_batch_groups=rc.fit_batch_groups,
+                residual_chunk_tokens=rc.residual_chunk_tokens,
+                act_bytes=act_bytes,
+                dp=dp,
+                batch=math.ceil(groups * n / dp),
+                width=T,
+                active_groups=len(active),
+            )
+            out.append((sz, dims))
+    return out

@@ -15,16 +15,16 @@ from nemo_resrl.algorithms import (
     sample_row_indices,
     token_advantages,
 )
-from nemo_resrl.algorithms.resrl import compute_resrl_weights as resrl_weights
-from nemo_resrl.algorithms.resrl import grouped_quantile_bounds
-from nemo_resrl.algorithms.subspace import SVD_METHODS
 from nemo_resrl.algorithms.resrl import (
     SKIP_FEW_POSITIVE_TOKENS,
     SKIP_NO_NEGATIVE,
     SKIP_NO_NEGATIVE_TOKENS,
     SKIP_NO_POSITIVE,
+    grouped_quantile_bounds,
     linear_quantile,
 )
+from nemo_resrl.algorithms.resrl import compute_resrl_weights as resrl_weights
+from nemo_resrl.algorithms.subspace import SVD_METHODS
 from tests.algorithms import reference as ref
 
 CFG = ResRLConfig(rank=6, svd_method="exact")

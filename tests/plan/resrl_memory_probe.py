@@ -27,6 +27,14 @@ warnings.filterwarnings("ignore")
 VOCAB = 256
 # (correct, responses) per group
 GROUPS = [(2, 5), (1, 4), (3, 6), (4, 4), (0, 5), (1, 4), (2, 6), (3, 5), (1, 6)]
+# ResRL settings that make each part of the pass the peak: the fit batches, the residual chunks, the gating
+CASES = {
+    "fit": dict(
+        max_rows=48, rank=6, svd_oversample=4, svd_iterations=2, fit_batch_groups=2, residual_chunk_tokens=16
+    ),
+    "residuals": dict(max_rows=6, rank=2, svd_oversample=2, svd_iterations=1, residual_chunk_tokens=256),
+    "gating": dict(max_rows=6, rank=2, svd_oversample=2, svd_iterations=1, residual_chunk_tokens=1),
+}
 
 
 def batch():
@@ -83,44 +91,44 @@ def main() -> None:
     meta = ResponseMeta(
         group_ids=gids[idx], response_ids=torch.tensor(idx), advantages=adv[idx], positive=ok[idx]
     )
-    cfg = ResRLConfig(max_rows=48, rank=6, svd_oversample=4, svd_iterations=2, fit_batch_groups=2,
-                      residual_chunk_tokens=16, positive_set="correct")  # fmt: skip
-    lb = Traced()
+    out = {}
+    for case, settings in CASES.items():
+        cfg = ResRLConfig(**settings, positive_set="correct")
+        lb = Traced()
 
-    class Measured(ResRLPass):
-        def consume(self, chunk):
-            with lb:
-                super().consume(chunk)
+        class Measured(ResRLPass):
+            def consume(self, chunk, lb=lb):
+                with lb:
+                    super().consume(chunk)
 
-        def _finish(self):
-            with lb:
-                return super()._finish()
+            def _finish(self, lb=lb):
+                with lb:
+                    return super()._finish()
 
-    p = Measured(actor, local, meta, cfg, step=1)
-    res = p.run()
+        p = Measured(actor, local, meta, cfg, step=1)
+        res = p.run()
+        out[case] = {
+            "peak": lb.peak,
+            "computes": p.computes,
+            "sizes": dataclasses.asdict(p.sizes),
+            "dims": dict(
+                d=actor.hidden_size,
+                rank=cfg.rank,
+                oversample=cfg.svd_oversample,
+                iterations=cfg.svd_iterations,
+                fit_batch_groups=cfg.fit_batch_groups,
+                residual_chunk_tokens=cfg.residual_chunk_tokens,
+                act_bytes=2 if args.dtype == "bf16" else 4,
+                dp=lay.dp,
+                batch=len(local),
+                width=max(local.response_lens),
+                active_groups=res.stats.num_active,
+            ),
+            "where": getattr(lb, "where", None),
+            "top": getattr(lb, "sizes", None),
+            "weighted": bool((res.weights < 1).any()),
+        }
     name = f"tp{lay.tp}dp{lay.dp}_{args.dtype}"
-    out = {
-        "peak": lb.peak,
-        "live_after": lb.live,
-        "computes": p.computes,
-        "sizes": dataclasses.asdict(p.sizes),
-        "dims": dict(
-            d=actor.hidden_size,
-            rank=cfg.rank,
-            oversample=cfg.svd_oversample,
-            iterations=cfg.svd_iterations,
-            fit_batch_groups=cfg.fit_batch_groups,
-            residual_chunk_tokens=cfg.residual_chunk_tokens,
-            act_bytes=2 if args.dtype == "bf16" else 4,
-            dp=lay.dp,
-            batch=len(local),
-            width=max(local.response_lens),
-            active_groups=res.stats.num_active,
-        ),
-        "where": getattr(lb, "where", None),
-        "top": getattr(lb, "sizes", None),
-        "weighted": bool((res.weights < 1).any()),
-    }
     (args.work / f"resrl_memory_{name}_{dist.get_rank()}.json").write_text(json.dumps(out))
     dist.barrier()
     print(f"PROBE OK {name}", flush=True)

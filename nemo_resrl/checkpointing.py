@@ -72,14 +72,38 @@ class CheckpointInfo:
         return f"{self.path}: " + ("; ".join(self.defects) if self.defects else "intact")
 
 
+def _megatron_rng_tracker():
+    """megatron's tracker of named RNG states (tensor-parallel dropout etc.) once megatron is in use."""
+    import sys
+
+    if "megatron.core.tensor_parallel.random" not in sys.modules:
+        return None
+    from megatron.core.tensor_parallel import random as mrandom
+
+    return mrandom.get_cuda_rng_tracker() if mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED else None
+
+
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """This process's random state: the CPU, Python and numpy generators, the current CUDA device's
+    generator, and megatron's named tracker states (each a generator state of its own)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    tracker = _megatron_rng_tracker()
+    if tracker is not None:
+        state["tracker"] = {k: v.clone() for k, v in tracker.get_states().items()}
+    return state
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tracker = _megatron_rng_tracker()
+    if "tracker" in state and tracker is not None:
+        tracker.set_states({k: v.clone() for k, v in state["tracker"].items()})
 
 
 class CheckpointManager:

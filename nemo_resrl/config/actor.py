@@ -8,10 +8,13 @@ optimizer (``actor.optim``).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
 from nemo_resrl.config.keys import ConfigError, Keys, Section
+
+log = logging.getLogger(__name__)
 
 DTYPES = ("fp32", "bf16")
 LAYER_SPECS = ("auto", "local", "te")
@@ -334,8 +337,8 @@ class ActorConfig(Section):
         return math.lcm(m, self.tensor_parallel) if self.uses_sequence_parallel(moe) else m
 
     def resolved_layer_spec(self, te_available: bool, cuda: bool) -> str:
-        """The layer implementation to build: ``local`` or ``te`` (``auto`` without TE on a GPU is refused by
-        ``check_environment``)."""
+        """The layer implementation to build: ``local`` or ``te``. ``auto`` takes TransformerEngine's when it
+        imports and a GPU is in use, else the local one (``check_environment`` warns about it on a GPU)."""
         if self.layer_spec == "auto":
             return "te" if (te_available and cuda) else "local"
         return self.layer_spec
@@ -352,13 +355,13 @@ class ActorConfig(Section):
                 raise ActorConfigError(msg)
 
         spec = self.resolved_layer_spec(te_available, cuda)
-        need(
-            not (cuda and self.layer_spec == "auto" and not te_available),
-            "actor.layer_spec auto on a GPU needs TransformerEngine, which is not installed: megatron-core's "
-            "local layers materialise the attention scores (about 3.3 GiB per layer at 7.4k tokens for an "
-            "8B model). Install it (tools/install.sh .venv gpu,te), or set actor.layer_spec local to accept "
-            "the memory cost",
-        )
+        if cuda and self.layer_spec == "auto" and not te_available:
+            log.warning(
+                "actor.layer_spec auto: TransformerEngine is not installed, so megatron-core's local layers "
+                "run on this GPU (slower, and their attention needs more memory: nemo-resrl plan counts "
+                "it); install it (tools/install.sh .venv gpu,te) for the fused layers, or set "
+                "actor.layer_spec local to choose them explicitly"
+            )
         if spec == "te":
             need(
                 te_available,

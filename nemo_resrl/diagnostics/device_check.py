@@ -134,11 +134,13 @@ class Checks:
 
     def penultimate(self) -> dict:
         rows = []
-        self.actor().forward_logprobs(self.seqs, penultimate_consumer=lambda c: rows.append(c))
+        self.actor().forward_logprobs(
+            self.seqs, penultimate_consumer=lambda c: rows.append((c.seq_index, c.resp_pos, c.hidden.cpu()))
+        )
         outs = self.hf_outputs()
         diff, n = 0.0, 0
-        for c in rows:
-            for s, r, h in zip(c.seq_index.tolist(), c.resp_pos.tolist(), c.hidden.float().cpu()):
+        for seq_index, resp_pos, hidden in rows:
+            for s, r, h in zip(seq_index.tolist(), resp_pos.tolist(), hidden.float()):
                 p = self.seqs.prompt_lens[s]
                 ref = outs[s].hidden_states[-2][0, p - 1 + r].float().cpu()
                 diff, n = max(diff, float((h - ref).abs().max())), n + 1

@@ -78,8 +78,11 @@ class TokenOutputs:
 class MicroBatch:
     """One micro-batch. rows x S tokens; the response-token map says where each output comes from.
 
-    tokens / position_ids: int64 [rows, S]. attention_mask: bool [rows, 1, S, S], True = masked
-    (None: plain causal). labels: int64 [rows, S], the next token of the same sequence (0 elsewhere).
+    tokens / position_ids: int64 [rows, S]. segments: int64 [rows, S], the sequence each position belongs
+    to in a packed row (None: padded rows, plain causal attention); ``attention_mask()`` turns them into
+    megatron's bool [rows, 1, S, S] (True = masked) on their device, so the host never holds an S x S
+    tensor (64 MB per row at S = 8192). labels: int64 [rows, S], the next token of the same sequence (0
+    elsewhere).
     flat_pos: int64 [n], index into the row-major ``rows * S`` positions of the logits predicting each
     response token; seq_index / resp_pos: int64 [n], its sequence (global index) and response position.
     seq_ids: the sequences in this micro-batch (global indices, ascending).
@@ -89,7 +92,7 @@ class MicroBatch:
 
     tokens: torch.Tensor
     position_ids: torch.Tensor
-    attention_mask: torch.Tensor | None
+    segments: torch.Tensor | None
     labels: torch.Tensor
     flat_pos: torch.Tensor
     seq_index: torch.Tensor
@@ -97,6 +100,17 @@ class MicroBatch:
     seq_ids: torch.Tensor
     placement: dict[int, tuple[int, int]]
     phases_done: int = 0
+
+    def attention_mask(self) -> torch.Tensor | None:
+        """Block-diagonal causal mask of a packed micro-batch, bool [rows, 1, S, S] (True = masked), made on
+        the segments' device; None for padded rows (megatron's causal default)."""
+        if self.segments is None:
+            return None
+        seg = self.segments
+        s = seg.shape[1]
+        causal = torch.ones(s, s, dtype=torch.bool, device=seg.device).tril_()
+        same = seg[:, :, None] == seg[:, None, :]  # [rows, S, S]
+        return same.logical_and_(causal).logical_not_().unsqueeze(1)
 
     def to(self, device: torch.device | str) -> MicroBatch:
         kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
@@ -253,20 +267,17 @@ def _build_micro_batch(
             resp_pos.append(torch.arange(m))
             offset += n
     position_ids = torch.arange(seq_len).unsqueeze(0).expand(rows, seq_len).contiguous()
-    attention_mask = None
+    segments = None
     if pack:
         # each padding tail is its own segment (-2 - row), so it attends causally to itself
         pad_seg = (-2 - torch.arange(rows)).unsqueeze(1).expand(rows, seq_len)
-        segment = torch.where(segment >= 0, segment, pad_seg)
-        same = segment.unsqueeze(2) == segment.unsqueeze(1)  # [rows, S, S]
-        causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
-        attention_mask = (~(same & causal)).unsqueeze(1)
+        segments = torch.where(segment >= 0, segment, pad_seg)
     cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731
     seq_ids = sorted(i for members in rows_of for i in members)
     return MicroBatch(
         tokens=tokens,
         position_ids=position_ids,
-        attention_mask=attention_mask,
+        segments=segments,
         labels=labels,
         flat_pos=cat(flat_pos),
         seq_index=cat(seq_index),

@@ -112,6 +112,11 @@ class MegatronModel:
         return int(self.hf_config["hidden_size"])
 
     @property
+    def half_precision(self) -> bool:
+        """Whether the chunks are wrapped in megatron's Float16Module (bf16 weights and activations)."""
+        return self.cfg.dtype == "bf16"
+
+    @property
     def num_layers(self) -> int:
         return int(self.hf_config["num_hidden_layers"])
 

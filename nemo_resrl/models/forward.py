@@ -30,7 +30,8 @@ class PenultimateChunk:
     of the micro-batch's response tokens; ``rows(sel)`` gathers the states of those response tokens
     (``sel``: a numpy index or bool mask over the n) as [len(sel), d] in the activation dtype, detached,
     on the compute device; ``hidden`` is ``rows()`` of all n. Identical on every tensor-parallel rank of
-    the owning stage (under sequence parallelism the hook gathers the sequence first).
+    the owning stage (under sequence parallelism the hook gathers the sequence first). ``states`` is the
+    layer's own output: gather what you keep during the consumer call.
     """
 
     seq_index: torch.Tensor
@@ -113,7 +114,10 @@ class ForwardRunner:
             host = next(data_iterator)
             mb = host.to(self.m.device)
             self._current_mb, self._current_host_mb = mb, host
-            out = model(mb.tokens, mb.position_ids, mb.attention_mask)
+            # bf16 logits stay bf16 (megatron's Float16Module would upcast all of them to float32);
+            # token_logprobs computes in float32 per chunk
+            kw = {"fp32_output": False} if self.m.half_precision else {}
+            out = model(mb.tokens, mb.position_ids, mb.attention_mask(), **kw)
             return out, lambda output: loss_func_of(mb, output)
 
         try:
@@ -132,28 +136,27 @@ class ForwardRunner:
     def token_logprobs(
         self, logits: torch.Tensor, mb: MicroBatch, with_entropy: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """logits [rows, S, V/tp] -> (logp [n], entropy [n] or None) of the micro-batch's response tokens,
-        of the policy at ``temperature`` (logits divided by it, as the sampler does)."""
+        """logits [rows, S, V/tp] (the model's dtype) -> (logp [n], entropy [n] or None) of the micro-batch's
+        response tokens, of the policy at ``temperature`` (logits divided by it, as the sampler does).
+
+        Only the response positions' rows are gathered (in the logits' dtype: what backward keeps); the
+        temperature and the vocabulary padding are applied per float32 chunk (``vocab_parallel_logprobs``).
+        """
         from megatron.core import parallel_state as ps
 
         m = self.m
         v_local = logits.shape[-1]
-        flat = logits.reshape(-1, v_local)
-        vocab_start = m.layout.tp_rank * v_local
-        if m.padded_vocab > m.vocab_size and vocab_start + v_local > m.vocab_size:
-            cols = torch.arange(vocab_start, vocab_start + v_local, device=flat.device) >= m.vocab_size
-            flat = flat.masked_fill(cols, float("-inf"))
-        rows = flat.index_select(0, mb.flat_pos)
-        if self.temperature != 1.0:
-            rows = rows / self.temperature
+        rows = logits.reshape(-1, v_local).index_select(0, mb.flat_pos)
         labels = mb.labels.reshape(-1).index_select(0, mb.flat_pos)
         return vocab_parallel_logprobs(
             rows,
             labels,
-            vocab_start=vocab_start,
+            vocab_start=m.layout.tp_rank * v_local,
             group=ps.get_tensor_model_parallel_group() if m.layout.tp > 1 else None,
             chunk_rows=m.cfg.logprob_chunk_rows,
             with_entropy=with_entropy,
+            temperature=self.temperature,
+            vocab_size=m.vocab_size,
         )
 
     # ------------------------------------------------------------------ broadcasts

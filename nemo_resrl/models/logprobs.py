@@ -49,9 +49,22 @@ def _target_logit(x: torch.Tensor, labels: torch.Tensor, vocab_start: int, group
     return _all_reduce(picked, dist.ReduceOp.SUM, group)
 
 
+def _chunk(
+    logits: torch.Tensor, a: int, b: int, compute: torch.dtype, scale: float, valid: int
+) -> torch.Tensor:
+    """Rows a..b of the logits in the compute dtype, times ``scale`` (1 / temperature), with the columns
+    from ``valid`` on (the vocabulary padding) at the dtype's lowest value: probability 0, and p * x = 0."""
+    x = logits[a:b].to(compute, copy=True)
+    if scale != 1.0:
+        x.mul_(scale)
+    if valid < x.shape[-1]:
+        x[:, valid:] = torch.finfo(compute).min
+    return x
+
+
 class _VocabParallelLogProbs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, labels, vocab_start, group, chunk_rows, with_entropy):
+    def forward(ctx, logits, labels, vocab_start, group, chunk_rows, with_entropy, scale, valid):
         n = logits.shape[0]
         compute = torch.promote_types(logits.dtype, torch.float32)
         logp = torch.empty(n, dtype=compute, device=logits.device)
@@ -59,7 +72,7 @@ class _VocabParallelLogProbs(torch.autograd.Function):
         ent = torch.empty_like(logp) if with_entropy else None
         mean_x = torch.empty_like(logp) if with_entropy else None
         for a in range(0, n, chunk_rows):
-            x = logits[a : a + chunk_rows].to(compute)
+            x = _chunk(logits, a, a + chunk_rows, compute, scale, valid)
             chunk_lse = _log_sum_exp(x, group)
             lse[a : a + chunk_rows] = chunk_lse
             target = _target_logit(x, labels[a : a + chunk_rows], vocab_start, group)
@@ -71,6 +84,7 @@ class _VocabParallelLogProbs(torch.autograd.Function):
                 ent[a : a + chunk_rows] = chunk_lse - ex
         ctx.save_for_backward(logits, labels, lse, mean_x if with_entropy else lse.new_empty(0))
         ctx.vocab_start, ctx.chunk_rows, ctx.with_entropy = vocab_start, chunk_rows, with_entropy
+        ctx.scale, ctx.valid = scale, valid
         if with_entropy:
             return logp, ent
         return logp, torch.empty(0, device=logits.device)
@@ -82,7 +96,7 @@ class _VocabParallelLogProbs(torch.autograd.Function):
         n, v_local = logits.shape
         use_ent = ctx.with_entropy and grad_ent is not None and grad_ent.numel() > 0
         for a in range(0, n, ctx.chunk_rows):
-            x = logits[a : a + ctx.chunk_rows].to(lse.dtype)
+            x = _chunk(logits, a, a + ctx.chunk_rows, lse.dtype, ctx.scale, ctx.valid)
             p = (x - lse[a : a + ctx.chunk_rows, None]).exp_()
             g_lp = grad_logp[a : a + ctx.chunk_rows, None] if grad_logp is not None else 0.0
             g = -p * g_lp
@@ -92,8 +106,10 @@ class _VocabParallelLogProbs(torch.autograd.Function):
                 g[rows, local[rows]] += grad_logp[a : a + ctx.chunk_rows][rows]
             if use_ent:
                 g -= grad_ent[a : a + ctx.chunk_rows, None] * p * (x - mean_x[a : a + ctx.chunk_rows, None])
+            if ctx.scale != 1.0:
+                g.mul_(ctx.scale)  # d/d logits = scale x d/dx
             grad[a : a + ctx.chunk_rows] = g.to(logits.dtype)
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
 
 
 def vocab_parallel_logprobs(
@@ -104,13 +120,17 @@ def vocab_parallel_logprobs(
     group: dist.ProcessGroup | None = None,
     chunk_rows: int = 1024,
     with_entropy: bool = False,
+    temperature: float = 1.0,
+    vocab_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log p(label) and optionally entropy per row, from this rank's vocabulary shard.
+    """log p(label) and optionally entropy per row, from this rank's vocabulary shard, of softmax(logits /
+    temperature) over the first ``vocab_size`` ids (the rest: the model's vocabulary padding).
 
-    logits: [N, V_local] (any float dtype) holding vocabulary ids ``[vocab_start, vocab_start + V_local)``;
-    labels: [N] global token ids; group: the tensor-parallel group (None: the whole vocabulary is here).
-    Returns (logp [N], entropy [N] or None) in float32 (float64 for float64 logits), differentiable
-    w.r.t. ``logits``.
+    logits: [N, V_local] (any float dtype, kept as it is: bf16 logits are saved for backward in bf16)
+    holding vocabulary ids ``[vocab_start, vocab_start + V_local)``; labels: [N] global token ids; group:
+    the tensor-parallel group (None: the whole vocabulary is here). The temperature and the padding are
+    applied per float32 chunk. Returns (logp [N], entropy [N] or None) in float32 (float64 for float64
+    logits), differentiable w.r.t. ``logits``.
     """
     require(logits.dim() == 2, f"logits must be [N, V_local], got {tuple(logits.shape)}")
     require(
@@ -118,5 +138,10 @@ def vocab_parallel_logprobs(
     )
     require(chunk_rows >= 1, f"chunk_rows must be >= 1, got {chunk_rows}")
     require(not labels.is_floating_point(), f"labels must be integer token ids, got {labels.dtype}")
-    logp, ent = _VocabParallelLogProbs.apply(logits, labels, vocab_start, group, chunk_rows, with_entropy)
+    require(temperature > 0, f"temperature must be > 0, got {temperature}")
+    v_local = logits.shape[-1]
+    valid = v_local if vocab_size is None else max(0, min(v_local, vocab_size - vocab_start))
+    logp, ent = _VocabParallelLogProbs.apply(
+        logits, labels, vocab_start, group, chunk_rows, with_entropy, 1.0 / temperature, valid
+    )
     return logp, (ent if with_entropy else None)

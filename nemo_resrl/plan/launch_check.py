@@ -46,8 +46,10 @@ def check_plan_at_launch(
 
     if cfg.cluster.enforce == "off":
         return None
+    from nemo_resrl.compat.te_stub import transformer_engine_available
+
     job = job_cluster(cfg, world_size, gpus_per_node, device_bytes)
-    plan = make_plan(job)
+    plan = make_plan(job, te_available=transformer_engine_available())
     where = f"{world_size} GPU(s) of {device_bytes / GIB:.1f} GiB"
     if plan.fits:
         print_fn(f"plan ({where}): {verdict_lines(plan)[0]}")

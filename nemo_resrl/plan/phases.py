@@ -145,15 +145,17 @@ def layout_of(cfg: RunConfig) -> Layout:
     )
 
 
-def make_plan(cfg: RunConfig, arch: ModelArch | None = None) -> Plan:
-    """Plan ``cfg`` (see the module docstring); ``arch``: the model (default: ``resolve_arch``)."""
+def make_plan(cfg: RunConfig, arch: ModelArch | None = None, *, te_available: bool = True) -> Plan:
+    """Plan ``cfg`` (see the module docstring); ``arch``: the model (default: ``resolve_arch``);
+    ``te_available``: whether TransformerEngine is installed where the job runs (``layer_spec: auto``
+    builds the local layers without it)."""
     arch = arch or resolve_arch(cfg.actor)
     lay = layout_of(cfg)
     arch.check_layout(lay.tp, lay.pp, **lay.moe)
     a, r, c = cfg.actor, cfg.rollout, cfg.cluster
     p = _dtype_bytes(a.dtype)
     rp = p if r.dtype == "auto" else _dtype_bytes(r.dtype)
-    spec = "local" if a.layer_spec == "local" else "te"
+    spec = a.resolved_layer_spec(te_available, cuda=True)
     capacity = int(c.gpu_memory_gib * GIB)
     overhead = Component("CUDA context, NCCL, allocator", int(c.runtime_overhead_gib * GIB))
 

@@ -108,10 +108,13 @@ def _run(cfg, policy, engine, reward_fn, records, dp, eval_records, print_fn, st
     latest = ckpt.latest_intact()[0] if cfg.checkpoint.resume and not cfg.checkpoint.start_over else None
     saved: tuple[int, Path] | None = None  # (step, directory) of this run's latest checkpoint
     if latest is not None:
-        state = ckpt.load(latest, policy)
+        # loading brings the optimizer state and gradients back to the device: the engine sleeps meanwhile,
+        # and the colocated refit sequence then releases what the load brought in (as after an update),
+        # refits the engine (it starts from the HF weights) and wakes its KV cache
+        with trainer.engine_asleep():
+            state = ckpt.load(latest, policy)
         trainer.step, history = int(state["step"]), list(state["history"])
         saved = (trainer.step, latest)
-        engine.refit(policy.export_weights())  # the engine starts from the HF weights: bring it level
         progress.write(f"resumed from {latest} (next step {trainer.step})")
         if progress.bar is not None:
             progress.bar.update(trainer.step)

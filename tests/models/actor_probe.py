@@ -50,6 +50,18 @@ def shard(seqs, dp_rank: int, dp: int):
     return Sequences([seqs.tokens[i] for i in idx], [seqs.prompt_lens[i] for i in idx]), idx
 
 
+def on_group_device(t: torch.Tensor) -> torch.Tensor:
+    """``t`` where the default process group's collectives take it (NCCL: the current CUDA device)."""
+    return t.cuda() if dist.get_backend() == "nccl" else t
+
+
+def all_reduce(t: torch.Tensor, **kw) -> torch.Tensor:
+    """``dist.all_reduce`` of a host tensor on any backend; returns the result on the host."""
+    d = on_group_device(t)
+    dist.all_reduce(d, **kw)
+    return d.cpu()
+
+
 def gather_rows(local: torch.Tensor, idx: list[int], width: int) -> torch.Tensor:
     """[b_local, T_local] rows of sequences ``idx`` -> [B, width] in batch order, over data parallel."""
     from megatron.core import parallel_state as ps
@@ -57,7 +69,7 @@ def gather_rows(local: torch.Tensor, idx: list[int], width: int) -> torch.Tensor
     full = torch.zeros(B, width, dtype=local.dtype)
     full[idx, : local.shape[1]] = local
     if ps.get_data_parallel_world_size() > 1:
-        dist.all_reduce(full, group=ps.get_data_parallel_group())
+        full = all_reduce(full, group=ps.get_data_parallel_group())
     return full
 
 
@@ -68,9 +80,7 @@ def hf_model(path: Path):
 
 
 def world_max(x: float) -> float:
-    t = torch.tensor([x], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t)
+    return float(all_reduce(torch.tensor([x], dtype=torch.float64), op=dist.ReduceOp.MAX))
 
 
 def logits_diff(actor, seqs, hf) -> float:
@@ -85,12 +95,14 @@ def logits_diff(actor, seqs, hf) -> float:
 
 def penultimate_check(actor, seqs, idx, hf) -> dict:
     """Consumer chunks vs transformers' hidden_states[-2] at the positions that predict each token."""
-    got = []
-    out = actor.forward_logprobs(seqs, penultimate_consumer=got.append)
+    got = []  # the states are the layer's output: read during the call (rows() gathers them then)
+    out = actor.forward_logprobs(
+        seqs, penultimate_consumer=lambda c: got.append((c.seq_index, c.resp_pos, c.hidden))
+    )
     worst, pairs = 0.0, []
     with torch.no_grad():
-        for c in got:
-            for s, r, h in zip(c.seq_index.tolist(), c.resp_pos.tolist(), c.hidden):
+        for seq_index, resp_pos, hidden in got:
+            for s, r, h in zip(seq_index.tolist(), resp_pos.tolist(), hidden):
                 t, p = seqs.tokens[s], seqs.prompt_lens[s]
                 ref = hf(t[None], output_hidden_states=True).hidden_states[-2][0, p + r - 1]
                 worst = max(worst, float((ref - h.float().cpu()).abs().max()))
@@ -169,10 +181,8 @@ def main() -> None:
     # 3. penultimate consumer
     pen = penultimate_check(q, local, idx, hf_q)
     stats = torch.tensor([pen["calls"], pen["n_tokens"], float(pen["exact_tokens"]) if pen["calls"] else 1.0])
-    dist.all_reduce(stats[:2])
-    dist.all_reduce(stats[2:], op=dist.ReduceOp.MIN)
-    diff = torch.tensor([pen["max_diff"]])
-    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    stats = torch.cat([all_reduce(stats[:2]), all_reduce(stats[2:], op=dist.ReduceOp.MIN)])
+    diff = all_reduce(torch.tensor([pen["max_diff"]]), op=dist.ReduceOp.MAX)
     res["penultimate"] = {
         "total_calls": int(stats[0]),
         "tokens_seen": int(stats[1]),

@@ -43,7 +43,7 @@ def test_packed_mask_is_block_diagonal_causal():
     layout = make_layout(seqs, 1, pack=True, max_tokens_per_row=10)
     assert len(layout.micro_batches) < len(seqs)  # something was packed together
     for mb in layout.micro_batches:
-        allowed = ~mb.attention_mask[0, 0]
+        allowed = ~mb.attention_mask()[0, 0]
         (row, start), *_ = [mb.placement[i] for i in mb.seq_ids.tolist()]
         for i in mb.seq_ids.tolist():
             r, off = mb.placement[i]
@@ -55,9 +55,30 @@ def test_packed_mask_is_block_diagonal_causal():
         assert allowed.any(dim=-1).all()  # padding rows still attend to themselves
 
 
+def test_a_packed_micro_batch_holds_no_s_by_s_tensor_on_the_host():
+    """The block mask is made on the device from [rows, S] segment ids: what a packed layout holds grows
+    linearly with the row length, not with its square."""
+    from nemo_resrl.models.batch import Sequences
+
+    def host_bytes(seq_len: int) -> int:
+        g = torch.Generator().manual_seed(0)
+        n = seq_len // 4
+        seqs = Sequences([torch.randint(3, 99, (n,), generator=g) for _ in range(8)], [2] * 8)
+        layout = make_layout(seqs, 2, pack=True, max_tokens_per_row=seq_len)
+        return sum(
+            t.numel() * t.element_size()
+            for mb in layout.micro_batches
+            for t in vars(mb).values()
+            if isinstance(t, torch.Tensor)
+        )
+
+    small, large = host_bytes(256), host_bytes(2048)
+    assert large <= 8 * small * 1.1  # 8x the tokens: 8x the bytes (an S x S mask would be 64x)
+
+
 def test_padded_layout_uses_causal_default_and_same_shape_for_all_micro_batches():
     layout = make_layout(_seqs(), 2)
-    assert all(mb.attention_mask is None for mb in layout.micro_batches)
+    assert all(mb.attention_mask() is None for mb in layout.micro_batches)
     assert len(layout.micro_batches) == 3  # 5 sequences, 2 rows each: the last one gets a filler row
     assert layout.micro_batches[-1].seq_ids.tolist() == [4]
 

@@ -1,3 +1,4 @@
+import json
 import os
 import socket
 
@@ -49,6 +50,39 @@ def test_gradients_match_autograd_in_float64():
         lambda t: vocab_parallel_logprobs(t, y, chunk_rows=2, with_entropy=True),
         (x.detach().requires_grad_(),),
     )
+
+
+def test_temperature_and_vocabulary_padding_match_reference_with_gradients():
+    """softmax(x / T) over the first vocab_size columns; the padding columns get no probability and no
+    gradient, and the entropy stays finite (p * x = 0 there)."""
+    x, y = _data(n=7, v=20)
+    y = y.clamp(max=16)
+    x.requires_grad_(True)
+    w_lp, w_ent = torch.randn(7, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+    logp, ent = vocab_parallel_logprobs(x, y, chunk_rows=3, with_entropy=True, temperature=0.6, vocab_size=17)
+    (logp * w_lp + ent * w_ent).sum().backward()
+    got = x.grad.clone()
+    x.grad = None
+    ref_lp, ref_ent = _reference(x[:, :17] / 0.6, y)
+    torch.testing.assert_close(logp, ref_lp, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(ent, ref_ent, atol=1e-12, rtol=1e-10)
+    (ref_lp * w_lp + ref_ent * w_ent).sum().backward()
+    torch.testing.assert_close(got, x.grad, atol=1e-12, rtol=1e-10)
+    assert (got[:, 17:] == 0).all()
+
+
+def test_bf16_logits_are_kept_in_bf16_for_backward():
+    """What backward keeps of bf16 logits is the bf16 rows themselves (the plan's logits term), not a
+    float32 copy."""
+    x, y = _data(n=16, v=64)
+    xb = x.bfloat16().requires_grad_(True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        logp, _ = vocab_parallel_logprobs(xb, y, chunk_rows=5, temperature=0.7, vocab_size=60)
+    big = [t for t in saved if t.dim() == 2]
+    assert [(t.dtype, tuple(t.shape)) for t in big] == [(torch.bfloat16, (16, 64))]
+    logp.sum().backward()
+    assert xb.grad.dtype == torch.bfloat16 and (xb.grad[:, 60:] == 0).all()
 
 
 def test_bf16_logits_give_float32_results_close_to_reference():
@@ -108,3 +142,21 @@ def test_tensor_parallel_shards_give_the_full_vocabulary_result():
         torch.testing.assert_close(logp, ref_lp.detach(), atol=1e-12, rtol=0)
         torch.testing.assert_close(ent, ref_ent.detach(), atol=1e-12, rtol=0)
         torch.testing.assert_close(grad, x.grad.chunk(2, dim=1)[rank], atol=1e-12, rtol=0)
+
+
+def test_a_bf16_actor_keeps_its_logits_bf16_and_gathers_only_the_response_rows(tmp_path):
+    """megatron's Float16Module upcasts every logit to float32 unless told not to, and backward kept the
+    float32 rows. Now: bf16 logits reach the log-prob layer, it allocates the response rows' bf16 logits
+    (the plan's logits term, for those rows) and its float32 chunks (the plan's chunk term) and not more,
+    and backward keeps the bf16 rows. (A padded vocabulary is masked per chunk: tested above.)"""
+    from tests.launch import run_module
+    from tests.models.tiny_hf import make_tiny
+
+    model = make_tiny(tmp_path / "qwen3", "qwen3")
+    res = run_module("tests.models.bf16_logits_probe", model, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    r = json.loads(res.stdout.split("RESULT ")[-1].splitlines()[0])
+    assert r["finite"]
+    assert r["logit_dtypes"] == ["torch.bfloat16"]
+    assert r["loss_layer_peak"] <= r["planned_logits"] + r["planned_chunks"] + 64 * r["response_tokens"], r
+    assert r["saved_logits"] and all(d == "torch.bfloat16" for d, _ in r["saved_logits"]), r

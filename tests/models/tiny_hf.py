@@ -16,7 +16,9 @@ import torch
 VOCAB = 256
 
 
-def make_tiny(path: str | Path, family: str = "qwen3", seed: int = 0, tie: bool = False) -> Path:
+def make_tiny(
+    path: str | Path, family: str = "qwen3", seed: int = 0, tie: bool = False, vocab: int = VOCAB
+) -> Path:
     """A tiny random checkpoint; ``tie``: tied input / output embeddings (SmolLM2, small Qwen3)."""
     from transformers import (
         GenerationConfig,
@@ -31,7 +33,7 @@ def make_tiny(path: str | Path, family: str = "qwen3", seed: int = 0, tie: bool 
     )
 
     common = dict(
-        vocab_size=VOCAB,
+        vocab_size=vocab,
         hidden_size=64,
         intermediate_size=128,
         num_attention_heads=4,

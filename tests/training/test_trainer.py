@@ -325,6 +325,32 @@ def test_a_checkpoint_is_saved_with_the_engine_asleep_and_the_engine_refitted_af
     ]
 
 
+def test_a_resume_loads_the_checkpoint_with_the_engine_asleep_and_releases_it_before_generating(tmp_path):
+    """Loading brings the optimizer state and gradient buffers back to the device: with the engine awake
+    the two would share it (the 32B and 235B presets do not fit that way). The load runs between the
+    engine's sleep and the colocated refit sequence, which releases what training holds before the engine
+    wakes; the first generation comes after it."""
+    fake_run(tmp_path / "run", 1)
+    events: list[str] = []
+    policy = BigramPolicy(seed=0, events=events)
+    policy.load_checkpoint = lambda path, load=policy.load_checkpoint: (
+        events.append("policy.load_checkpoint"),
+        load(path),
+    )
+    fake_run(tmp_path / "run", 2, policy=policy)
+    load = events.index("policy.load_checkpoint")
+    assert events[load - 1] == "engine.sleep", events
+    assert events[load + 1 : load + 7] == [
+        "policy.prepare_for_refit",
+        "engine.wake_up:weights",
+        "engine.refit",
+        "policy.export_weights",
+        "policy.finish_refit",
+        "engine.wake_up:kv_cache",
+    ], events
+    assert events.index("engine.generate") > load + 6
+
+
 def test_a_step_that_leaves_a_data_parallel_rank_without_prompts_is_refused_on_every_rank():
     """5 prompts over 4 ranks: ceil(5 / 4) = 2 each leaves rank 3 empty; every rank must raise (a rank
     that went on alone would wait in a collective forever)."""

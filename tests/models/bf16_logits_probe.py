@@ -1,0 +1,78 @@
+"""A bf16 actor's logits on their way to the log-probs (one process, CPU or CUDA):
+
+    python -m tests.models.bf16_logits_probe MODEL_DIR
+
+MODEL_DIR: a tiny Qwen3 (vocabulary 256). Records the dtype of the
+logits the log-prob layer receives, what it allocates in a forward-only pass (``LiveBytes``), what
+backward keeps of them in a train step, and the plan's logits and log-prob-chunk terms for the same
+tokens. Prints ``RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+
+def main() -> None:
+    from nemo_resrl.config import ActorConfig, OptimConfig, PolicyLossConfig
+    from nemo_resrl.diagnostics.live_bytes import LiveBytes
+    from nemo_resrl.models.actor import MegatronActor
+    from nemo_resrl.models.batch import Sequences
+
+    actor = MegatronActor(
+        ActorConfig(
+            hf_path=sys.argv[1], dtype="bf16", micro_batch_size=4, logprob_chunk_rows=16, optim=OptimConfig()
+        ).validate()
+    )
+    g = torch.Generator().manual_seed(0)
+    seqs = Sequences([torch.randint(3, 256, (n,), generator=g) for n in (40, 33, 29, 38)], [8, 5, 9, 6])
+    runner = actor.forward
+    seen = {"dtypes": set(), "peak": 0, "rows": 0, "padded": 0}
+    inner = runner.token_logprobs
+
+    def measured(logits, mb, with_entropy):
+        seen["dtypes"].add(str(logits.dtype))
+        seen["padded"] = logits.shape[-1]
+        seen["rows"] = max(seen["rows"], int(mb.flat_pos.numel()))
+        with LiveBytes() as lb:
+            out = inner(logits, mb, with_entropy)
+        seen["peak"] = max(seen["peak"], lb.peak)
+        return out
+
+    runner.token_logprobs = measured
+    out = actor.forward_logprobs(seqs, with_entropy=True)
+    saved = []
+
+    def pack(t):
+        if t.dim() == 2 and t.shape[-1] == seen["padded"]:
+            saved.append((str(t.dtype), t.numel() * t.element_size()))
+        return t
+
+    adv = torch.randn(out.logprobs.shape, generator=g) * out.mask
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        metrics = actor.train_step(seqs, out.logprobs, adv, out.mask, PolicyLossConfig())
+    n, v = seen["rows"], seen["padded"]
+    res = {
+        "logit_dtypes": sorted(seen["dtypes"]),
+        "padded_vocab": v,
+        "vocab": actor.model.vocab_size,
+        "loss_layer_peak": seen["peak"],
+        # the plan's terms for these rows: bf16 logits rows and two float32 chunks
+        "planned_logits": n * v * 2,
+        "planned_chunks": 2 * actor.model.cfg.logprob_chunk_rows * v * 4,
+        "saved_logits": saved,
+        "response_tokens": n,
+        "finite": bool(torch.isfinite(out.logprobs).all() and torch.isfinite(out.entropy).all())
+        and all(map(lambda x: x == x, metrics.values())),
+    }
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    main()

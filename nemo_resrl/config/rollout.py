@@ -70,12 +70,17 @@ class RolloutConfig(Section):
     sleep_while_training: bool = True
     """GPU: free the engine's memory from after generation until the refit (the actor's log-prob pass and
     training run meanwhile)."""
-    sleep_level: int = 1
-    """vLLM sleep level: 1 keeps a host copy of the weights; 2 drops them (less host memory, nothing to
-    copy back; the refit must then rewrite every weight, which it does, but buffers that are not
-    weights are lost too: not measured)."""
+    sleep_level: int = 2
+    """vLLM sleep level: 2 (default) drops the weights, since every wake-up is followed by a refit that
+    rewrites each of them (vLLM keeps its buffers, e.g. the rotary tables, on the host: "level 2 ... RLHF
+    weight update" in vLLM's sleep-mode docs); 1 copies every weight to pinned host memory and back each
+    step (4-29 GB per GPU each way for the presets)."""
     consistency_warn: float = 1.05
     """Warn when token_mult_prob_error (mean exp|logp_vllm - logp_actor|) exceeds it."""
+    consistency_error: float | None = 1.25
+    """Stop the run when token_mult_prob_error exceeds it (null: never): the engine samples from a policy
+    other than the one trained (a broken refit: 1.09-1.49 measured; a healthy bf16 engine against an fp32
+    actor stays below 1.05)."""
 
     def check(self, keys: Keys) -> None:
         self.sampling.check(keys.sub("sampling"))
@@ -93,4 +98,10 @@ class RolloutConfig(Section):
             f"must be >= 1 MiB (1048576), got {self.kv_cache_memory_bytes}",
         )
         keys.at_least(self.consistency_warn, "consistency_warn", 1)
+        keys.require(
+            self.consistency_error is None or self.consistency_error >= self.consistency_warn,
+            "consistency_error",
+            f"must be null or >= {keys.key('consistency_warn')} ({self.consistency_warn}), "
+            f"got {self.consistency_error}",
+        )
         keys.one_of(self.sleep_level, "sleep_level", (1, 2))

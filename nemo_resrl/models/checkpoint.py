@@ -58,7 +58,7 @@ def save_checkpoint(
     path.mkdir(parents=True, exist_ok=True)
     dist.barrier()
     state = _sharded_state(m, optimizer, scheduler, step, optim_sharding, loading=False)
-    dist_checkpointing.save(state, str(path), sharded_strategy=("torch_dist", 1))
+    dist_checkpointing.save(state, str(path), sharded_strategy=_save_strategy(m))
     if dist.get_rank() == 0:
         copy_hf_meta_files(m.cfg.hf_path, path / HF_META_DIR)
         meta = {
@@ -71,6 +71,22 @@ def save_checkpoint(
         }
         (path / ACTOR_META).write_text(json.dumps(meta, indent=1))
     dist.barrier()
+
+
+def _save_strategy(m: MegatronModel):
+    """torch_dist, with the writes of tensors every data-parallel replica holds (the model's) spread over
+    the replicas (megatron-core's fully parallel save, Megatron-LM's --ckpt-fully-parallel-save): without
+    it replica 0 writes every one of them."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
+
+    strategy = get_default_save_sharded_strategy("torch_dist")
+    if m.layout.dp > 1:
+        strategy = FullyParallelSaveStrategyWrapper(
+            strategy, ps.get_data_parallel_group(with_context_parallel=True)
+        )
+    return strategy
 
 
 def load_checkpoint(

@@ -47,14 +47,17 @@ def init_distributed(timeout_s: float = 1800.0) -> None:
         return
     backend = "gloo" if running_on_cpu() else "nccl"
     timeout = timedelta(seconds=timeout_s)
+    # NCCL: bound to this rank's device, so that communicators are created eagerly for it (not lazily,
+    # group by group, at their first collective) and every group knows its device
+    local = int(os.environ.get("LOCAL_RANK", "0")) if "RANK" in os.environ else 0
+    kw = {}
+    if backend == "nccl":
+        torch.cuda.set_device(local)
+        kw["device_id"] = torch.device("cuda", local)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend, timeout=timeout)
+        dist.init_process_group(backend, timeout=timeout, **kw)
     else:
-        if backend == "nccl":
-            torch.cuda.set_device(0)
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout, **kw)
 
 
 def init_parallel(tp: int, pp: int, seed: int, ep: int = 1, etp: int = 1) -> ParallelLayout:

@@ -105,8 +105,20 @@ def token_mult_prob_error(rollout_logp: torch.Tensor, actor_logp: torch.Tensor, 
     return float(torch.exp((rollout_logp.float() - actor_logp.float()).abs())[m].mean())
 
 
+class RolloutMismatchError(RuntimeError):
+    """The rollout engine's log-probs disagree with the actor's beyond ``rollout.consistency_error``."""
+
+
 def check_consistency(value: float, cfg: RolloutConfig, step: int) -> bool:
-    """Log a warning when the refit consistency metric exceeds ``rollout.consistency_warn``."""
+    """Warn when the refit consistency metric exceeds ``rollout.consistency_warn``; raise
+    ``RolloutMismatchError`` above ``rollout.consistency_error``."""
+    if cfg.consistency_error is not None and value > cfg.consistency_error:
+        raise RolloutMismatchError(
+            f"step {step}: token_mult_prob_error {value:.4f} > rollout.consistency_error "
+            f"{cfg.consistency_error}: the rollout engine samples from another policy than the actor trains "
+            "(a stale or partial refit, a weight layout the engine did not re-process, a dtype or sampler "
+            "setting the actor ignores); rollout.consistency_error=null lets the run go on"
+        )
     if value > cfg.consistency_warn:
         log.warning(
             "step %d: token_mult_prob_error %.4f > rollout.consistency_warn %.4f: the rollout engine and the "

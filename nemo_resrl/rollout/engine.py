@@ -204,7 +204,9 @@ class RolloutEngine:
             if width < cfg.tensor_parallel:  # every rank takes part in creating every group
                 tp = cfg.tensor_parallel
                 for start in range(0, world, tp):
-                    g = dist.new_group(list(range(start, start + tp)))
+                    # it carries pickled prompts (all_gather_object): gloo, on the host, whatever the
+                    # default backend (NCCL would copy every pickle to and from the GPU)
+                    g = dist.new_group(list(range(start, start + tp)), backend="gloo")
                     if start <= dist.get_rank() < start + tp:
                         self.group = g
         self.llm = LLM(**kwargs)

@@ -235,6 +235,8 @@ def main() -> None:
     # 7. optimizer state round trip at the same layout: step 2 after a reload equals step 2 without one
     opt_ckpt = out / "ckpt_opt"
     q.save_checkpoint(opt_ckpt)
+    dist.barrier()
+    res["ckpt_file_bytes"] = sorted(f.stat().st_size for f in opt_ckpt.glob("*.distcp"))
     q.train_step(local, lp.logprobs, adv, local_mask, PolicyLossConfig())
     w2 = weights(q)
     q.train_step(local, lp.logprobs, adv, local_mask, PolicyLossConfig())  # move away

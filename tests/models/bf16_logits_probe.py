@@ -58,6 +58,28 @@ def main() -> None:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         metrics = actor.train_step(seqs, out.logprobs, adv, out.mask, PolicyLossConfig())
     n, v = seen["rows"], seen["padded"]
+    cuda = actor.device.type == "cuda"
+    if cuda:  # the allocator's peak over a bf16 train step (Adam's state exists now) against the plan
+        from nemo_resrl.plan.activations import layer_token_bytes, logits_bytes, logprob_chunk_bytes
+        from nemo_resrl.plan.arch import arch_from_hf_config
+
+        arch = arch_from_hf_config(actor.model.hf_config)
+        layout = actor.forward.layout(seqs)
+        tokens = sum(mb.tokens.numel() for mb in layout.micro_batches)
+        s_len = layout.micro_batches[0].tokens.shape[1]
+        per_layer = layer_token_bytes(arch, tp=1, p=2, seq_len=s_len) * tokens
+        planned = (
+            arch.num_layers * per_layer
+            + per_layer
+            + 2 * logits_bytes(arch, tp=1, p=2, tokens=tokens)
+            + logprob_chunk_bytes(arch, tp=1, chunk_rows=actor.model.cfg.logprob_chunk_rows)
+        )
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        actor.train_step(seqs, out.logprobs, adv, out.mask, PolicyLossConfig())
+        torch.cuda.synchronize()
+        train_peak = torch.cuda.max_memory_allocated() - base
     res = {
         "logit_dtypes": sorted(seen["dtypes"]),
         "padded_vocab": v,
@@ -68,6 +90,8 @@ def main() -> None:
         "planned_chunks": 2 * actor.model.cfg.logprob_chunk_rows * v * 4,
         "saved_logits": saved,
         "response_tokens": n,
+        "device": str(actor.device),
+        "train_peak_over_plan": train_peak / planned if cuda else None,
         "finite": bool(torch.isfinite(out.logprobs).all() and torch.isfinite(out.entropy).all())
         and all(map(lambda x: x == x, metrics.values())),
     }

@@ -176,3 +176,11 @@ def test_optimizer_state_round_trip(runs, layout):
     res = runs[layout][0]
     assert res["step_after_load"] == 1
     assert res["resume_step_diff"] == 0.0
+
+
+@pytest.mark.slow
+def test_data_parallel_replicas_share_the_checkpoint_writes(runs):
+    """megatron-core's fully parallel save: the tensors every replica holds are written once, split over
+    the replicas, instead of all by replica 0 (measured before: files of 420 KB and 710 KB at DP=2)."""
+    sizes = runs["tp1pp1dp2"][0]["ckpt_file_bytes"]
+    assert len(sizes) >= 2 and max(sizes) < 1.1 * min(sizes), sizes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from nemo_resrl.config.actor import ActorConfig, ActorConfigError, MoEConfig
 from nemo_resrl.models.actor import MegatronActor
@@ -54,3 +55,23 @@ def test_expert_layouts_the_model_cannot_take_are_refused_before_building(tmp_pa
     with pytest.raises(ActorConfigError, match="token_dispatcher=alltoall needs a GPU"):
         MegatronActor(ActorConfig(hf_path=str(moe), moe=MoEConfig(token_dispatcher="alltoall")))
     assert not dist.is_initialized()
+
+
+def test_nccl_is_initialised_bound_to_the_ranks_device(monkeypatch):
+    """``init_process_group("nccl", device_id=...)``: communicators are created for this rank's GPU at
+    once instead of lazily, group by group, at their first collective."""
+    import nemo_resrl.models.parallel as par
+
+    calls = {}
+    monkeypatch.setattr(par.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(par, "running_on_cpu", lambda: False)
+    monkeypatch.setattr(par.torch.cuda, "set_device", lambda d: calls.setdefault("set_device", d))
+    monkeypatch.setattr(
+        par.dist, "init_process_group", lambda backend, **kw: calls.update(backend=backend, **kw)
+    )
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    par.init_distributed()
+    assert calls["backend"] == "nccl" and calls["set_device"] == 3
+    assert calls["device_id"] == torch.device("cuda", 3)

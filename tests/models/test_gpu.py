@@ -59,3 +59,50 @@ def test_the_resrl_pass_on_one_gpu_equals_the_single_process_weights(tmp_path):
     r = json.loads((tmp_path / "tp1pp1dp1.json").read_text())
     for label in ("default", "m_below_k"):
         assert r[label]["max_diff_vs_single_process"] < 1e-4 and r[label]["stats"] == r[label]["ref_stats"]
+
+
+def test_offload_on_one_gpu_frees_the_device_memory_and_trains_bit_identically(tmp_path):
+    """tests/models/offload_probe.py on CUDA: optimizer state, gradient buffers and parameters leave the
+    GPU between steps (nothing resident), three steps equal an actor that never offloads, bit for bit."""
+    make_tiny(tmp_path / "qwen3", "qwen3")
+    res = run_module(
+        "tests.models.offload_probe", tmp_path / "qwen3", tmp_path / "ckpt", gpu=True, timeout=600
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+    r = json.loads(res.stdout.split("RESULT ")[-1].splitlines()[0])
+    assert r["optimizer_bytes"] > 0 and r["grad_bytes"] > 0 and r["param_bytes"] > 0
+    for s in range(3):
+        assert r[f"step{s}_optimizer_resident"] == r[f"step{s}_grads_resident"] == 0
+        assert r[f"step{s}_params_resident"] == 0 and r[f"step{s}_equal"]
+    assert r["pad_logp_diff"] < 1e-5
+
+
+def test_the_reference_policy_keeps_a_host_copy_of_cuda_weights_and_swaps_them_back():
+    from nemo_resrl.models.reference import ReferenceWeights
+
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(64, 32, generator=g).cuda()) for _ in range(3)]
+    initial = [p.detach().clone() for p in params]
+    base = torch.cuda.memory_allocated()
+    ref = ReferenceWeights(params)
+    assert torch.cuda.memory_allocated() == base  # the reference lives on the host
+    with torch.no_grad():
+        for p in params:
+            p.add_(1.0)
+    trained = [p.detach().clone() for p in params]
+    with ref.swapped_in():
+        assert all(p.is_cuda and torch.equal(p, w) for p, w in zip(params, initial))
+    assert all(torch.equal(p, w) for p, w in zip(params, trained))
+
+
+def test_a_bf16_train_step_on_cuda_keeps_bf16_logits_and_peaks_near_the_plan(tmp_path):
+    """The bf16 actor on CUDA: logits stay bf16 into the log-prob layer, which allocates no more than the
+    plan's logits and chunk terms; the allocator's peak over a train step is within 25 % of the plan's
+    activations, logits and chunks for that micro-batch."""
+    make_tiny(tmp_path / "qwen3", "qwen3")
+    res = run_module("tests.models.bf16_logits_probe", tmp_path / "qwen3", gpu=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    r = json.loads(res.stdout.split("RESULT ")[-1].splitlines()[0])
+    assert r["device"].startswith("cuda") and r["finite"] and r["logit_dtypes"] == ["torch.bfloat16"]
+    assert r["loss_layer_peak"] <= r["planned_logits"] + r["planned_chunks"] + 64 * r["response_tokens"], r
+    assert 0.75 <= r["train_peak_over_plan"] <= 1.25, r

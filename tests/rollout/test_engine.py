@@ -7,13 +7,14 @@ process-wide state) and records what is checked here.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
-from nemo_resrl.rollout.batch import check_consistency, token_mult_prob_error
+from nemo_resrl.rollout.batch import RolloutMismatchError, check_consistency, token_mult_prob_error
 from nemo_resrl.rollout.engine import check_model_for_rollout
 from tests.launch import run_module
 from tests.models.tiny_hf import make_tiny
@@ -109,11 +110,16 @@ def test_token_mult_prob_error():
     assert token_mult_prob_error(a, b, torch.zeros_like(mask)) == 1.0
 
 
-def test_consistency_warning(caplog):
+def test_consistency_warning_and_error(caplog):
     cfg = RolloutConfig()
     assert check_consistency(1.01, cfg, step=3)
     assert not check_consistency(1.2, cfg, step=3)
     assert "step 3: token_mult_prob_error 1.2000 > rollout.consistency_warn" in caplog.text
+    with pytest.raises(
+        RolloutMismatchError, match="step 4: token_mult_prob_error 1.3000 > rollout.consistency_error"
+    ):
+        check_consistency(1.3, cfg, step=4)
+    assert not check_consistency(1.3, replace(cfg, consistency_error=None), step=4)
 
 
 @pytest.mark.parametrize(

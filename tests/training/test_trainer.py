@@ -351,6 +351,27 @@ def test_a_resume_loads_the_checkpoint_with_the_engine_asleep_and_releases_it_be
     assert events.index("engine.generate") > load + 6
 
 
+def test_every_wake_of_the_engines_weights_is_followed_by_a_refit_before_it_generates(tmp_path):
+    """What makes vLLM's sleep level 2 (the default: the weights are dropped, not copied to the host and
+    back) safe: after every sleep the weights are rewritten by a refit before the engine generates again,
+    through steps, checkpoint saves and a resume."""
+    from nemo_resrl.config import RolloutConfig
+
+    assert RolloutConfig().sleep_level == 2
+    events: list[str] = []
+    fake_run(tmp_path / "run", 2, policy=BigramPolicy(seed=0, events=events))
+    fake_run(tmp_path / "run", 3, policy=BigramPolicy(seed=0, events=events))  # a resume
+    slept = False
+    for e in events:
+        if e == "engine.sleep":
+            slept = True
+        elif e == "engine.refit":
+            slept = False
+        elif e == "engine.generate":
+            assert not slept, events
+    assert events.count("engine.sleep") >= 5
+
+
 def test_a_step_that_leaves_a_data_parallel_rank_without_prompts_is_refused_on_every_rank():
     """5 prompts over 4 ranks: ceil(5 / 4) = 2 each leaves rank 3 empty; every rank must raise (a rank
     that went on alone would wait in a collective forever)."""

@@ -37,6 +37,8 @@ warnings.filterwarnings("ignore")
 
 
 def make_model(path: Path, args) -> None:
+    """A random Qwen3 of the bench's shape, saved as an HF directory (made on the GPU in bf16 there: a
+    billion random parameters take minutes on a CPU)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
@@ -51,7 +53,12 @@ def make_model(path: Path, args) -> None:
         max_position_embeddings=4096,
         tie_word_embeddings=False,
     )
-    Qwen3ForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
+    cuda = args.device == "cuda"
+    with torch.device("cuda" if cuda else "cpu"):
+        model = Qwen3ForCausalLM(cfg)
+    if cuda:
+        model = model.to(torch.bfloat16)
+    model.save_pretrained(path, safe_serialization=True)
 
 
 def make_batch(args):
@@ -117,6 +124,7 @@ def run_variant(args) -> dict:
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the actor builds on the CPU
     dtype = "bf16" if args.device == "cuda" else "fp32"
+    t_build = time.perf_counter()
     actor = MegatronActor(ActorConfig(hf_path=args.model, micro_batch_size=args.micro_batch, dtype=dtype))
     seqs, gids, adv = make_batch(args)
     B = len(seqs)
@@ -155,6 +163,7 @@ def run_variant(args) -> dict:
             hidden[mb.seq_index, mb.resp_pos] = flat[mb.flat_pos]
         compute_resrl_weights(hidden, mask, gids, adv, cfg, step=0, positive=adv > 0)
 
+    build_s = time.perf_counter() - t_build
     fn = {"grpo": grpo, "resrl": resrl, "released": released}[args.variant]
     fn()  # warm-up
     times, peaks = [], []
@@ -168,6 +177,7 @@ def run_variant(args) -> dict:
         peaks.append(pm.extra)
     return {
         "variant": args.variant,
+        "build_s": build_s,
         "time_s": statistics.median(times),
         "times": times,
         "peak_extra_MiB": max(peaks) / 2**20,
@@ -189,6 +199,7 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--variants", nargs="+", default=["grpo", "resrl", "released"])
     ap.add_argument("--variant", default=None)
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
@@ -199,7 +210,7 @@ def main() -> None:
         model = Path(tmp) / "model"
         make_model(model, args)
         results = []
-        for variant in ("grpo", "resrl", "released"):
+        for variant in args.variants:
             cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant, "--model", str(model)]
             env = dict(os.environ)
             if args.device == "cpu":
@@ -209,6 +220,10 @@ def main() -> None:
             if not line:
                 raise SystemExit(f"{variant} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
             results.append(json.loads(line[0][7:]))
+            r = results[-1]
+            print(
+                f"# {variant}: {r['time_s']:.3f} s ({r['times']}), built in {r['build_s']:.1f} s", flush=True
+            )
     base = results[0]
     print(
         f"device {args.device}; model: {args.layers} layers, d={args.hidden}, vocab {args.vocab}; "

@@ -42,11 +42,15 @@ def require_shape(t: torch.Tensor, shape: tuple, name: str) -> None:
 
 def index_to_device(index: np.ndarray, device: torch.device | str) -> torch.Tensor:
     """A host int64 index array as a tensor on ``device``: always a copy (a torch operator), so its bytes
-    count on every device (``nemo_resrl.diagnostics.live_bytes``)."""
+    count on every device (``nemo_resrl.diagnostics.live_bytes``). To a GPU it goes from pinned memory
+    without waiting: a copy from pageable memory would first wait for every kernel queued before it."""
     import numpy as np
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64)).to(device, copy=True)
+    host = torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64))
+    if torch.device(device).type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device, copy=True)
 
 
 def global_rank() -> int:

@@ -9,17 +9,20 @@
 # --wheels    install the wheels of DIR first (tools/gpu_wheels.sh), into .gpu_site, for a machine that
 #             has only Python, a CUDA torch and transformers (no internet, no vLLM, no TransformerEngine)
 # --out       the JSON report (default gpu_check.json)
+# --only      these checks only (names as in nemo_resrl/diagnostics/device_check.py's ORDER)
 # At most GPU_CHECK_TIMEOUT seconds (default 480).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEVICE=cuda
 WHEELS=""
 OUT=gpu_check.json
+ONLY=()
 while [ $# -gt 0 ]; do
   case $1 in
     --cpu) DEVICE=cpu; export CUDA_VISIBLE_DEVICES="" ;;
     --wheels) WHEELS=$2; shift ;;
     --out) OUT=$2; shift ;;
+    --only) while [ $# -gt 1 ] && [ "${2#--}" = "$2" ]; do ONLY+=("$2"); shift; done ;;
     *) echo "gpu_check.sh: unknown argument $1 (see the header)" >&2; exit 2 ;;
   esac
   shift
@@ -34,4 +37,5 @@ else
 fi
 export TOKENIZERS_PARALLELISM=false
 echo "gpu_check: $("$PY" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)')"
-exec timeout "${GPU_CHECK_TIMEOUT:-480}" "$PY" -m nemo_resrl.diagnostics.device_check --device "$DEVICE" --out "$OUT"
+exec timeout "${GPU_CHECK_TIMEOUT:-480}" "$PY" -m nemo_resrl.diagnostics.device_check --device "$DEVICE" --out "$OUT" \
+  ${ONLY[@]+--only "${ONLY[@]}"}

@@ -27,6 +27,8 @@ e.g. repeated rows) are dropped: they carry no positive energy and any choice of
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,25 +125,46 @@ def orthonormalize(y: torch.Tensor) -> torch.Tensor:
     return yd.float()
 
 
+ORTHONORMAL_TOL = 1e-5  # a block whose Gram matrix is this close to I is taken as orthonormal
+
+
+def _ritz_one(gw: np.ndarray, c: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """One group's Rayleigh-Ritz step on the host, float64: (coefficients [q, k], singular values [k]).
+    An orthonormal block (the usual case: Cholesky QR made it so) needs one eigendecomposition of c; a
+    rank-deficient one (fewer rows than the block has columns) the generalised problem, whose
+    numerically singular directions of gw are dropped."""
+    q = gw.shape[0]
+    if np.abs(gw - np.eye(q)).max() < ORTHONORMAL_TOL:
+        t = np.eye(q)
+    else:
+        tiny = np.finfo(np.float64).tiny
+        lam, u = np.linalg.eigh(gw)
+        keep = lam > 1e-10 * max(lam[-1], tiny)
+        t = u * np.where(keep, 1.0 / np.sqrt(np.maximum(lam, tiny)), 0.0)[None, :]
+    ev, e = np.linalg.eigh(t.T @ c @ t)
+    ev, e = ev[::-1][:k], e[:, ::-1][:, :k]
+    return t @ e, np.sqrt(np.maximum(ev, 0.0))
+
+
 def _ritz(w: torch.Tensor, b: torch.Tensor, k: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Rayleigh-Ritz over span(w) [G, d, q] with b = xc @ w [G, M, q]: the generalised eigenproblem
-    ``(b^T b) z = s^2 (w^T w) z``, solved in float64 on the host with numpy (directions where w^T w is
-    numerically singular are dropped). Returns (coefficients [G, q, k] float32 on w's device, singular
-    values [G, k] float64 numpy), so that ``w @ coefficients`` is orthonormal."""
+    """Rayleigh-Ritz over span(w) [G, d, q] with b = xc @ w [G, M, q]: the (generalised) eigenproblem
+    ``(b^T b) z = s^2 (w^T w) z`` of each group, in float64 on the host (numpy; the groups in parallel
+    threads). Returns (coefficients [G, q, k] float32 on w's device, singular values [G, k] float64
+    numpy), so that ``w @ coefficients`` is orthonormal."""
     wd = w.double()
     gw = (wd.mT @ wd).cpu().numpy().copy()
     del wd
     bd = b.double()
     c = (bd.mT @ bd).cpu().numpy().copy()
     del bd
-    tiny = np.finfo(np.float64).tiny
-    lam, u = np.linalg.eigh(gw)
-    keep = lam > 1e-10 * np.maximum(lam[:, -1:], tiny)
-    t = u * np.where(keep, 1.0 / np.sqrt(np.maximum(lam, tiny)), 0.0)[:, None, :]
-    ev, e = np.linalg.eigh(np.swapaxes(t, 1, 2) @ c @ t)
-    ev, e = ev[:, ::-1][:, :k], e[:, :, ::-1][:, :, :k]
-    coef = torch.from_numpy(np.ascontiguousarray(t @ e, dtype=np.float32)).to(w.device)
-    return coef, np.sqrt(np.maximum(ev, 0.0))
+    g = gw.shape[0]
+    if g == 1:
+        parts = [_ritz_one(gw[0], c[0], k)]
+    else:
+        with ThreadPoolExecutor(max_workers=min(g, os.cpu_count() or 1)) as pool:
+            parts = list(pool.map(_ritz_one, gw, c, [k] * g))
+    coef = np.stack([p[0] for p in parts]).astype(np.float32)
+    return torch.from_numpy(coef).to(w.device), np.stack([p[1] for p in parts])
 
 
 def _randomized(xc: torch.Tensor, k: int, q: int, iterations: int, seeds: list[int]):

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import torch
 
+# Adam implementations megatron-core builds: torch's without Apex / TransformerEngine, TransformerEngine's or
+# Apex's FusedAdam (same per-parameter exp_avg / exp_avg_sq; their step is kept per parameter group)
+FUSED_ADAMS = ("FusedAdam",)
+
 
 def inner_adams(optimizer) -> list[torch.optim.Optimizer]:
-    """The torch Adam / AdamW optimizers inside a megatron (chained) optimizer."""
+    """The Adam / AdamW optimizers (torch's, or a FusedAdam) inside a megatron (chained) optimizer."""
     out = []
     for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
         inner = getattr(opt, "optimizer", None)
-        if isinstance(inner, torch.optim.Adam | torch.optim.AdamW):
+        if isinstance(inner, torch.optim.Adam | torch.optim.AdamW) or type(inner).__name__ in FUSED_ADAMS:
             out.append(inner)
     return out
 
@@ -50,6 +54,9 @@ def restore_adam_step(optimizer, loaded: dict) -> None:
         for st in inner.state.values():
             if "step" in st:
                 st["step"] = torch.tensor(step, dtype=torch.float32)
+        for group in inner.param_groups:  # a FusedAdam counts its steps per group
+            if "step" in group:
+                group["step"] = int(step)
 
 
 def load_optimizer_state(optimizer, state: dict) -> None:

@@ -369,7 +369,10 @@ def train_step_flops(shape: dict, seq: int, rows: int, device: str, steps: int =
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer.transformer_config import TransformerConfig
 
+    from nemo_resrl.models.parallel import init_parallel
+
     cuda = device == "cuda"
+    init_parallel(1, 1, seed=0)  # megatron's model-parallel state (a world of one), if no check made it yet
     cfg = TransformerConfig(
         num_layers=shape["layers"],
         hidden_size=shape["hidden"],

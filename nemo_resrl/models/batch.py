@@ -218,7 +218,11 @@ def make_layout(
             groups = [rows_of[s : s + micro_batch_size] for s in range(0, n_rows, micro_batch_size)]
         mbs = [_build_micro_batch(seqs, g, seq_len, pack, pad_id) for g in groups]
     else:
-        rows_of.sort(key=lambda r: (phase[r[0]], -fill(r), r[0]))
+        # longest first; with phases, each phase sorted so that where two meet the rows have similar
+        # lengths (the last phase longest first, the one before it shortest first, ...): the micro-batch
+        # that straddles them pads little
+        last = n_phases - 1
+        rows_of.sort(key=lambda r: (phase[r[0]], (-1) ** (last - phase[r[0]]) * -fill(r), r[0]))
         groups = [rows_of[s : s + micro_batch_size] for s in range(0, len(rows_of), micro_batch_size)]
         mbs = [_build_micro_batch(seqs, g, round_up(max(fill(r) for r in g)), pack, pad_id) for g in groups]
         seq_len = max(mb.tokens.shape[1] for mb in mbs)

@@ -25,6 +25,15 @@ from nemo_resrl.models.parallel import ParallelLayout, init_parallel
 from nemo_resrl.models.tp_attributes import mark_tensor_parallel_params
 
 # fusions megatron-bridge may turn on that the local (non-TE) layer spec cannot run on CPU
+# fusions that need a CUDA build of apex / megatron's fused kernels / TransformerEngine: off with the local
+# layer spec on a GPU too; the rest (bias + SwiGLU, bias + dropout + add: torch.jit) stay on there
+NEEDS_APEX_OR_TE = (
+    "gradient_accumulation_fusion",
+    "masked_softmax_fusion",
+    "persist_layer_norm",
+    "apply_rope_fusion",
+    "cross_entropy_loss_fusion",
+)
 CPU_OFF_FUSIONS = (
     "gradient_accumulation_fusion",
     "bias_activation_fusion",
@@ -172,6 +181,12 @@ def freeze_router(chunks) -> int:
     return n
 
 
+def local_spec_fusions_off(cuda: bool) -> tuple[str, ...]:
+    """The megatron fusion flags the local layer spec turns off: every one on CPU (CUDA-only kernels); on
+    a GPU only those that need apex, megatron's compiled kernels or TransformerEngine."""
+    return NEEDS_APEX_OR_TE if cuda else CPU_OFF_FUSIONS
+
+
 def build_model(cfg: ActorConfig) -> MegatronModel:
     """Check the machine and the model against ``cfg``, join the process groups, build the model (module
     docstring). Raises ``ActorConfigError`` before anything is allocated when they cannot run."""
@@ -232,7 +247,7 @@ def build_model(cfg: ActorConfig) -> MegatronModel:
     # set explicitly: megatron-bridge turns it on whenever TE imports (actor.gradient_accumulation_fusion)
     provider.gradient_accumulation_fusion = cfg.gradient_accumulation_fusion
     if spec == "local":
-        for name in CPU_OFF_FUSIONS:
+        for name in local_spec_fusions_off(cuda):
             setattr(provider, name, False)
         provider.transformer_layer_spec = get_gpt_layer_local_spec(
             num_experts=provider.num_moe_experts if moe else None,

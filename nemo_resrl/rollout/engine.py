@@ -248,6 +248,7 @@ class RolloutEngine:
                 max_tokens=min(s.max_tokens, self.cfg.max_model_len - prompt_len),
                 seed=seed,
                 logprobs=0,
+                flat_logprobs=True,  # flat lists: no dict per token to build and to read back
                 stop_token_ids=self.eos_ids if s.stop_on_eos else None,
                 ignore_eos=not s.stop_on_eos,
                 detokenize=False,
@@ -316,7 +317,7 @@ class RolloutEngine:
                 ids = list(c.token_ids)
                 idx.append(i)
                 resp.append(ids)
-                lps.append(torch.tensor([d[t].logprob for t, d in zip(ids, c.logprobs)], dtype=torch.float32))
+                lps.append(sampled_logprobs(ids, c.logprobs))
                 trunc.append(c.finish_reason == "length")
         return RolloutBatch(
             prompts=prompts,
@@ -377,6 +378,16 @@ class RolloutEngine:
         if missing:
             self.llm.wake_up(tags=missing)
             self.awake |= set(missing)
+
+
+def sampled_logprobs(ids: list[int], flat) -> torch.Tensor:
+    """The log-prob of each sampled token [n] float32 from vLLM's ``FlatLogprobs`` (``logprobs=0``: one
+    entry per position, the sampled token's), checked against the sampled ids."""
+    starts = flat.start_indices
+    require(len(starts) == len(ids), f"vLLM returned {len(starts)} log-probs for {len(ids)} tokens")
+    got = [flat.token_ids[i] for i in starts]
+    require(got == ids, "vLLM's log-probs are not those of the sampled tokens")
+    return torch.tensor([flat.logprobs[i] for i in starts], dtype=torch.float32)
 
 
 def seed_generators(worker, seed: int) -> None:

@@ -129,3 +129,34 @@ def test_a_transformer_engine_that_does_not_import_says_why(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "REFUSED" in res.stdout and "undefined symbol: _ZN3c104cuda" in res.stdout
     assert "actor.layer_spec local" in res.stdout
+
+
+def test_the_adam_state_workarounds_take_a_fused_adam_too():
+    """With TransformerEngine (or Apex) installed megatron-core builds a ``FusedAdam``, which keeps its
+    step per parameter group: the resume workarounds must find it and put the step back there."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from nemo_resrl.compat.megatron_optimizer import ensure_optimizer_state, inner_adams, restore_adam_step
+
+    class FusedAdam(torch.optim.Optimizer):  # the shape of TE's: moments per parameter, step per group
+        def __init__(self, params):
+            super().__init__(params, {"lr": 1e-3})
+
+        @torch.no_grad()
+        def step(self):
+            for g in self.param_groups:
+                g["step"] = g.get("step", 0) + 1
+                for p in g["params"]:
+                    st = self.state[p]
+                    st.setdefault("exp_avg", torch.zeros_like(p)).add_(p.grad)
+                    st.setdefault("exp_avg_sq", torch.zeros_like(p)).add_(p.grad**2)
+
+    p = torch.nn.Parameter(torch.ones(3))
+    wrapped = SimpleNamespace(optimizer=FusedAdam([p]))
+    assert inner_adams(wrapped) == [wrapped.optimizer]
+    ensure_optimizer_state(wrapped)  # a fresh optimizer gets its state tensors before a load
+    assert set(wrapped.optimizer.state[p]) == {"exp_avg", "exp_avg_sq"}
+    restore_adam_step(wrapped, {"optimizer": {"param_groups": [{"step": 7}]}})
+    assert wrapped.optimizer.param_groups[0]["step"] == 7

@@ -75,3 +75,14 @@ def test_nccl_is_initialised_bound_to_the_ranks_device(monkeypatch):
     par.init_distributed()
     assert calls["backend"] == "nccl" and calls["set_device"] == 3
     assert calls["device_id"] == torch.device("cuda", 3)
+
+
+def test_the_local_spec_keeps_the_torch_jit_fusions_on_a_gpu():
+    """On CPU every fusion is off (CUDA kernels); on a GPU without TransformerEngine only those that need
+    apex or compiled kernels: bias + SwiGLU and bias + dropout + add stay fused."""
+    from nemo_resrl.models.build import CPU_OFF_FUSIONS, local_spec_fusions_off
+
+    assert set(local_spec_fusions_off(cuda=False)) == set(CPU_OFF_FUSIONS)
+    gpu = set(local_spec_fusions_off(cuda=True))
+    assert {"bias_activation_fusion", "bias_dropout_fusion"} & gpu == set()
+    assert {"masked_softmax_fusion", "gradient_accumulation_fusion", "apply_rope_fusion"} <= gpu

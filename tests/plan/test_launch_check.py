@@ -16,6 +16,14 @@ from nemo_resrl.plan.phases import GIB
 H100 = int(79.6 * GIB)
 
 
+@pytest.fixture(autouse=True)
+def transformer_engine_installed(monkeypatch):
+    """The launch check plans the layers the job will build: these tests stand on a TE machine."""
+    import nemo_resrl.compat.te_stub as te_stub
+
+    monkeypatch.setattr(te_stub, "transformer_engine_available", lambda check_import=False: True)
+
+
 def test_the_job_shape_replaces_the_cluster_section():
     cfg = load_plan_config(["model=qwen3_32b"])
     job = job_cluster(cfg, world_size=16, gpus_per_node=8, device_bytes=H100).cluster
@@ -43,6 +51,22 @@ def test_a_job_that_cannot_fit_is_refused_naming_the_phase_and_a_fix():
     # a job with more GPUs than the preset's cluster section is planned for its real size
     fits = check_plan_at_launch(cfg, world_size=16, gpus_per_node=8, device_bytes=H100, print_fn=lambda s: 0)
     assert fits.layout.dp == 4
+
+
+def test_without_transformer_engine_auto_is_planned_as_the_local_layers_it_builds(monkeypatch):
+    """``layer_spec: auto`` builds megatron-core's local layers where TransformerEngine is missing: the launch
+    check plans those (their attention memory), not TransformerEngine's."""
+    import nemo_resrl.compat.te_stub as te_stub
+    from nemo_resrl.plan.phases import make_plan
+
+    cfg = load_plan_config(["model=qwen3_8b"])
+    with_te = make_plan(cfg, te_available=True).phase("training").total
+    without = make_plan(cfg, te_available=False).phase("training").total
+    assert without > with_te
+    monkeypatch.setattr(te_stub, "transformer_engine_available", lambda check_import=False: False)
+    # the 8B preset's 8 x 80 GB: the unfused attention scores do not fit in training; the fix is named
+    with pytest.raises(ConfigError, match=r"does not fit: training needs .*actor.recompute=full"):
+        check_plan_at_launch(cfg, world_size=8, gpus_per_node=8, device_bytes=H100)
 
 
 def test_warn_goes_on_and_off_skips_the_plan(caplog):

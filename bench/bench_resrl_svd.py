@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     dev, k = args.device, args.rank
     cfg = ResRLConfig(rank=k)
-    methods = [("exact", {"method": "exact"}), ("randomized (default)", {})]
+    methods = [] if args.no_exact else [("exact", {"method": "exact"})]
+    methods += [("randomized (default)", {})]
     methods += [(f"randomized it={it} p={p}", {"iterations": it, "oversample": p}) for it, p in args.variants]
     groups = []
     for decay in args.decays:
@@ -168,6 +169,7 @@ def main() -> None:
         help="extra iterations,oversample pairs of the randomized fit",
     )
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-exact", action="store_true", help="do not time exact SVD on the device")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--real", default=None, help="a file written by --save-real")
     p.add_argument("--save-real", default=None, help="write layer L-2 states of the embedded model here")

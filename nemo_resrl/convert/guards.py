@@ -12,11 +12,33 @@ from pathlib import Path
 
 from nemo_resrl.convert.mapping import ConversionError
 
+RUN_MARKERS = ("metrics.jsonl", "checkpoints", ".lock", "trainer.json")
+MAX_SCAN_ENTRIES = 100_000
+
+
+def run_dirs_in(root: Path) -> list[Path]:
+    """Run directories at or below ``root``: directories holding a run's metrics, checkpoints, lock or
+    trainer state, or a run's checkpoint steps (the first ``MAX_SCAN_ENTRIES`` directory entries are
+    looked at; a larger tree counts as holding one, so that it is never deleted unseen)."""
+    import os
+
+    found, seen = [], 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        seen += len(dirnames) + len(filenames)
+        run_parts = any(m in filenames or m in dirnames for m in RUN_MARKERS)
+        if run_parts or any(d.startswith("step_") for d in dirnames):  # a run's checkpoints directory
+            found.append(Path(dirpath))
+            dirnames.clear()  # what lies below belongs to that run
+        if seen > MAX_SCAN_ENTRIES:
+            found.append(Path(dirpath))
+            break
+    return found
+
 
 def check_output(out: Path, sources: list[Path], overwrite: bool) -> None:
-    """Refuse an output equal to, above or inside a source, one inside a locked run directory, or a
-    non-empty one without ``overwrite``."""
-    from nemo_resrl.training.run_dir import locked_run_dir_of
+    """Refuse an output equal to, above or inside a source, one inside a locked run directory, one that is
+    or holds a run directory (``--overwrite`` would delete it), or a non-empty one without ``overwrite``."""
+    from nemo_resrl.training.run_dir import existing_run, locked_run_dir_of
 
     dst = out.resolve()
     for src in (s.resolve() for s in sources):
@@ -33,8 +55,16 @@ def check_output(out: Path, sources: list[Path], overwrite: bool) -> None:
             f"the output {out} lies in the run directory {run_dir}, which a trainer is using (host "
             f"{holder.get('host', '?')} pid {holder.get('pid', '?')}): write elsewhere, or wait for it"
         )
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConversionError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
+    if out.exists() and any(out.iterdir()):
+        runs = run_dirs_in(out)
+        if runs:
+            what = "; ".join(f"{r} ({existing_run(r) or 'a run directory'})" for r in runs[:3])
+            raise ConversionError(
+                f"{out} is or holds a training run, which --overwrite never deletes: {what}. Choose another "
+                "OUT, or remove the run yourself if you mean to (e.g. rm -r " + str(runs[0]) + ")"
+            )
+        if not overwrite:
+            raise ConversionError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
 
 
 def check_source(actor_dir: Path) -> None:

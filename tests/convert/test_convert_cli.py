@@ -77,6 +77,35 @@ def test_writing_into_a_run_dir_a_trainer_holds_is_refused(tmp_path, capsys):
     assert "which a trainer is using" in capsys.readouterr().err and not (tmp_path / "run" / "mg").exists()
 
 
+def test_overwrite_never_deletes_a_run_directory_or_a_folder_holding_one(tmp_path, capsys):
+    """``--overwrite`` onto a finished run's directory, onto a folder that holds a run (a live one too),
+    onto a run's checkpoints: refused, naming the run; nothing deleted. An ordinary non-empty OUT is
+    still replaced."""
+    from nemo_resrl.training.run_dir import RunDirLock
+
+    hf = make_tiny(tmp_path / "qwen3", "qwen3")
+    run = tmp_path / "parent" / "run"
+    (run / "checkpoints" / "step_000002").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1}\n')
+    (tmp_path / "parent" / "notes.txt").write_text("keep me")
+    for out in (run, tmp_path / "parent", run / "checkpoints"):
+        assert main(["convert", "from-hf", str(hf), str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert "never deletes" in err and str(run) in err and "Traceback" not in err, err
+    with RunDirLock(run):  # a live trainer in it: the same
+        assert main(["convert", "from-hf", str(hf), str(tmp_path / "parent"), "--overwrite"]) == 2
+    assert "2 metrics rows" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_text().count("step") == 2 and (
+        run / "checkpoints" / "step_000002"
+    ).is_dir()
+    assert (tmp_path / "parent" / "notes.txt").read_text() == "keep me"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "old.bin").write_bytes(b"x")
+    assert main(["convert", "from-hf", str(hf), str(other), "--overwrite"]) == 0
+    assert not (other / "old.bin").exists()
+
+
 def test_sizes_parse_like_transformers():
     assert parse_size("5GB") == 5 * 10**9 and parse_size("512MiB") == 512 * 2**20 and parse_size("100") == 100
     for bad in ("5XB", "-1", "0", "GB"):

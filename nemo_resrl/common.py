@@ -53,6 +53,27 @@ def index_to_device(index: np.ndarray, device: torch.device | str) -> torch.Tens
     return host.to(device, copy=True)
 
 
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when the thread that started it exits (Linux
+    ``PR_SET_PDEATHSIG``; elsewhere nothing): helper processes of a trainer must not outlive it (a
+    ``kill -9`` of the trainer would orphan them, with their memory and open files). If the parent is
+    already gone, exit now."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        return
+    if parent == 1 or os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def global_rank() -> int:
     """This process's rank in the job: torch.distributed's once it is up, else the launcher's ``RANK``
     (torchrun sets it before any process group exists), else 0."""

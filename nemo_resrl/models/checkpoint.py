@@ -58,6 +58,9 @@ def save_checkpoint(
     path.mkdir(parents=True, exist_ok=True)
     dist.barrier()
     state = _sharded_state(m, optimizer, scheduler, step, optim_sharding, loading=False)
+    from nemo_resrl.compat.megatron_checkpoint import results_queue_dies_with_trainer
+
+    results_queue_dies_with_trainer()
     dist_checkpointing.save(state, str(path), sharded_strategy=_save_strategy(m))
     if dist.get_rank() == 0:
         copy_hf_meta_files(m.cfg.hf_path, path / HF_META_DIR)

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
+from nemo_resrl.common import die_with_parent
 from nemo_resrl.rewards.base import (
     CRASH,
     GOLD_PARSE_ERROR,
@@ -109,6 +110,7 @@ def _init_worker() -> None:
     """Pool initializer: silence math-verify's "timeout is disabled" warning (disabling it is deliberate
     here) and grade one answer, so that its lazy set-up (about 0.3 s) is paid during the pool's start,
     not inside the first real answer's time limit."""
+    die_with_parent()  # a kill -9 of the trainer must not orphan its graders
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     grade_one("\\frac{1}{2}", "0.5")
 

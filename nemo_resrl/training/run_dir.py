@@ -1,7 +1,8 @@
 """A run directory belongs to one trainer at a time, and is never destroyed by default.
 
 - ``RunDirLock``: an advisory lock (``flock`` on ``<run dir>/.lock``) held by rank 0 for the life of the
-  run. It dies with the process, so a stale lock from a dead trainer is taken over (and its holder
+  run. It dies with the process (children forked from it close it and die with it too:
+  ``training/children.py``), so a stale lock from a dead trainer is taken over at once (and its holder
   named in the log); a live one refuses the second trainer with its host and pid. ``nemo-resrl convert``
   refuses to write into a locked run directory.
 - ``claim_run_dir``: takes the lock, then refuses ``checkpoint.resume=false`` in a directory that already
@@ -18,6 +19,8 @@ import os
 import socket
 import time
 from pathlib import Path
+
+from nemo_resrl.training import children
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
@@ -66,10 +69,12 @@ class RunDirLock:
         f.write(json.dumps(info))
         f.flush()
         self._f = f
+        children.hold_lock_fd(f.fileno())  # a forked child closes it: the lock stays this process's
         return self
 
     def release(self) -> None:
         if self._f is not None:
+            children.release_lock_fd(self._f.fileno())
             self._f.seek(0)
             self._f.truncate()
             fcntl.flock(self._f, fcntl.LOCK_UN)

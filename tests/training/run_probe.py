@@ -34,7 +34,25 @@ def main() -> None:
     ap.add_argument("--tp", type=int, default=1, help="actor and rollout tensor parallel size")
     ap.add_argument("--record", action="store_true", help="write RUN/rank{R}.json (see the docstring)")
     ap.add_argument("--set", action="append", default=[], help="an extra config override (repeatable)")
+    ap.add_argument(
+        "--slow-save",
+        type=float,
+        default=0.0,
+        help="megatron's forked checkpoint writers sleep this long first (a save to kill the trainer in)",
+    )
     args = ap.parse_args()
+    if args.slow_save:
+        import time
+
+        from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync
+
+        write = FileSystemWriterAsync.write_preloaded_data
+
+        def slow_write(*a, **k):  # runs in the forked writer processes
+            time.sleep(args.slow_save)
+            return write(*a, **k)
+
+        FileSystemWriterAsync.write_preloaded_data = staticmethod(slow_write)
     if args.kill_after >= 0:
         os.environ["NEMO_RESRL_TEST_KILL_AFTER_STEP"] = str(args.kill_after)
     import torch.distributed as dist

@@ -25,6 +25,68 @@ def _run(work: Path, run_dir: Path, *extra: str, steps: int = 6) -> subprocess.C
     return run_module("tests.training.run_probe", *args, timeout=900, log=log)
 
 
+def _kill_during_save(work: Path, run_dir: Path) -> tuple[list[int], int, list[int]]:
+    """Start the probe (checkpoint writers made slow), SIGKILL the trainer while its forked writers write,
+    and return the pids of every process it had started, how many of them were forked writers, and those
+    still alive 10 s after the kill (what is left is killed afterwards)."""
+    import os
+    import signal
+    import sys
+    import time
+
+    import psutil
+
+    cmd = [sys.executable, "-m", "tests.training.run_probe", "--work", str(work), "--run-dir", str(run_dir)]
+    cmd += ["--steps", "2", "--slow-save", "120"]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    log = run_dir.parent / f"{run_dir.name}-killed.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], env=env, stdout=out,
+                                stderr=out, start_new_session=True)  # fmt: skip
+    trainer = psutil.Process(proc.pid)
+    try:
+        deadline = time.time() + 600
+        writers = []
+        while time.time() < deadline and not writers:  # the forked writers are the trainer's own command
+            assert proc.poll() is None, log.read_text()[-3000:]
+            kids = trainer.children(recursive=True)
+            writers = [c for c in kids if c.ppid() == proc.pid and c.cmdline() == trainer.cmdline()]
+            time.sleep(0.2)
+        assert writers, "the save never started"
+        time.sleep(1.0)
+        started = [c.pid for c in trainer.children(recursive=True)]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        time.sleep(10)
+        alive = [p for p in started if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+        return started, len(writers), alive
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_kill_9_during_a_checkpoint_save_leaves_no_process_and_no_lock_and_the_restart_resumes(tmp_path):
+    """megatron's checkpoint writers are forked from the trainer and a results manager is spawned: before,
+    a kill -9 of the trainer mid-save left them running (one at 6.2 GB after 98 s) and holding the run-dir
+    lock, so the restart was refused naming a dead pid. Now every process the trainer started dies with it,
+    the lock is free at once, and the restart resumes from the last intact checkpoint."""
+    from nemo_resrl.training.run_dir import lock_holder
+
+    make_tiny(tmp_path / "qwen3", "qwen3")
+    run = tmp_path / "run"
+    started, writers, alive = _kill_during_save(tmp_path, run)
+    assert writers >= 1 and len(started) > writers  # forked writers, megatron's results manager
+    assert not alive, (started, alive)
+    assert lock_holder(run) is None
+    res = _run(tmp_path, run, steps=2)
+    assert res.returncode == 0 and "PROBE OK" in res.stdout, res.stdout[-4000:]
+    assert "in use by another trainer" not in res.stdout
+
+
 def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

@@ -25,6 +25,7 @@ import os
 import random
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -83,6 +84,24 @@ def _megatron_rng_tracker():
     return mrandom.get_cuda_rng_tracker() if mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED else None
 
 
+def load_error_text(path: Path, e: BaseException) -> str:
+    """What a checkpoint that does not load into the model says: the checkpoint, and for a shape mismatch
+    (another model's checkpoint) the tensor and both shapes."""
+    text = str(e)
+    m = re.search(
+        r"Global shape mismatch for loaded \((.*?)\) and expected \((.*?)\) tensor for key (\S+)", text
+    )
+    if m:
+        return (
+            f"the checkpoint {path} does not fit this model: its tensor {m.group(3).rstrip(',')} has shape "
+            f"({m.group(1)}), the model's ({m.group(2)}). It was saved by another model (actor.hf_path, "
+            "actor.arch) or layout; resume with the model it was trained with, or start over "
+            "(checkpoint.start_over=true)"
+        )
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"the checkpoint {path} does not load into the model: {type(e).__name__}: {first}"
+
+
 def rng_state() -> dict:
     """This process's random state: the CPU, Python and numpy generators, the current CUDA device's
     generator, and megatron's named tracker states (each a generator state of its own)."""
@@ -104,6 +123,10 @@ def set_rng_state(state: dict) -> None:
     tracker = _megatron_rng_tracker()
     if "tracker" in state and tracker is not None:
         tracker.set_states({k: v.clone() for k, v in state["tracker"].items()})
+
+
+DAMAGED_PREFIX = "damaged-"
+CONFIG_FILE = "config.json"
 
 
 class CheckpointManager:
@@ -180,6 +203,21 @@ class CheckpointManager:
             )
         return None, []
 
+    def set_aside(self, damaged: list[CheckpointInfo]) -> list[Path]:
+        """Rank 0: rename damaged checkpoints to ``damaged-step_<step>-<time>`` in the same directory (kept
+        for inspection, never counted by ``checkpoint.keep_last``, never resumed from); returns where."""
+        moved = []
+        if _rank() != 0:
+            return moved
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for info in damaged:
+            dest = info.path.with_name(f"{DAMAGED_PREFIX}{info.path.name}-{stamp}")
+            if info.path.is_dir() and not dest.exists():
+                os.replace(info.path, dest)
+                moved.append(dest)
+                log.warning("damaged checkpoint moved aside (not resumed from, not pruned): %s", dest)
+        return moved
+
     def latest(self) -> Path | None:
         """The newest intact checkpoint (sizes checked, not digests), or None."""
         for info in self.inspect(digests=False):
@@ -187,8 +225,9 @@ class CheckpointManager:
                 return info.path
         return None
 
-    def save(self, step: int, actor: Checkpointable, trainer_state: dict) -> Path:
-        """Write the checkpoint of ``step`` (after that step finished), then prune to the last K."""
+    def save(self, step: int, actor: Checkpointable, trainer_state: dict, config: dict | None = None) -> Path:
+        """Write the checkpoint of ``step`` (after that step finished), then prune to the last K.
+        ``config``: the run's resolved config, recorded as ``config.json`` (what a resume compares)."""
         final = self.root / f"step_{step:06d}"
         partial = self.root / f".partial-step_{step:06d}"
         previous = self.complete()
@@ -208,6 +247,8 @@ class CheckpointManager:
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(partial / "trainer.json.tmp", partial / "trainer.json")
+                if config is not None:
+                    (partial / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str))
                 write_manifest(partial)
         except BaseException as e:
             if _rank() == 0:
@@ -224,10 +265,17 @@ class CheckpointManager:
 
     def _save_error(self, step: int, e: BaseException, previous: list[tuple[int, Path]]) -> BaseException:
         """``e``, or a ``CheckpointError`` saying the disk is full (with the bytes a checkpoint needs)."""
-        text = str(e)
-        full = isinstance(e, OSError) and e.errno == errno.ENOSPC
+        if isinstance(e, KeyboardInterrupt | SystemExit | GeneratorExit):
+            return e
+        # torch's CheckpointException is a BaseException that wraps each rank's error as text
+        chain, cause = [], e
+        while cause is not None and len(chain) < 8:
+            chain.append(cause)
+            cause = cause.__cause__ or cause.__context__
+        text = " ".join(str(c) for c in chain)
+        full = any(isinstance(c, OSError) and c.errno == errno.ENOSPC for c in chain)
         full = full or "No space left" in text or "unexpected pos" in text  # torch's writer on a full disk
-        if not full or not isinstance(e, Exception):
+        if not full:
             return e
         need = None
         for _, path in reversed(previous):
@@ -249,10 +297,10 @@ class CheckpointManager:
         path = Path(path)
         try:
             actor.load_checkpoint(path / "actor")
-        except Exception as e:
-            raise CheckpointError(
-                f"{path}: the model checkpoint does not load: {type(e).__name__}: {e}"
-            ) from e
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # torch's CheckpointException is a BaseException
+            raise CheckpointError(load_error_text(path, e)) from e
         state = json.loads((path / "trainer.json").read_text())
         rng = path / f"rng_rank{_rank()}.pt"
         if rng.is_file():

@@ -115,6 +115,9 @@ class CheckpointConfig(Section):
     start_over: bool = False
     """Start a fresh run in logging.run_dir after moving the run it holds aside into
     <run dir>/previous-<time>/ (nothing is deleted)."""
+    allow_config_change: bool = False
+    """Resume although the checkpoint was trained with another algorithm, model, data or batch shape
+    (``checkpoint.config.json``; otherwise refused, naming the keys). Logged as checkpoint/config_changed."""
 
     def check(self, keys: Keys) -> None:
         keys.at_least(self.every, "every", 0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from nemo_resrl.checkpointing import CheckpointManager
-from nemo_resrl.common import is_rank0
+from nemo_resrl.common import barrier, is_rank0
 from nemo_resrl.config.run import RunConfig
 from nemo_resrl.training.data_order import step_records
 from nemo_resrl.training.interfaces import DataParallelInterface, GenerationInterface
@@ -32,6 +33,7 @@ from nemo_resrl.training.run_dir import RunDirLock, claim_run_dir
 from nemo_resrl.training.stop import PREEMPTED_FILE, Preempted, StopRequest
 from nemo_resrl.training.trainer import RewardFn, Trainer
 
+logger = logging.getLogger(__name__)
 # test hook: SIGKILL this process right after the checkpoint of this step (resume tests)
 KILL_AFTER_STEP_ENV = "NEMO_RESRL_TEST_KILL_AFTER_STEP"
 
@@ -40,6 +42,74 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj) + "\n")
     os.replace(tmp, path)
+
+
+# keys a checkpoint's run must share with the run that resumes it (prefixes of dotted config keys)
+RESUME_KEYS = (
+    "algorithm.name",
+    "actor.hf_path",
+    "actor.arch",
+    "actor.dtype",
+    "actor.tensor_parallel",
+    "actor.pipeline_parallel",
+    "actor.expert_parallel",
+    "data.source",
+    "data.path",
+    "data.task",
+    "data.size",
+    "data.seed",
+    "data.prompt_key",
+    "data.answer_key",
+    "data.prompt_template",
+    "data.system_prompt",
+    "data.chat_template",
+    "trainer.prompts_per_step",
+    "rollout.sampling.n",
+    "rollout.sampling.max_tokens",
+    "reward.name",
+    "reward.incorrect",
+    "reward.shaping",
+)
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resumed_config(checkpoint: Path, cfg: RunConfig) -> list[str]:
+    """The keys of ``RESUME_KEYS`` on which ``cfg`` differs from the config ``checkpoint`` was trained
+    with (its ``config.json``). Refused with ``ConfigError`` unless ``checkpoint.allow_config_change``;
+    then warned about and returned (the first step logs ``checkpoint/config_changed``)."""
+    from nemo_resrl.checkpointing import CONFIG_FILE
+    from nemo_resrl.config.keys import ConfigError
+
+    recorded = checkpoint / CONFIG_FILE
+    if not recorded.is_file():
+        logger.warning(
+            "%s records no config (an older checkpoint): its run's config is not checked", checkpoint
+        )
+        return []
+    old = _flat(json.loads(recorded.read_text()))
+    new = _flat(json.loads(json.dumps(asdict(cfg), default=str)))
+    watched = [k for k in sorted(set(old) | set(new)) if any(k == p or k.startswith(p) for p in RESUME_KEYS)]
+    changed = [k for k in watched if old.get(k) != new.get(k)]
+    if not changed:
+        return []
+    lines = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+    if not cfg.checkpoint.allow_config_change:
+        raise ConfigError(
+            f"{checkpoint} was trained with another config ({lines}): resuming would mix two runs in one "
+            "directory. Use another logging.run_dir, checkpoint.start_over=true to move this run aside, or "
+            "checkpoint.allow_config_change=true if the change is intended"
+        )
+    logger.warning("resuming %s, config changed (checkpoint.allow_config_change): %s", checkpoint, lines)
+    return changed
 
 
 def run_training(
@@ -105,8 +175,14 @@ def _run(cfg, policy, engine, reward_fn, records, dp, eval_records, print_fn, st
     history: list[dict] = []
     # resume from the newest intact checkpoint (damaged newer ones are named in a warning); start_over moved
     # the old run aside already
-    latest = ckpt.latest_intact()[0] if cfg.checkpoint.resume and not cfg.checkpoint.start_over else None
+    latest, damaged = None, []
+    if cfg.checkpoint.resume and not cfg.checkpoint.start_over:
+        latest, damaged = ckpt.latest_intact()
+    if damaged:  # fallen back: the damaged newer ones go aside, so that keep_last never prunes the good one
+        ckpt.set_aside(damaged)
+        barrier()
     saved: tuple[int, Path] | None = None  # (step, directory) of this run's latest checkpoint
+    config_changed = check_resumed_config(latest, cfg) if latest is not None else []
     if latest is not None:
         # loading brings the optimizer state and gradients back to the device: the engine sleeps meanwhile,
         # and the colocated refit sequence then releases what the load brought in (as after an update),
@@ -144,7 +220,7 @@ def _run(cfg, policy, engine, reward_fn, records, dp, eval_records, print_fn, st
         progress.phase("checkpoint")
         # the engine sleeps meanwhile: saving brings the actor's optimizer state back to the device
         with stop.held() if first_save else contextlib.nullcontext(), trainer.engine_asleep():
-            path = ckpt.save(trainer.step, policy, {"step": trainer.step, "history": history})
+            path = ckpt.save(trainer.step, policy, {"step": trainer.step, "history": history}, asdict(cfg))
         first_save, saved = False, (trainer.step, path)
 
     try:
@@ -154,6 +230,9 @@ def _run(cfg, policy, engine, reward_fn, records, dp, eval_records, print_fn, st
                 break
             step = trainer.step
             m = trainer.train_step(step_records(records, step, per_step, seed))
+            if config_changed:  # the first step after a resume the user allowed despite a changed config
+                m["checkpoint/config_changed"] = float(len(config_changed))
+                config_changed = []
             last = trainer.step == cfg.trainer.steps
             if every_eval and (trainer.step % every_eval == 0 or last):
                 progress.phase("eval")

@@ -4,8 +4,10 @@ the per-step table with a progress bar, and the reward-curve PNG. Rank 0 writes;
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +26,8 @@ TABLE_COLUMNS = (
     ("lld/seq_logp_delta_mean", "lld+", "{:>7.3f}"),
     ("eval/accuracy", "eval_acc", "{:>8.3f}"),
 )
+
+log = logging.getLogger(__name__)
 
 
 def format_row(m: dict[str, float], header: bool = False) -> str:
@@ -69,7 +73,19 @@ class MetricsLog:
         if not is_rank0():
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        # rewrite from the checkpoint's history: steps after it (from a killed run) are dropped
+        # rewrite from the checkpoint's history; the rows past it (steps a killed run or a fallback to an
+        # older checkpoint rewinds) are kept in a side file first
+        if self.path.is_file():
+            rows = [r for r in self.path.read_text(errors="replace").splitlines() if r.strip()]
+            if len(rows) > len(history):
+                side = run_dir / f"metrics.rewound-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+                side.write_text("\n".join(rows[len(history) :]) + "\n")
+                log.warning(
+                    "the resume rewinds %d metrics row(s) past step %d; they are kept in %s",
+                    len(rows) - len(history),
+                    len(history) - 1,
+                    side,
+                )
         with open(self.path, "w") as f:
             for m in history:
                 f.write(json.dumps(m) + "\n")

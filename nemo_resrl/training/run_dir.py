@@ -153,10 +153,20 @@ def claim_run_dir(run_dir: str | os.PathLike, *, resume: bool, start_over: bool)
     lock = RunDirLock(run_dir).acquire()
     try:
         found = existing_run(run_dir)
+        no_checkpoint = found is not None and not any((run_dir / "checkpoints").glob("step_*"))
         if found and start_over:
             dest = move_aside(run_dir)
             log.warning(
                 "checkpoint.start_over: the previous run in %s (%s) was moved to %s", run_dir, found, dest
+            )
+        elif found and resume and no_checkpoint:  # nothing to resume: a fresh start must not drop its rows
+            dest = move_aside(run_dir)
+            log.warning(
+                "%s holds a run with no checkpoint to resume from (%s): it was moved to %s, this run starts "
+                "afresh",
+                run_dir,
+                found,
+                dest,
             )
         elif found and not resume:
             raise RunDirError(

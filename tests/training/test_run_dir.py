@@ -164,3 +164,92 @@ def test_a_stop_during_start_up_ends_before_the_first_step_with_status_75(tmp_pa
     pre = json.loads((tmp_path / "run" / "preempted.json").read_text())
     assert pre == {"step": 0, "reason": "SIGUSR1", "checkpoint": None}
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_fallback_sets_the_damaged_checkpoint_aside_keeps_the_good_one_and_the_rewound_rows(
+    tmp_path, caplog
+):
+    """Before: the damaged newest checkpoint stayed among the kept ones, so keep_last pruned the intact
+    one the run had fallen back to, and the metrics rows past it were dropped without a word."""
+    run = tmp_path / "run"
+    fake_run(run, 6, keep_last=2)  # checkpoints 5 and 6
+    shard = run / "checkpoints" / "step_000006" / "actor" / "policy.pt"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING):
+        fake_run(run, 7, keep_last=2)  # falls back to 5, redoes 5 and 6, saves 6 and 7
+    assert _ckpts(run) == [6, 7] and _rows(run) == [0, 1, 2, 3, 4, 5, 6]
+    damaged = list((run / "checkpoints").glob("damaged-step_000006-*"))
+    assert len(damaged) == 1 and (damaged[0] / "actor" / "policy.pt").stat().st_size == 100
+    (side,) = run.glob("metrics.rewound-*.jsonl")
+    assert [json.loads(x)["step"] for x in side.read_text().splitlines()] == [5]
+    assert "moved aside" in caplog.text and str(side) in caplog.text
+
+
+def test_a_resume_with_another_algorithm_or_model_is_refused_naming_the_keys(tmp_path, caplog):
+    """Each checkpoint records its run's config; a resume whose algorithm, model, data or batch shape
+    differs would mix two runs in one metrics file and one checkpoint lineage."""
+    from nemo_resrl.config import AlgorithmConfig
+    from nemo_resrl.config.keys import ConfigError
+
+    run = tmp_path / "run"
+    fake_run(run, 2)
+    rows = (run / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match=r"algorithm.name: 'resrl' -> 'grpo'.*allow_config_change"):
+        fake_run(run, 3, algorithm=AlgorithmConfig.preset("grpo"))
+    assert (run / "metrics.jsonl").read_text() == rows and _ckpts(run) == [1, 2]
+    with caplog.at_level(logging.WARNING):  # intended: allowed, warned, logged in the metrics
+        history = fake_run(run, 3, algorithm=AlgorithmConfig.preset("grpo"), allow_config_change=True)
+    assert history[2]["checkpoint/config_changed"] >= 1 and "config changed" in caplog.text
+    assert "checkpoint/config_changed" not in history[1]
+
+
+def test_a_dir_with_metrics_rows_and_no_checkpoint_is_moved_aside_not_dropped(tmp_path, caplog):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 0, "reward/mean": 0.5}\n{"step": 1, "reward/mean": 0.6}\n')
+    with caplog.at_level(logging.WARNING):
+        fake_run(run, 1)
+    (prev,) = run.glob("previous-*")
+    assert (prev / "metrics.jsonl").read_text().count("step") == 2
+    assert _rows(run) == [0] and "no checkpoint to resume from" in caplog.text
+
+
+class _CheckpointException(BaseException):
+    """The shape of torch's ``torch.distributed.checkpoint.api.CheckpointException``: a BaseException."""
+
+
+class _FullDiskTorch(BigramPolicy):
+    def save_checkpoint(self, path) -> None:
+        super().save_checkpoint(path)
+        raise _CheckpointException(
+            "CheckpointException ranks:dict_keys([0]) Worker failure: unexpected pos 2048"
+        )
+
+
+def test_torchs_base_exception_on_a_full_disk_is_named_like_an_os_error(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(CheckpointError, match=r"no space left .* step 1"):
+        fake_run(run, 2, policy=_FullDiskTorch(seed=0))
+    assert not list((run / "checkpoints").glob(".partial-*"))
+
+
+class _OtherModel(BigramPolicy):
+    def load_checkpoint(self, path) -> None:
+        raise _CheckpointException(
+            "CheckpointingException: Global shape mismatch for loaded (torch.Size([256, 64])) and expected "
+            "(torch.Size([256, 128])) tensor for key embedding.word_embeddings.weight"
+        )
+
+
+def test_a_checkpoint_of_another_model_names_the_checkpoint_and_the_tensor(tmp_path):
+    run = tmp_path / "run"
+    fake_run(run, 1)
+    with pytest.raises(CheckpointError) as e:
+        fake_run(run, 2, policy=_OtherModel(seed=0))
+    msg = str(e.value)
+    assert (
+        "step_000001" in msg
+        and "does not fit this model" in msg
+        and "embedding.word_embeddings.weight" in msg
+    )
+    assert "(torch.Size([256, 64]))" in msg and "(torch.Size([256, 128]))" in msg

@@ -12,7 +12,7 @@
 set -uo pipefail
 MODE="${1:-bench}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+cd "$ROOT" || exit 2
 OUT="${OUT:-$ROOT/gpu_out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTHON=python3

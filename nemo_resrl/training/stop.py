@@ -18,8 +18,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
+# no torch at import: ``nemo-resrl train`` arms the stop signals before its heavy imports (torch takes
+# about a second), so a SIGUSR1 / SIGTERM at start-up is a stop request, not a kill
 
 STOP_FILE_ENV = "NEMO_RESRL_STOP_FILE"  # a file whose appearance asks the run to stop (slurm/common.sh)
 STOP_SIGNALS_ENV = "NEMO_RESRL_STOP_SIGNALS"  # the signals that ask the run to stop (default USR1,TERM)
@@ -101,6 +101,9 @@ class StopRequest:
 
     def poll(self) -> str:
         """The reason to stop now ("" for none), the same on every rank (MAX over the world)."""
+        import torch
+        import torch.distributed as dist
+
         code = STOP_REASONS.index(self.local_reason())
         if dist.is_initialized() and dist.get_world_size() > 1:
             device = "cpu"

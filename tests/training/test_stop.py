@@ -240,3 +240,23 @@ def test_slurm_scripts_pass_shellcheck():
         timeout=120,
     )
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_stop_signals_are_armed_before_torch_is_imported():
+    """``nemo-resrl train`` arms the stop protocol at its first line; before, the stop module imported torch
+    (about a second), and a SIGUSR1 / SIGTERM in that second killed the run (status 138 / 143, no
+    preempted.json)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, signal\n"
+        "import nemo_resrl.cli\n"
+        "from nemo_resrl.training.stop import StopRequest\n"
+        "s = StopRequest.from_env(); s.install()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported before the signals were armed'\n"
+        "assert signal.getsignal(signal.SIGUSR1) == s._handle\n"
+        "print('ARMED')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and "ARMED" in res.stdout, res.stderr[-2000:]

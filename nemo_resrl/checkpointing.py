@@ -162,7 +162,8 @@ class CheckpointManager:
                 info.defects += found
             state = None
             if not (path / "trainer.json").is_file():
-                info.defects.append("trainer.json is missing (the trainer state and metrics of the run)")
+                if not any(d.startswith("trainer.json") for d in info.defects):  # the manifest's says it
+                    info.defects.append("trainer.json is missing (the trainer state and metrics of the run)")
             else:
                 try:
                     state = json.loads((path / "trainer.json").read_text())

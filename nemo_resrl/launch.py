@@ -40,8 +40,23 @@ def check_hf_dir(hf_path: str, key: str = "actor.hf_path") -> Path:
         raise ConfigError(f"{key} {hf_path!r} is a file, not a Hugging Face checkpoint directory")
     if not (p / "config.json").is_file():
         raise ConfigError(f"{key} {hf_path!r} has no config.json: not a Hugging Face checkpoint directory")
-    if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+    weights = sorted([*p.glob("*.safetensors"), *p.glob("*.bin")])
+    if not weights:
         raise ConfigError(f"{key} {hf_path!r} has no weights (*.safetensors or *.bin files)")
+    for w in weights:
+        size = w.stat().st_size
+        if size < 8:  # a safetensors file starts with its 8-byte header length
+            raise ConfigError(
+                f"{key}: the weights file {w} is empty ({size} bytes): a failed download or copy"
+            )
+        if w.suffix == ".safetensors":
+            with open(w, "rb") as f:
+                header = int.from_bytes(f.read(8), "little")
+            if header <= 0 or 8 + header > size:
+                raise ConfigError(
+                    f"{key}: the weights file {w} is truncated or not safetensors ({size} bytes, its header "
+                    f"says {header} bytes of metadata): a failed download or copy"
+                )
     return p
 
 

@@ -26,7 +26,14 @@ def test_bad_model_directories_are_named_with_what_is_missing(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"has no weights \(\*.safetensors or \*.bin"):
         check_hf_dir(str(tmp_path))
-    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "model.safetensors").write_bytes(b"")  # a failed copy: named, not a bridge traceback later
+    with pytest.raises(ConfigError, match=r"model.safetensors is empty \(0 bytes\)"):
+        check_hf_dir(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes((10_000).to_bytes(8, "little") + b"{}")
+    with pytest.raises(ConfigError, match=r"model.safetensors is truncated or not safetensors"):
+        check_hf_dir(str(tmp_path))
+    header = b'{"__metadata__": {}}'
+    (tmp_path / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
     assert check_hf_dir(str(tmp_path)) == tmp_path
 
 

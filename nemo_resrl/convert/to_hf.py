@@ -48,24 +48,39 @@ def find_actor_checkpoint(path: str | os.PathLike) -> Path:
     if (p / "actor" / ACTOR_META).is_file():
         return p / "actor"
     for root in (p, p / "checkpoints"):
-        mgr = CheckpointManager(root)
-        latest = mgr.latest()
-        if latest is not None and (latest / "actor" / ACTOR_META).is_file():
-            newest = mgr.complete()[-1][1]
-            if newest != latest:
-                logger.warning("%s is damaged: converting the newest intact checkpoint, %s", newest, latest)
-            return latest / "actor"
-    raise ConversionError(
+        infos = CheckpointManager(root).inspect()  # newest first, manifests verified (digests too)
+        intact = [i for i in infos if not i.defects and (i.path / "actor" / ACTOR_META).is_file()]
+        if intact:
+            for damaged in infos[: infos.index(intact[0])]:
+                logger.warning("converting the newest intact checkpoint, %s; skipped %s", intact[0].path,
+                               damaged.describe())  # fmt: skip
+            return intact[0].path / "actor"
+        if infos:
+            listed = "\n  ".join(i.describe() for i in infos)
+            raise ConversionError(f"no intact checkpoint to convert in {root}:\n  {listed}")
+    raise NotACheckpoint(
         f"{p} is not a checkpoint of this project: expected an actor dir (with {ACTOR_META}), a step dir, "
         "a checkpoints dir or a run dir with a complete checkpoint"
     )
+
+
+class NotACheckpoint(ConversionError):
+    """A path that holds no checkpoint of this project at all (as opposed to damaged ones)."""
+
+
+def checkpoint_step(actor_dir: Path) -> int | None:
+    """The training step an actor checkpoint was saved at (its metadata), if recorded."""
+    try:
+        return json.loads((actor_dir / ACTOR_META).read_text()).get("step")
+    except (OSError, ValueError):
+        return None
 
 
 def is_project_checkpoint(path: str | os.PathLike) -> bool:
     try:
         find_actor_checkpoint(path)
         return True
-    except ConversionError:
+    except NotACheckpoint:
         return False
 
 

@@ -14,6 +14,7 @@ reasoning-gym, ``task`` and ``entry`` (what its scorer needs).
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 from collections.abc import Sequence
@@ -51,14 +52,17 @@ def _read_table(cfg: DataConfig, key: str = "data.path") -> tuple[list[dict[str,
     path = Path(cfg.path)
     if not any(c in cfg.path for c in "*?[") and not path.exists():
         raise DatasetError(f"{key} {cfg.path!r} does not exist")
+    if any(c in cfg.path for c in "*?[") and not glob.glob(cfg.path, recursive=True):
+        raise DatasetError(f"{key} {cfg.path!r} matches no file")
     if path.is_file() and (
         path.stat().st_size == 0 or (cfg.source == "jsonl" and not path.read_text().strip())
     ):
         raise DatasetError(f"{key} {cfg.path!r} is empty: no rows to train on")
     if cfg.source == "jsonl" and path.is_file():
         bad = _scan_jsonl(path)  # datasets' json reader fails without saying which line is broken
-        if bad and cfg.on_bad_row == "error":
-            raise DatasetError(_bad_rows_message(cfg.path, bad))
+        if bad and cfg.on_bad_row == "error":  # every kind of bad row at once: the fields of the others too
+            fields = _field_problems(cfg, _read_jsonl_skipping(path, bad, log_skipped=False))
+            raise DatasetError(_bad_rows_message(cfg.path, sorted(bad + fields)))
         if bad:
             return _read_jsonl_skipping(path, bad), len(bad)
     try:
@@ -74,7 +78,9 @@ def _read_table(cfg: DataConfig, key: str = "data.path") -> tuple[list[dict[str,
     return ds.to_list(), 0
 
 
-def _read_jsonl_skipping(path: Path, bad: list[tuple[int, str]]) -> list[dict[str, Any]]:
+def _read_jsonl_skipping(
+    path: Path, bad: list[tuple[int, str]], log_skipped: bool = True
+) -> list[dict[str, Any]]:
     """The object lines of a jsonl file with broken lines (on_bad_row=skip); rows keep their line number."""
     skip = {n for n, _ in bad}
     rows = []
@@ -82,7 +88,8 @@ def _read_jsonl_skipping(path: Path, bad: list[tuple[int, str]]) -> list[dict[st
         for n, line in enumerate(f, start=1):
             if line.strip() and n not in skip:
                 rows.append({**json.loads(line), "__row__": n})
-    _log_skipped(str(path), bad)
+    if log_skipped:
+        _log_skipped(str(path), bad)
     return rows
 
 
@@ -112,14 +119,9 @@ def _as_answer(value: Any) -> str | None:
     return None
 
 
-def _check_rows(cfg: DataConfig, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """Rows with a usable prompt and answer, as records without token ids; malformed ones per policy."""
-    if rows and all(cfg.prompt_key not in r for r in rows):
-        cols = sorted(k for k in rows[0] if k != "__row__")
-        raise DatasetError(
-            f"{cfg.path}: no row has the prompt field data.prompt_key={cfg.prompt_key!r}; fields: {cols}"
-        )
-    good, bad = [], []
+def _field_problems(cfg: DataConfig, rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """Rows whose prompt or answer field is missing, empty or of the wrong type: [(row number, why)]."""
+    bad = []
     for i, r in enumerate(rows):
         n = int(r.get("__row__", i + 1))
         prompt, answer = r.get(cfg.prompt_key), _as_answer(r.get(cfg.answer_key))
@@ -127,8 +129,23 @@ def _check_rows(cfg: DataConfig, rows: list[dict[str, Any]]) -> tuple[list[dict[
             bad.append((n, f"{cfg.prompt_key!r} is missing, empty or not a string ({prompt!r})"))
         elif answer is None:
             bad.append((n, f"{cfg.answer_key!r} is missing or empty ({r.get(cfg.answer_key)!r})"))
-        else:
-            good.append({"prompt": prompt, "answer": answer, "row": n})
+    return bad
+
+
+def _check_rows(cfg: DataConfig, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Rows with a usable prompt and answer, as records without token ids; malformed ones per policy."""
+    if rows and all(cfg.prompt_key not in r for r in rows):
+        cols = sorted(k for k in rows[0] if k != "__row__")
+        raise DatasetError(
+            f"{cfg.path}: no row has the prompt field data.prompt_key={cfg.prompt_key!r}; fields: {cols}"
+        )
+    bad = _field_problems(cfg, rows)
+    failed = {n for n, _ in bad}
+    good = []
+    for i, r in enumerate(rows):
+        n = int(r.get("__row__", i + 1))
+        if n not in failed:
+            good.append({"prompt": r[cfg.prompt_key], "answer": _as_answer(r.get(cfg.answer_key)), "row": n})
     if bad and cfg.on_bad_row == "error":
         raise DatasetError(_bad_rows_message(cfg.path, bad))
     if bad:

@@ -93,8 +93,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     out = Path(cfg.output_dir)  # created only once the input is known to be usable
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    provenance: dict = {}
     try:
-        hf_dir = resolve_hf_model(cfg.model, out / "work")
+        hf_dir = resolve_hf_model(cfg.model, out / "work", provenance=provenance)
     except BaseException:
         if created:  # a missing or damaged model leaves no empty output directory behind
             shutil.rmtree(out, ignore_errors=True)
@@ -145,6 +146,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     report: dict = {
         "model_source": str(cfg.model),
         "model": str(hf_dir),
+        "checkpoint": provenance.get("checkpoint"),  # the checkpoint evaluated, for a run or checkpoint dir
+        "checkpoint_step": provenance.get("step"),
         "sampling": {
             "n": s.n,
             "temperature": s.temperature,

@@ -44,8 +44,16 @@ class RunDirLock:
         self._f = None
 
     def acquire(self) -> RunDirLock:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+")
+        except OSError as e:  # a file in the way, a read-only mount, no permission
+            blocked = self.run_dir.exists() and not self.run_dir.is_dir()
+            why = "a file is in the way" if blocked else e.strerror
+            raise RunDirError(
+                f"logging.run_dir {self.run_dir} cannot hold a run: {why} ({type(e).__name__}). Choose a "
+                "writable directory"
+            ) from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

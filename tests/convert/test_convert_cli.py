@@ -68,6 +68,27 @@ def test_a_damaged_checkpoint_is_named_and_leaves_no_partial_output(tmp_path, ca
     assert f"{tmp_path / 'mg2'} failed" in err and "Traceback" not in err and not list(tmp_path.glob("out2*"))
 
 
+def test_a_run_whose_checkpoints_are_all_damaged_is_refused_listing_each(tmp_path, capsys, caplog):
+    """Before: "converting the newest intact checkpoint" (sizes only), then "it is damaged" (digests)."""
+    import shutil
+
+    from nemo_resrl.manifest import write_manifest
+
+    hf = make_tiny(tmp_path / "qwen3", "qwen3")
+    assert main(["convert", "from-hf", str(hf), str(tmp_path / "mg")]) == 0
+    step = tmp_path / "run" / "checkpoints" / "step_000001"
+    shutil.copytree(tmp_path / "mg", step / "actor")
+    (step / "trainer.json").write_text('{"step": 1, "history": [], "world_size": 1}')
+    (step / "rng_rank0.pt").write_bytes(b"x")
+    write_manifest(step)
+    shard = next((step / "actor").glob("*.distcp"))
+    shard.write_bytes(b"\0" * shard.stat().st_size)  # the same size, other bytes: only the digest tells
+    assert main(["convert", "to-hf", str(tmp_path / "run"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no intact checkpoint to convert" in err and "step_000001" in err and shard.name in err, err
+    assert "converting the newest intact" not in caplog.text and not (tmp_path / "out").exists()
+
+
 def test_writing_into_a_run_dir_a_trainer_holds_is_refused(tmp_path, capsys):
     from nemo_resrl.training.run_dir import RunDirLock
 
@@ -117,8 +138,10 @@ def test_resolve_hf_model_passes_hf_dirs_and_converts_checkpoints(tmp_path):
     hf = make_tiny(tmp_path / "llama", "llama", tie=True)
     assert resolve_hf_model(hf, tmp_path / "work") == hf
     main(["convert", "from-hf", str(hf), str(tmp_path / "ck" / "actor")])
-    got = resolve_hf_model(tmp_path / "ck", tmp_path / "work")  # a step-style dir: finds actor/
+    prov: dict = {}
+    got = resolve_hf_model(tmp_path / "ck", tmp_path / "work", provenance=prov)  # a step-style dir: actor/
     assert got == tmp_path / "work" / "hf_model" and (got / "config.json").is_file()
+    assert prov["checkpoint"] == str(tmp_path / "ck" / "actor") and "step" in prov  # what eval records
     ref, back = load_file(hf / "model.safetensors"), load_file(got / "model.safetensors")
     assert back.keys() == ref.keys() and all(torch.equal(back[k], ref[k]) for k in ref)
     with pytest.raises(ConversionError, match="neither a Hugging Face model directory"):

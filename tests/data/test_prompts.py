@@ -87,6 +87,26 @@ def test_broken_jsonl_lines_are_named_by_line_number(tmp_path, tokenizer):
     assert out.stats == {"rows": 4, "malformed_skipped": 2, "overlong_dropped": 0, "kept": 2}
 
 
+def test_broken_lines_and_rows_with_bad_fields_are_named_together(tmp_path, tokenizer):
+    """Before, the rows whose fields are missing or empty were named only on the next run, after the broken
+    lines had been fixed."""
+    rows = [{"problem": "one", "answer": "1"}, '{"problem": "two", ', {"problem": "", "answer": "3"}]
+    path = _jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(DatasetError) as e:
+        load_prompts(DataConfig(source="jsonl", path=path), tokenizer)
+    msg = str(e.value)
+    assert (
+        "2 malformed row(s)" in msg
+        and "row 2: not valid JSON" in msg
+        and "row 3: 'problem' is missing" in msg
+    )
+
+
+def test_a_glob_that_matches_nothing_is_named(tmp_path, tokenizer):
+    with pytest.raises(DatasetError, match=r"data.path .*\*.jsonl' matches no file"):
+        load_prompts(DataConfig(source="jsonl", path=str(tmp_path / "*.jsonl")), tokenizer)
+
+
 def test_rows_without_prompt_or_answer_are_named(tmp_path, tokenizer):
     rows = [
         {"problem": "one", "answer": "1"},

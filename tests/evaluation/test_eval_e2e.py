@@ -43,6 +43,7 @@ def test_eval_of_a_checkpoint_writes_json_samples_and_png(tmp_path):
     assert "pass@4" in res.stdout and "overall" in res.stdout
 
     report = json.loads((out / "eval.json").read_text())
+    assert report["checkpoint"] == str(ckpt) and "checkpoint_step" in report  # which checkpoint it was
     b = report["benchmarks"]["arith"]
     assert b["n_problems"] == 4 and report["ks"] == [1, 2, 4]
     assert b["input_issues"] == {"invalid_json": 1, "missing_problem": 0, "missing_answer": 1}

@@ -253,3 +253,28 @@ def test_a_checkpoint_of_another_model_names_the_checkpoint_and_the_tensor(tmp_p
         and "embedding.word_embeddings.weight" in msg
     )
     assert "(torch.Size([256, 64]))" in msg and "(torch.Size([256, 128]))" in msg
+
+
+def test_a_run_dir_that_is_a_file_or_read_only_is_named(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirError, match=r"run_dir .*file cannot hold a run: a file is in the way"):
+        fake_run(tmp_path / "file", 1)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores the mode: nothing to test here
+            pytest.skip("this user can write to a read-only directory")
+        with pytest.raises(RunDirError, match=r"cannot hold a run: Permission denied"):
+            fake_run(ro / "run", 1)
+    finally:
+        ro.chmod(0o700)
+
+
+def test_a_missing_trainer_json_is_named_once(tmp_path, caplog):
+    run = tmp_path / "run"
+    fake_run(run, 2)
+    (run / "checkpoints" / "step_000002" / "trainer.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        fake_run(run, 3)
+    assert caplog.text.count("trainer.json is missing") == 1

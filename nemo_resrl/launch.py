@@ -123,7 +123,8 @@ def _train(cfg: RunConfig, stop, lock) -> list[dict]:
     cfg = replace(cfg, actor=replace(cfg.actor, hf_path=path))
     # on a GPU: does the run fit this job's devices? (before anything is allocated; cluster.enforce)
     check_cuda_job(cfg, print_fn=print if is_rank0() else lambda s: None)
-    check_model_for_rollout(path, running_on_cpu(), cfg.rollout.tensor_parallel)  # before the actor exists
+    if cfg.rollout.engine == "vllm":  # before the actor exists
+        check_model_for_rollout(path, running_on_cpu(), cfg.rollout.tensor_parallel)
     tokenizer = AutoTokenizer.from_pretrained(path)
     prompts = load_prompts(cfg.data, tokenizer)  # before the model: a bad dataset fails fast
     held_out = (
@@ -139,7 +140,12 @@ def _train(cfg: RunConfig, stop, lock) -> list[dict]:
     actor = MegatronActor(
         cfg.actor, temperature=cfg.rollout.sampling.temperature, reference=cfg.algorithm.loss.kl_coef > 0
     )
-    engine = RolloutEngine(path, cfg.rollout, replica_width=cfg.actor.tensor_parallel)
+    if cfg.rollout.engine == "transformers":
+        from nemo_resrl.rollout.transformers_engine import TransformersEngine
+
+        engine = TransformersEngine(path, cfg.rollout)
+    else:
+        engine = RolloutEngine(path, cfg.rollout, replica_width=cfg.actor.tensor_parallel)
     reward = build_reward(cfg, tokenizer)
     try:
         return run_training(

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from nemo_resrl.config.keys import Keys, Section
 
 ROLLOUT_DTYPES = ("auto", "fp32", "bf16")
+ROLLOUT_ENGINES = ("vllm", "transformers")
 SEED_MODES = ("prompt", "step")
 
 
@@ -53,6 +54,10 @@ class RolloutConfig(Section):
 
     KEY = "rollout."
 
+    engine: str = "vllm"
+    """vllm (the default: a cluster's engine) | transformers (``rollout/transformers_engine.py``: the HF
+    model with this project's sampling loop, on CPU or one GPU, for machines or models vLLM does not
+    cover; tensor_parallel 1)."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     max_model_len: int = 4096
     """Prompt + response tokens."""
@@ -96,6 +101,13 @@ class RolloutConfig(Section):
             self.kv_cache_memory_bytes >= 1 << 20,
             "kv_cache_memory_bytes",
             f"must be >= 1 MiB (1048576), got {self.kv_cache_memory_bytes}",
+        )
+        keys.one_of(self.engine, "engine", ROLLOUT_ENGINES)
+        keys.require(
+            self.engine != "transformers" or self.tensor_parallel == 1,
+            "tensor_parallel",
+            f"must be 1 with {keys.key('engine')}=transformers (each rank runs a whole model), got "
+            f"{self.tensor_parallel}",
         )
         keys.at_least(self.consistency_warn, "consistency_warn", 1)
         keys.require(

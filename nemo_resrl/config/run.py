@@ -172,13 +172,21 @@ class RunConfig(Section):
         ):
             getattr(self, name).check(keys.sub(name))
         algo, sampling = self.algorithm, self.rollout.sampling
-        keys.require(
-            self.rollout.tensor_parallel % self.actor.tensor_parallel == 0,
-            "rollout.tensor_parallel",
-            f"({self.rollout.tensor_parallel}) must be a multiple of actor.tensor_parallel "
-            f"({self.actor.tensor_parallel}): the engine runs colocated in the actor's ranks, one engine per "
-            "actor tensor-parallel group or per several of them",
-        )
+        if self.rollout.engine == "vllm":
+            keys.require(
+                self.rollout.tensor_parallel % self.actor.tensor_parallel == 0,
+                "rollout.tensor_parallel",
+                f"({self.rollout.tensor_parallel}) must be a multiple of actor.tensor_parallel "
+                f"({self.actor.tensor_parallel}): the engine runs colocated in the actor's ranks, one engine "
+                "per actor tensor-parallel group or per several of them",
+            )
+        else:  # every rank samples its replica's prompts itself: the ranks of a replica must agree
+            keys.require(
+                sampling.seed is not None or self.actor.tensor_parallel * self.actor.pipeline_parallel == 1,
+                "rollout.sampling.seed",
+                "must be set with rollout.engine=transformers and actor tensor / pipeline parallel > 1: "
+                "the ranks of a replica each sample its prompts and must draw the same responses",
+            )
         keys.require(
             sampling.n >= 2 or not algo.spec.group_normalised,
             "rollout.sampling.n",

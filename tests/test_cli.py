@@ -72,6 +72,26 @@ def test_a_bad_dataset_exits_2_naming_the_row_before_any_model_is_built(tmp_path
 
 
 @pytest.mark.slow
+def test_train_with_the_transformers_rollout_engine_samples_what_the_actor_scores(tmp_path):
+    """``rollout.engine=transformers`` (the GPU fallback where vLLM cannot be installed) runs the CPU
+    default end to end: its sampler's log-probs equal the Megatron actor's (a stale or mis-mapped refit,
+    or a sampler that drops the temperature, would move this ratio by more than a few percent) and the
+    run exits 0 with a checkpoint."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "nemo_resrl.cli", "train", "rollout.engine=transformers", "trainer.steps=2"]
+    cmd += ["trainer.prompts_per_step=2", "rollout.sampling.n=4", "rollout.sampling.max_tokens=16"]
+    cmd += ["trainer.eval_every=0", "checkpoint.every=2", f"logging.run_dir={run_dir}"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [int(m["step"]) for m in rows] == [0, 1]
+    # step 1 samples from the refitted weights: the refit reached the sampler
+    assert all(abs(m["rollout/token_mult_prob_error"] - 1.0) < 1e-3 for m in rows), rows
+    assert all(m["reward/n"] == 8 for m in rows)
+    assert (run_dir / "checkpoints").is_dir()
+
+
+@pytest.mark.slow
 def test_train_default_runs_two_steps_and_writes_metrics_table_and_png(tmp_path):
     run_dir = tmp_path / "run"
     cmd = [

@@ -8,6 +8,8 @@ patches of ``nemo_resrl.compat`` are applied first.
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -42,7 +44,12 @@ class ParallelLayout:
 
 
 def init_distributed(timeout_s: float = 1800.0) -> None:
-    """Start torch.distributed if nothing has yet (torchrun job, or a world of one)."""
+    """Start torch.distributed if nothing has yet (torchrun job, or a world of one).
+
+    The groups started here are destroyed at interpreter exit (``atexit``, while Python is still whole):
+    a gloo group left to the interpreter's teardown can abort the process ("terminate called without an
+    active exception", status -6) after a run that succeeded, because its worker threads still hold
+    tensors that need the GIL to be freed. Seen intermittently at the end of a test probe under load."""
     if dist.is_initialized():
         return
     backend = "gloo" if running_on_cpu() else "nccl"
@@ -58,6 +65,14 @@ def init_distributed(timeout_s: float = 1800.0) -> None:
         dist.init_process_group(backend, timeout=timeout, **kw)
     else:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout, **kw)
+    atexit.register(_destroy_at_exit)
+
+
+def _destroy_at_exit() -> None:
+    try:
+        destroy_parallel()
+    except Exception as e:  # noqa: BLE001 - exiting anyway; say why the groups were left
+        logging.getLogger(__name__).warning("process groups not destroyed at exit: %s", e)
 
 
 def init_parallel(tp: int, pp: int, seed: int, ep: int = 1, etp: int = 1) -> ParallelLayout:

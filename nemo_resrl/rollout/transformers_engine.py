@@ -141,7 +141,9 @@ class TransformersEngine:
             )
             bad = [t for t in p if not 0 <= t < self.vocab_size]
             if bad:
-                raise ValueError(f"prompt {i}: token id {bad[0]} outside the vocabulary [0, {self.vocab_size})")
+                raise ValueError(
+                    f"prompt {i}: token id {bad[0]} outside the vocabulary [0, {self.vocab_size})"
+                )
         if not prompts:
             empty = torch.zeros(0, dtype=torch.long)
             return RolloutBatch([], empty, [], [], empty.bool(), empty)

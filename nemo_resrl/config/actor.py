@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 DTYPES = ("fp32", "bf16")
 LAYER_SPECS = ("auto", "local", "te")
+ATTENTIONS = ("sdpa", "unfused")
 FP8_FORMATS = ("e4m3", "hybrid")
 # recipe -> minimum CUDA compute capability (TransformerEngine's own requirements)
 FP8_RECIPES = {"delayed": (8, 9), "tensorwise": (8, 9), "blockwise": (9, 0), "mxfp8": (10, 0)}
@@ -223,6 +224,11 @@ class ActorConfig(Section):
     layer_spec: str = "auto"
     """local (megatron-core's torch layers: CPU and GPU), te (TransformerEngine: GPU), auto (te when
     TransformerEngine imports and a GPU is in use, else local)."""
+    attention: str = "sdpa"
+    """The local layer spec's core attention: sdpa (torch's scaled_dot_product_attention: flash /
+    memory-efficient kernels on a GPU, one causal call per document of a packed row, nothing S x S kept)
+    or unfused (megatron-core's DotProductAttention: [heads, S, S] scores and, packed, a dense S x S mask).
+    The te spec has its own fused attention and ignores it."""
     fp8: str | None = None
     """TransformerEngine FP8 format (e4m3 | hybrid), or null; needs layer_spec te and a recent GPU."""
     fp8_recipe: str = "delayed"
@@ -283,6 +289,7 @@ class ActorConfig(Section):
         keys.at_least(self.logprob_chunk_rows, "logprob_chunk_rows", 1)
         keys.one_of(self.dtype, "dtype", DTYPES)
         keys.one_of(self.layer_spec, "layer_spec", LAYER_SPECS)
+        keys.one_of(self.attention, "attention", ATTENTIONS)
         keys.require(
             self.fp8 is None or self.fp8 in FP8_FORMATS,
             "fp8",

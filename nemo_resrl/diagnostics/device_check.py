@@ -22,10 +22,9 @@ failed):
 - ``export``: the bandwidth of the weight export the refit streams (device tensors, and host copies);
 - ``mfu``: model FLOPs utilisation of a bf16 train step (forward + backward + torch AdamW on the bf16
   parameters) of a Qwen3-1.7B-shaped model (28 layers, hidden 2048) built directly with megatron-core's
-  local layer spec (what runs without TransformerEngine: unfused attention, which materialises the
-  [heads, S, S] scores of every layer: one sequence of 4096 tokens, ~60 GiB), against 989 TFLOP/s dense
-  bf16 (H100 / H200); a tiny shape on CPU (FLOP/s only). It measures the local spec's throughput, not
-  the TransformerEngine path's.
+  local layer spec and the actor's default SDPA attention (what runs without TransformerEngine), one
+  sequence of 8192 tokens, against 989 TFLOP/s dense bf16 (H100 / H200); a tiny shape on CPU (FLOP/s
+  only). It measures the local spec's throughput, not the TransformerEngine path's.
 
 Needs torch, transformers, megatron-core and megatron-bridge only (no vLLM, no TransformerEngine: the
 local layer spec is used).
@@ -298,7 +297,7 @@ class Checks:
         res = {"static_measured": measured, "static_planned": planned, "static_exact": measured == planned}
         rows, s = a.forward.layout(seqs).micro_batches[0].tokens.shape
         tokens = rows * s
-        per_layer = layer_token_bytes(arch, tp=1, p=4, seq_len=s) * tokens
+        per_layer = layer_token_bytes(arch, tp=1, p=4, seq_len=s, attention=a.model.cfg.attention) * tokens
         dynamic = {
             "activations kept": arch.num_layers * per_layer,
             "backward temporaries": per_layer,
@@ -356,14 +355,18 @@ class Checks:
 
     def mfu(self) -> dict:
         shape = QWEN3_1P7B if self.cuda else TINY_MFU
-        seq, rows = (4096, 1) if self.cuda else (128, 2)  # 2 x 4096 ran out of 141 GB (unfused attention)
+        # 8k tokens on a GPU with the SDPA attention (the unfused one ran out of 141 GB at 2 x 4096)
+        seq, rows = (8192, 1) if self.cuda else (128, 2)
         return train_step_flops(shape, seq, rows, self.device)
 
 
-def train_step_flops(shape: dict, seq: int, rows: int, device: str, steps: int = 3) -> dict:
+def train_step_flops(
+    shape: dict, seq: int, rows: int, device: str, steps: int = 3, attention: str = "sdpa"
+) -> dict:
     """Time bf16 train steps (forward + backward + Adam) of a megatron-core GPT of ``shape`` built directly
-    (random weights, local layer spec); FLOPs by the usual count: 6 x tokens x matmul parameters, plus the
-    causal attention's 6 x layers x seq x heads x head_dim per token."""
+    (random weights, local layer spec with the actor's ``attention``: sdpa | unfused); FLOPs by the usual
+    count: 6 x tokens x matmul parameters, plus the causal attention's 6 x layers x seq x heads x head_dim
+    per token."""
     import torch.nn.functional as F
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -399,6 +402,10 @@ def train_step_flops(shape: dict, seq: int, rows: int, device: str, steps: int =
         gradient_accumulation_fusion=False,
     )
     spec = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+    if attention == "sdpa":
+        from nemo_resrl.models.sdpa_attention import SDPADotProductAttention
+
+        spec.submodules.self_attention.submodules.core_attention = SDPADotProductAttention
     model = GPTModel(
         config=cfg,
         transformer_layer_spec=spec,
@@ -438,7 +445,7 @@ def train_step_flops(shape: dict, seq: int, rows: int, device: str, steps: int =
         "matmul_params": matmul,
     }
     res["shape"] = dict(shape, seq=seq, rows=rows)
-    res["measures"] = "megatron-core local layer spec (unfused attention), torch AdamW, bf16"
+    res["measures"] = f"megatron-core local layer spec ({attention} attention), torch AdamW, bf16"
     peak = None
     if cuda:
         name = torch.cuda.get_device_name()

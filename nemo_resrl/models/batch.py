@@ -74,6 +74,17 @@ class TokenOutputs:
     mask: torch.Tensor
 
 
+def document_spans(doc_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """Per row, the (start, end) of each run of equal ids in int64 [rows, S] (one copy to the host)."""
+    host = doc_ids.detach().to("cpu")
+    spans = []
+    for row in host:
+        change = (torch.nonzero(row[1:] != row[:-1]).flatten() + 1).tolist()
+        edges = [0, *change, row.numel()]
+        spans.append(list(zip(edges[:-1], edges[1:])))
+    return spans
+
+
 @dataclass
 class MicroBatch:
     """One micro-batch. rows x S tokens; the response-token map says where each output comes from.
@@ -87,6 +98,7 @@ class MicroBatch:
     response token; seq_index / resp_pos: int64 [n], its sequence (global index) and response position.
     seq_ids: the sequences in this micro-batch (global indices, ascending).
     placement: sequence (global index) -> (row, offset of its first token in the row).
+    spans: packed rows only, per row the (start, end) of each document and of the padding tail, in order.
     phases_done: how many leading phases (0, 1, ...) have all their rows in this or earlier micro-batches.
     """
 
@@ -100,6 +112,22 @@ class MicroBatch:
     seq_ids: torch.Tensor
     placement: dict[int, tuple[int, int]]
     phases_done: int = 0
+    spans: list[list[tuple[int, int]]] | None = None  # packed: per row, each document's (start, end)
+
+    def attention_input(self, kind: str) -> torch.Tensor | None:
+        """What the model takes as its attention mask: None for padded rows (causal); for packed rows,
+        ``dense``: ``attention_mask()``; ``document_ids``: the segments int64 [rows, S] with their
+        per-row (start, end) spans attached as ``.spans`` (host-made: the attention reads them without a
+        device synchronisation)."""
+        if self.segments is None:
+            return None
+        if kind == "dense":
+            return self.attention_mask()
+        if kind != "document_ids":
+            raise ValueError(f"unknown attention input kind {kind!r}")
+        ids = self.segments
+        ids.spans = self.spans if self.spans is not None else document_spans(ids)
+        return ids
 
     def attention_mask(self) -> torch.Tensor | None:
         """Block-diagonal causal mask of a packed micro-batch, bool [rows, 1, S, S] (True = masked), made on
@@ -271,8 +299,16 @@ def _build_micro_batch(
             resp_pos.append(torch.arange(m))
             offset += n
     position_ids = torch.arange(seq_len).unsqueeze(0).expand(rows, seq_len).contiguous()
-    segments = None
+    segments = spans = None
     if pack:
+        spans = []
+        for members in rows_of:
+            edges = [0]
+            for i in members:
+                edges.append(edges[-1] + seqs.tokens[i].numel())
+            if edges[-1] < seq_len:
+                edges.append(seq_len)
+            spans.append(list(zip(edges[:-1], edges[1:])))
         # each padding tail is its own segment (-2 - row), so it attends causally to itself
         pad_seg = (-2 - torch.arange(rows)).unsqueeze(1).expand(rows, seq_len)
         segments = torch.where(segment >= 0, segment, pad_seg)
@@ -288,4 +324,5 @@ def _build_micro_batch(
         resp_pos=cat(resp_pos),
         seq_ids=torch.tensor(seq_ids, dtype=torch.long),
         placement=placement,
+        spans=spans,
     )

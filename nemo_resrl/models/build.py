@@ -130,6 +130,12 @@ class MegatronModel:
         return int(self.hf_config["num_hidden_layers"])
 
     @property
+    def mask_kind(self) -> str:
+        """What the model's attention takes for a packed micro-batch: ``document_ids`` (the local spec's
+        SDPA attention, int64 [rows, S]) or ``dense`` (a bool [rows, 1, S, S] mask)."""
+        return "document_ids" if self.spec == "local" and self.cfg.attention == "sdpa" else "dense"
+
+    @property
     def is_moe(self) -> bool:
         return is_moe_config(self.hf_config)
 
@@ -255,6 +261,11 @@ def build_model(cfg: ActorConfig) -> MegatronModel:
             qk_layernorm=bool(getattr(provider, "qk_layernorm", False)),
             normalization="RMSNorm",
         )
+        if cfg.attention == "sdpa":
+            from nemo_resrl.models.sdpa_attention import SDPADotProductAttention
+
+            attn = provider.transformer_layer_spec.submodules.self_attention.submodules
+            attn.core_attention = SDPADotProductAttention
     if cfg.recompute == "full":  # every layer keeps its input only and recomputes the rest in backward
         provider.recompute_granularity = "full"
         provider.recompute_method = "uniform"

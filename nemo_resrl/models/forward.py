@@ -117,7 +117,7 @@ class ForwardRunner:
             # bf16 logits stay bf16 (megatron's Float16Module would upcast all of them to float32);
             # token_logprobs computes in float32 per chunk
             kw = {"fp32_output": False} if self.m.half_precision else {}
-            out = model(mb.tokens, mb.position_ids, mb.attention_mask(), **kw)
+            out = model(mb.tokens, mb.position_ids, mb.attention_input(self.m.mask_kind), **kw)
             return out, lambda output: loss_func_of(mb, output)
 
         try:

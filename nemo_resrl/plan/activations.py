@@ -12,8 +12,10 @@ sequence length, p = bytes of the actor dtype:
     input and pre-MLP norms:              2 (8h + 4 + p h)
     Qwen3's q / k norms (no output saved: rotary embedding saves none): 8q + 4a  and  8k + 4g
     (float32 models save the whole fused QKV output for the k norm: 4 (q + 2k) instead of 4k)
-    rotary cos / sin for q and k:         4 d p
-    attention (unfused): q, k and v expanded to every head, softmax output: 3 q p + a s p
+    rotary cos / sin for q and k:         4 d p  (per position: shared by a micro-batch's rows)
+    attention, unfused: q, k and v expanded to every head, softmax output: 3 q p + a s p
+    attention, sdpa: q, k, a copy of v, the float32 log-sum-exp: (q + 2k) p + 4a (its output, in the
+                                           query's layout, is the output projection's input: no S term)
     output projection input:              q p
     MLP: fc1 output (gate and up), SwiGLU's three saved values: 2 f p + 3 f p
     mixture of experts (E experts, k per token, expert FFN f_e, instead of the MLP): each of a token's
@@ -50,10 +52,12 @@ def layer_token_bytes(
     p: int,
     seq_len: int,
     spec: str = "local",
+    attention: str = "sdpa",
     ep: int = 1,
     etp: int | None = None,
 ) -> int:
-    """Bytes one decoder layer saves for backward per token of a sequence of ``seq_len`` tokens."""
+    """Bytes one decoder layer saves for backward per token of a sequence of ``seq_len`` tokens;
+    ``attention``: the local spec's core attention (sdpa | unfused, ``actor.attention``)."""
     h, d = arch.hidden_size, arch.head_dim
     a, g = arch.num_attention_heads // tp, arch.num_key_value_heads // tp
     q, k, f = a * d, g * d, arch.intermediate_size // tp
@@ -71,7 +75,10 @@ def layer_token_bytes(
         k_input = FP32 * (q + 2 * k) if p == FP32 else FP32 * k
         total += 8 * q + FP32 * a + k_input + FP32 * g + FP32 * k
     total += 4 * d * p  # rotary cos / sin
-    total += 3 * q * p + a * seq_len * p  # unfused attention
+    if attention == "unfused":
+        total += 3 * q * p + a * seq_len * p
+    else:
+        total += (q + 2 * k) * p + FP32 * a
     total += q * p  # output projection input
     total += moe_token_bytes(arch, p=p, ep=ep, etp=etp) if arch.is_moe else 2 * f * p + 3 * f * p  # MLP
     return total
@@ -101,10 +108,13 @@ def forward_working_bytes(
     tokens: int,
     seq_len: int,
     spec: str,
+    attention: str = "sdpa",
     ep: int = 1,
     etp: int | None = None,
 ) -> int:
     """The largest set of temporaries of a forward-only pass over ``tokens`` tokens: one layer's values
     (nothing is kept between layers) plus the residual stream in and out."""
-    per_layer = layer_token_bytes(arch, tp=tp, p=p, seq_len=seq_len, spec=spec, ep=ep, etp=etp)
+    per_layer = layer_token_bytes(
+        arch, tp=tp, p=p, seq_len=seq_len, spec=spec, attention=attention, ep=ep, etp=etp
+    )
     return tokens * (per_layer + 2 * arch.hidden_size * p)

@@ -227,7 +227,14 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None, *, te_available: bo
             Component(
                 "forward working set (one micro-batch)",
                 forward_working_bytes(
-                    arch, tp=lay.tp, p=p, tokens=micro_tokens, seq_len=seq, spec=spec, **lay.moe
+                    arch,
+                    tp=lay.tp,
+                    p=p,
+                    tokens=micro_tokens,
+                    seq_len=seq,
+                    spec=spec,
+                    attention=a.attention,
+                    **lay.moe,
                 ),
             )
         )
@@ -261,16 +268,22 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None, *, te_available: bo
         if a.recompute == "full":
             kept = layers * layer_input_bytes(arch, p=p) * micro_tokens
             transient = (
-                micro_tokens * layer_token_bytes(arch, tp=lay.tp, p=p, seq_len=seq, spec=spec, **lay.moe) * 2
+                micro_tokens
+                * layer_token_bytes(
+                    arch, tp=lay.tp, p=p, seq_len=seq, spec=spec, attention=a.attention, **lay.moe
+                )
+                * 2
             )
         else:
             kept = (
                 layers
-                * layer_token_bytes(arch, tp=lay.tp, p=p, seq_len=seq, spec=spec, **lay.moe)
+                * layer_token_bytes(
+                    arch, tp=lay.tp, p=p, seq_len=seq, spec=spec, attention=a.attention, **lay.moe
+                )
                 * micro_tokens
             )
             transient = micro_tokens * layer_token_bytes(
-                arch, tp=lay.tp, p=p, seq_len=seq, spec=spec, **lay.moe
+                arch, tp=lay.tp, p=p, seq_len=seq, spec=spec, attention=a.attention, **lay.moe
             )
         tr = [overhead, asleep, params, grads, optim]
         tr.append(

@@ -59,10 +59,12 @@ def test_without_transformer_engine_auto_is_planned_as_the_local_layers_it_build
     import nemo_resrl.compat.te_stub as te_stub
     from nemo_resrl.plan.phases import make_plan
 
-    cfg = load_plan_config(["model=qwen3_8b"])
+    cfg = load_plan_config(["model=qwen3_8b", "actor.attention=unfused"])
     with_te = make_plan(cfg, te_available=True).phase("training").total
     without = make_plan(cfg, te_available=False).phase("training").total
     assert without > with_te
+    sdpa = load_plan_config(["model=qwen3_8b", "actor.attention=sdpa"])
+    assert with_te < make_plan(sdpa, te_available=False).phase("training").total < without
     monkeypatch.setattr(te_stub, "transformer_engine_available", lambda check_import=False: False)
     # the 8B preset's 8 x 80 GB: the unfused attention scores do not fit in training; the fix is named
     with pytest.raises(ConfigError, match=r"does not fit: training needs .*actor.recompute=full"):

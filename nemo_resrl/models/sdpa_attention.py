@@ -14,9 +14,12 @@ megatron's constructor, parameters and state dict (it is a subclass) and replace
   (no device synchronisation), else from the ids themselves (one per micro-batch, cached).
 
 On a GPU SDPA picks the flash or memory-efficient kernel (causal, no mask, bf16): what it keeps for
-backward is q, k, v, its output and a float32 log-sum-exp, linear in S. GQA: keys and values keep their
+backward is q, k, v, its output and a float32 log-sum-exp, linear in S (on CPU measured in
+tests/plan/test_activations.py; value is copied first, so that the fused QKV output it is a view of can
+be freed). GQA: keys and values keep their
 ``num_query_groups`` heads (``enable_gqa``), not repeated to every query head.
-Shapes (megatron's): query [S, rows, heads/tp, d], key / value [S, rows, groups/tp, d] -> [S, rows, heads/tp x d].
+Shapes (megatron's): query [S, rows, heads/tp, d], key / value [S, rows, groups/tp, d]
+-> [S, rows, heads/tp x d].
 """
 
 from __future__ import annotations

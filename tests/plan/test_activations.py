@@ -1,7 +1,7 @@
 """The plan's activation bytes per token per layer (local layer spec) against what the Megatron actor
 really saves for backward on CPU, counted with ``saved_tensors_hooks`` (``activation_probe.py``), with
-and without full recomputation and with each core attention (sdpa, unfused), for tiny Qwen3 (q / k norms), Qwen2, Llama and Qwen3-MoE (8 experts, 2 per
-token) models in fp32 and bf16."""
+and without full recomputation and with each core attention (sdpa, unfused), for tiny Qwen3 (q / k
+norms), Qwen2, Llama and Qwen3-MoE (8 experts, 2 per token) models in fp32 and bf16."""
 
 from __future__ import annotations
 

@@ -360,13 +360,9 @@ class Checks:
         return train_step_flops(shape, seq, rows, self.device)
 
 
-def train_step_flops(
-    shape: dict, seq: int, rows: int, device: str, steps: int = 3, attention: str = "sdpa"
-) -> dict:
-    """Time bf16 train steps (forward + backward + Adam) of a megatron-core GPT of ``shape`` built directly
-    (random weights, local layer spec with the actor's ``attention``: sdpa | unfused); FLOPs by the usual
-    count: 6 x tokens x matmul parameters, plus the causal attention's 6 x layers x seq x heads x head_dim
-    per token."""
+def local_gpt(shape: dict, seq: int, device: str, attention: str = "sdpa"):
+    """A bf16 megatron-core GPT of ``shape`` (random weights; local layer spec with ``attention``: sdpa |
+    unfused; Qwen3's layer: RMSNorm, q / k norms, SwiGLU, rotary) on ``device``, in a world of one."""
     import torch.nn.functional as F
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -415,7 +411,17 @@ def train_step_flops(
         rotary_base=1_000_000,
         share_embeddings_and_output_weights=False,
     )
-    model = model.to(device)
+    return model.to(device)
+
+
+def train_step_flops(
+    shape: dict, seq: int, rows: int, device: str, steps: int = 3, attention: str = "sdpa"
+) -> dict:
+    """Time bf16 train steps (forward + backward + Adam) of ``local_gpt(shape, ..., attention)``; FLOPs by
+    the usual count: 6 x tokens x matmul parameters, plus the causal attention's 6 x layers x seq x heads
+    x head_dim per token."""
+    cuda = device == "cuda"
+    model = local_gpt(shape, seq, device, attention)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
     tokens = torch.randint(0, shape["vocab"], (rows, seq), device=device)
     pos = torch.arange(seq, device=device).unsqueeze(0).expand(rows, seq)

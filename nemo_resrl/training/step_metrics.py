@@ -5,6 +5,7 @@ A metric is one of:
   counts, dynamic-sampling counts, the LLD sums): kept as it is;
 - ``sum``: a count of this rank's share (responses, grader outcomes): summed over ranks;
 - ``mean``: a per-rank value (timings, this rank's mean length): averaged over the ranks that have it;
+- ``max``: a per-rank value whose worst rank matters (a phase's memory peak): the largest over ranks;
 - ``weighted``: a mean over this rank's ``weight`` items (reward mean over its responses): the
   weighted mean over ranks, i.e. the mean over every item of the step.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-KINDS = ("global", "sum", "mean", "weighted")
+KINDS = ("global", "sum", "mean", "max", "weighted")
 
 
 @dataclass
@@ -46,6 +47,10 @@ class StepMetrics:
     def mean(self, items: Mapping[str, float]) -> None:
         """Per-rank values, averaged over ranks."""
         self._put("mean", items)
+
+    def max(self, items: Mapping[str, float]) -> None:
+        """Per-rank values, the largest over ranks."""
+        self._put("max", items)
 
     def weighted(self, items: Mapping[str, float], weight: float) -> None:
         """Means over ``weight`` items of this rank, combined as the mean over every rank's items."""
@@ -76,6 +81,8 @@ def reduce_over_ranks(ranks: Sequence[StepMetrics]) -> dict[str, float]:
             out[k] = sum(vals)
         elif kind == "mean":
             out[k] = sum(vals) / len(vals)
+        elif kind == "max":
+            out[k] = max(vals)
         else:
             w = [r.weights[k] for r in have]
             out[k] = sum(v * x for v, x in zip(vals, w)) / sum(w) if sum(w) > 0 else sum(vals) / len(vals)

@@ -339,6 +339,7 @@ class Trainer:
 
     def _finish(self, m: StepMetrics, phases: Phases) -> dict[str, float]:
         m.mean(phases.metrics())
+        m.max(phases.peak_metrics())
         self.last_phases = list(phases.order)
         self.step += 1
         return reduce_over_ranks(self.dp.all_gather(m))

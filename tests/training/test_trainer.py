@@ -255,6 +255,7 @@ def test_reduce_over_ranks_by_kind():
         m.sum({"reward/n": n})
         m.weighted({"reward/mean": mean}, weight=n)
         m.mean({"time/train_s": t})
+        m.max({"memory/train_peak_gib": 10 * t})
         m.global_({"train/loss": 0.5})
     a.sum({"reward/count/timeout": 1.0})  # only one rank saw a timeout
     out = reduce_over_ranks([a, b])
@@ -262,6 +263,7 @@ def test_reduce_over_ranks_by_kind():
         "reward/n": 8.0,
         "reward/mean": 0.25,
         "time/train_s": 4.0,
+        "memory/train_peak_gib": 50.0,
         "train/loss": 0.5,
         "reward/count/timeout": 1.0,
     }
@@ -269,6 +271,37 @@ def test_reduce_over_ranks_by_kind():
     c.mean({"train/loss": 1.0})
     with pytest.raises(ValueError, match="different kinds"):
         reduce_over_ranks([a, c])
+
+
+def test_phases_record_the_allocator_peak_of_each_phase_only_where_cuda_is_in_use(monkeypatch):
+    """Each phase resets the allocator's peak as it starts and keeps the largest peak it saw (repeats of a
+    phase: their maximum); without CUDA (or before it is initialised) there is nothing to report."""
+    import nemo_resrl.training.phases as phases_mod
+    from nemo_resrl.training.phases import Phases
+
+    assert Phases().peak_metrics() == {}
+    ph = Phases()
+    with ph("generate"):
+        pass
+    assert ph.peak_metrics() == {}  # CPU: no CUDA in this process
+
+    class FakeCuda:  # the allocator's host-side counters: the current peak since the last reset
+        peak = 0
+
+        def reset_peak_memory_stats(self):
+            self.peak = 0
+
+        def max_memory_allocated(self):
+            return self.peak
+
+    cuda = FakeCuda()
+    monkeypatch.setattr(phases_mod, "_cuda", lambda: cuda)
+    ph = Phases()
+    for name, peak in (("generate", 3), ("train", 5), ("generate", 2)):
+        with ph(name):
+            assert cuda.peak == 0  # reset as the phase starts
+            cuda.peak = peak * 2**30
+    assert ph.peak_metrics() == {"memory/generate_peak_gib": 3.0, "memory/train_peak_gib": 5.0}
 
 
 def test_evaluate_is_greedy_with_one_response_per_prompt():

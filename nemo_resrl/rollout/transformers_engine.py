@@ -160,8 +160,14 @@ class TransformersEngine:
         ids, mask = ids.to(dev), mask.to(dev)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         cache = DynamicCache()
+        # the prompt pass: only the last position's logits ([rows, V], not [rows, width, V])
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
         )
         logits = out.logits[:, -1].float()
         eos = torch.tensor(self.eos_ids if s.stop_on_eos else [], dtype=torch.long, device=dev)

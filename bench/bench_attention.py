@@ -4,7 +4,7 @@ for backward per token, and the time of a forward + backward.
     PYTHONPATH=. .venv/bin/python bench/bench_attention.py [--seq 1024 2048 4096 8192 16384]
     python bench/bench_attention.py --device cuda --hidden 2048 --heads 16 --kv 8 --layers 2
 
-One bf16 row of S tokens through a Qwen3-shaped megatron-core GPT built directly (random weights,
+One row of S tokens (``--dtype``: bf16 on a GPU, fp32 on the CPU, whose bf16 matmuls are slow) through a Qwen3-shaped megatron-core GPT built directly (random weights,
 ``local_gpt`` of nemo_resrl.diagnostics.device_check) with ``--attention`` sdpa and unfused. Saved bytes:
 the storages autograd saves inside decoder layer 0 (``saved_tensors_hooks``; parameters, boolean masks
 and the rotary table shared by every layer left out), divided by S; the plan's
@@ -95,8 +95,11 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--max-gib", type=float, default=12.0, help="skip unfused runs whose scores exceed this")
+    ap.add_argument("--dtype", choices=("bf16", "fp32"), help="default: bf16 on cuda, fp32 on cpu")
+    ap.add_argument("--max-gib", type=float, default=8.0, help="skip unfused runs whose scores exceed this")
     args = ap.parse_args()
+    args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
+    dtype, p = (torch.bfloat16, 2) if args.dtype == "bf16" else (torch.float32, 4)
 
     from nemo_resrl.diagnostics.device_check import local_gpt
     from nemo_resrl.plan.activations import layer_token_bytes
@@ -122,19 +125,19 @@ def main() -> None:
         tie_word_embeddings=False,
         qk_layernorm=True,
     )
-    print(f"# {args.device}, bf16, one row, shape {json.dumps(shape)}")
+    print(f"# {args.device}, {args.dtype}, one row, shape {json.dumps(shape)}")
     print(f"{'S':>6} {'attention':>9} {'saved B/token':>14} {'planned':>8} {'fwd+bwd s':>10} {'peak GiB':>9}")
     for seq in args.seq:
         for attention in ("sdpa", "unfused"):
-            # unfused: bf16 scores, their float32 softmax and its bf16 output, [heads, S, S] each
-            need = args.heads * seq * seq * (2 + 4 + 2) / 2**30
+            # unfused: the scores, the softmax and its saved output, [heads, S, S] each
+            need = args.heads * seq * seq * 3 * p / 2**30
             if attention == "unfused" and need > args.max_gib:
                 print(f"{seq:>6} {attention:>9}  skipped: its scores need {need:.1f} GiB (> --max-gib)")
                 continue
             torch.manual_seed(0)
-            model = local_gpt(shape, seq, args.device, attention)
+            model = local_gpt(shape, seq, args.device, attention, dtype)
             saved = saved_bytes_per_token(model, seq, args.device)
-            planned = layer_token_bytes(arch, tp=1, p=2, seq_len=seq, attention=attention)
+            planned = layer_token_bytes(arch, tp=1, p=p, seq_len=seq, attention=attention)
             t, peak = time_fwd_bwd(model, seq, args.device, args.repeats)
             peak_s = f"{peak:9.2f}" if peak is not None else f"{'-':>9}"
             print(f"{seq:>6} {attention:>9} {saved:>14} {planned:>8} {t:>10.3f} {peak_s}", flush=True)

@@ -360,9 +360,12 @@ class Checks:
         return train_step_flops(shape, seq, rows, self.device)
 
 
-def local_gpt(shape: dict, seq: int, device: str, attention: str = "sdpa"):
-    """A bf16 megatron-core GPT of ``shape`` (random weights; local layer spec with ``attention``: sdpa |
-    unfused; Qwen3's layer: RMSNorm, q / k norms, SwiGLU, rotary) on ``device``, in a world of one."""
+def local_gpt(
+    shape: dict, seq: int, device: str, attention: str = "sdpa", dtype: torch.dtype = torch.bfloat16
+):
+    """A megatron-core GPT of ``shape`` (random weights; local layer spec with ``attention``: sdpa | unfused;
+    Qwen3's layer: RMSNorm, q / k norms, SwiGLU, rotary; softmax in the model dtype, as megatron-bridge
+    configures the actor) in ``dtype`` on ``device``, in a world of one."""
     import torch.nn.functional as F
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -384,9 +387,10 @@ def local_gpt(shape: dict, seq: int, device: str, attention: str = "sdpa"):
         activation_func=F.silu,
         add_bias_linear=False,
         qk_layernorm=True,
-        bf16=True,
-        params_dtype=torch.bfloat16,
-        pipeline_dtype=torch.bfloat16,
+        bf16=dtype == torch.bfloat16,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        attention_softmax_in_fp32=False,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         use_cpu_initialization=not cuda,

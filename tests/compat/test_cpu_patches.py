@@ -42,6 +42,7 @@ def _fails(res: subprocess.CompletedProcess, needle: str) -> None:
     assert needle in res.stderr, res.stderr[-4000:]
 
 
+@pytest.mark.slow  # every actor test of the development loop runs with all of them too
 def test_forward_and_train_step_work_with_all_patches():
     _ok(_probe("forward"))
     _ok(_probe("train_clip"))

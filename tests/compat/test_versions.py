@@ -7,6 +7,7 @@ import pytest
 from nemo_resrl.compat.versions import MEGATRON_CORE, VLLM, StackVersionError, check_megatron_core, check_vllm
 
 
+@pytest.mark.slow
 def test_the_installed_stack_passes():
     check_megatron_core()
     check_vllm()

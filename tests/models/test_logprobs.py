@@ -144,6 +144,7 @@ def test_tensor_parallel_shards_give_the_full_vocabulary_result():
         torch.testing.assert_close(grad, x.grad.chunk(2, dim=1)[rank], atol=1e-12, rtol=0)
 
 
+@pytest.mark.slow
 def test_a_bf16_actor_keeps_its_logits_bf16_and_gathers_only_the_response_rows(tmp_path):
     """megatron's Float16Module upcasts every logit to float32 unless told not to, and backward kept the
     float32 rows. Now: bf16 logits reach the log-prob layer, it allocates the response rows' bf16 logits

@@ -51,6 +51,7 @@ def probe(tmp_path_factory) -> dict:
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_the_offloaded_actor_frees_its_memory_and_trains_bit_identically(probe):
     """Optimizer state, gradient buffers and parameters offloaded between steps (in the trainer's order):
     nothing of them is resident while offloaded, and three steps equal those of an actor that never
@@ -65,6 +66,7 @@ def test_the_offloaded_actor_frees_its_memory_and_trains_bit_identically(probe):
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_padding_micro_batches_for_fp8_changes_no_log_prob_or_loss(probe):
     """pad_to_multiple=16 (what FP8 GEMMs need): the 12-token batch runs as 16 tokens per row; padding is
     causal-masked away from every real token, so log-probs and the loss equal the unpadded actor's (float

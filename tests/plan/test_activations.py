@@ -28,6 +28,7 @@ def measured(tmp_path_factory):
     return json.loads((work / "activations.json").read_text()), archs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,dtype,recompute,attention", CASES)
 def test_layer_activation_bytes_per_token_are_within_10_percent_of_what_autograd_saves(
     measured, model, dtype, recompute, attention
@@ -43,6 +44,7 @@ def test_layer_activation_bytes_per_token_are_within_10_percent_of_what_autograd
         assert real > 0 and abs(planned - real) <= 0.10 * real, (s, planned, real)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_sdpa_saves_no_sequence_length_term_and_unfused_grows_with_it(measured, model):
     """What the SDPA attention keeps per token does not depend on S; the unfused one's softmax grows by

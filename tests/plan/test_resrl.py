@@ -58,6 +58,7 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_resrl_term_equals_what_the_pass_allocates_at_dp2(work):
     parts = _check(_measure(work, 1, 2))
     assert {"fit", "residuals", "gating"} <= parts  # each part of the formula was the peak once

@@ -4,12 +4,13 @@ for backward per token, and the time of a forward + backward.
     PYTHONPATH=. .venv/bin/python bench/bench_attention.py [--seq 1024 2048 4096 8192 16384]
     python bench/bench_attention.py --device cuda --hidden 2048 --heads 16 --kv 8 --layers 2
 
-One row of S tokens (``--dtype``: bf16 on a GPU, fp32 on the CPU, whose bf16 matmuls are slow) through a Qwen3-shaped megatron-core GPT built directly (random weights,
-``local_gpt`` of nemo_resrl.diagnostics.device_check) with ``--attention`` sdpa and unfused. Saved bytes:
-the storages autograd saves inside decoder layer 0 (``saved_tensors_hooks``; parameters, boolean masks
-and the rotary table shared by every layer left out), divided by S; the plan's
-``layer_token_bytes`` for the same shape beside it. Time: median of ``--repeats`` forward + backward
-passes after one warm-up. On CUDA also the allocator's peak above the weights. A configuration whose
+One row of S tokens (``--dtype``: bf16 on a GPU, fp32 on the CPU, whose bf16 matmuls are slow) through a
+Qwen3-shaped megatron-core GPT built directly (random weights, ``local_gpt`` of
+nemo_resrl.diagnostics.device_check) with each core attention, sdpa and unfused. Saved bytes: the
+storages autograd saves inside decoder layer 0 (``saved_tensors_hooks``; parameters, boolean masks and
+what layer 1 saves too left out), divided by S; the plan's ``layer_token_bytes`` for the same shape
+beside it. Time: median of ``--repeats`` forward + backward passes after one warm-up. On CUDA also the
+allocator's peak above what was allocated before the pass. A configuration whose
 unfused scores would not fit (``--max-gib``) is skipped and says so.
 """
 

@@ -34,6 +34,8 @@ def _candidates(cfg: RunConfig, plan: Plan, phase: str) -> list[dict[str, object
     smaller_mb = [
         {"actor.micro_batch_size": m} for m in (a.micro_batch_size // 2, 1) if 1 <= m < a.micro_batch_size
     ]
+    if phase == "generation" and r.engine == "transformers":  # no utilisation to tune, tensor parallel 1
+        return [offload, {**offload, "actor.offload.params": True}]
     if phase == "generation":
         gen = plan.phase("generation")
         others = gen.total - plan.engine.budget

@@ -29,7 +29,13 @@ from nemo_resrl.plan.arch import ModelArch, resolve_arch
 from nemo_resrl.plan.flops import forward_flops_per_token, train_flops_per_token
 from nemo_resrl.plan.params import ActorStatic, actor_static, stage_layers, stage_params
 from nemo_resrl.plan.resrl import pass_bytes, pass_seconds, worst_case
-from nemo_resrl.plan.rollout import CUDA_GRAPHS_BYTES, MAX_NUM_SEQS, EngineMemory, engine_memory
+from nemo_resrl.plan.rollout import (
+    CUDA_GRAPHS_BYTES,
+    MAX_NUM_SEQS,
+    EngineMemory,
+    engine_memory,
+    hf_engine_memory,
+)
 
 GIB = 1 << 30
 FP32 = 4
@@ -168,21 +174,31 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None, *, te_available: bo
     per_update = math.ceil(responses_per_rank / cfg.trainer.mini_batches)
     micro_batches = max(1, math.ceil(per_update / a.micro_batch_size))
 
-    engine = engine_memory(
-        arch,
-        tp=lay.rollout_tp,
-        p=rp,
-        device_bytes=capacity,
-        utilization=r.gpu_memory_utilization,
-        max_model_len=r.max_model_len,
-        cuda_graphs=not r.enforce_eager,
-    )
-    asleep = Component(
-        "vLLM asleep (CUDA graphs pool)" if not r.enforce_eager else "vLLM asleep",
-        CUDA_GRAPHS_BYTES if not r.enforce_eager else 0,
-    )
+    hf = r.engine == "transformers"
+    if hf:  # every rank generates its share of the step's sequences at once
+        rows = math.ceil(cfg.trainer.prompts_per_step * s.n * lay.pp / lay.world)
+        engine = hf_engine_memory(
+            arch, p=rp, rows=rows, prompt_len=cfg.data.max_prompt_tokens, max_tokens=s.max_tokens
+        )
+        engine_name = "transformers engine"
+        asleep = Component("transformers engine asleep", 0)
+    else:
+        engine = engine_memory(
+            arch,
+            tp=lay.rollout_tp,
+            p=rp,
+            device_bytes=capacity,
+            utilization=r.gpu_memory_utilization,
+            max_model_len=r.max_model_len,
+            cuda_graphs=not r.enforce_eager,
+        )
+        engine_name = "vLLM"
+        asleep = Component(
+            "vLLM asleep (CUDA graphs pool)" if not r.enforce_eager else "vLLM asleep",
+            CUDA_GRAPHS_BYTES if not r.enforce_eager else 0,
+        )
     if not r.sleep_while_training:
-        asleep = Component("vLLM (awake: rollout.sleep_while_training=false)", engine.budget)
+        asleep = Component(f"{engine_name} (awake: rollout.sleep_while_training=false)", engine.budget)
 
     off = a.offload
     resrl = cfg.algorithm.spec.resrl_weights
@@ -216,7 +232,9 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None, *, te_available: bo
         # generation: the engine awake; the actor as the refit left it
         gen = [
             overhead,
-            Component(f"vLLM (gpu_memory_utilization {r.gpu_memory_utilization})", engine.budget),
+            Component("transformers engine (weights, KV cache of every row, temporaries)", engine.budget)
+            if hf
+            else Component(f"vLLM (gpu_memory_utilization {r.gpu_memory_utilization})", engine.budget),
         ]
         gen += resident(not off.params, not off.grads, not off.optimizer)
         per_stage["generation"].append(Phase("generation", stage, gen))
@@ -307,7 +325,7 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None, *, te_available: bo
         largest_full = max(
             arch.vocab_size * arch.hidden_size, (arch.q_dim + 2 * arch.kv_dim) * arch.hidden_size
         )
-        rf = [overhead, Component("vLLM weights (KV cache asleep)", engine.weights)]
+        rf = [overhead, Component(f"{engine_name} weights (KV cache asleep)", engine.weights)]
         rf += resident(True, not off.grads, not off.optimizer)
         rf.append(Component("export: one tensor gathered over TP (+ copy)", 2 * largest_full * p))
         per_stage["refit"].append(Phase("refit", stage, rf))
@@ -376,7 +394,7 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None, *, te_available: bo
     copied = (st0.master + st0.optimizer) * off.optimizer + st0.params * off.params
     if copied:
         plan.seconds["offload"] = 2 * copied / (c.pcie_gbps * 1e9)
-    if engine.kv_tokens < r.max_model_len:
+    if not hf and engine.kv_tokens < r.max_model_len:
         plan.problems["generation"] = (
             f"vLLM's {engine.budget / GIB:.1f} GiB (gpu_memory_utilization {r.gpu_memory_utilization}) leave "
             f"no KV cache for one sequence of max_model_len {r.max_model_len} after its weights "
@@ -393,7 +411,8 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None, *, te_available: bo
     ]
     if moved:
         plan.notes.append(
-            f"actor.offload: the {', '.join(moved)} leave the device while vLLM holds it (0 above)"
+            f"actor.offload: the {', '.join(moved)} leave the device while the {engine_name} holds it "
+            "(0 above)"
         )
     if not r.sleep_while_training:
         plan.notes.append(

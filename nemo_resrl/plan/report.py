@@ -52,7 +52,7 @@ def format_plan(plan: Plan, cfg_summary: str = "", fixes: dict[str, str] | None 
     f = plan.facts
     lines += [
         "",
-        f"vLLM per engine: weights {e.weights / GIB:.1f} GiB, KV cache {e.kv_cache / GIB:.1f} GiB = "
+        f"{e.name} per engine: weights {e.weights / GIB:.1f} GiB, KV cache {e.kv_cache / GIB:.1f} GiB = "
         f"{e.kv_tokens / 1e6:.2f} M tokens at {e.kv_per_token / 1024:.0f} KiB per token = {e.sequences:.0f} "
         f"sequences of max_model_len {e.max_model_len}; a step generates {f['sequences_per_engine']} "
         f"sequences per engine ({f['engines']} engines), {f['concurrent_sequences']} at a time: "

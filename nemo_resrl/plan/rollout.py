@@ -1,5 +1,12 @@
-"""The colocated vLLM engine's device memory: its weights, its KV cache and how many sequences that cache
-holds, and what stays on the device while it sleeps.
+"""The colocated rollout engine's device memory: its weights, its KV cache and how many sequences that
+cache holds, and what stays on the device while it sleeps.
+
+``rollout.engine: transformers`` (``hf_engine_memory``): a whole copy of the weights (tensor parallel 1)
+and, while it generates, the larger of: the prompt pass (its KV cache, one layer's temporaries, the
+[rows, 1, W, W] boolean padding mask) and the last step (the KV cache of all its prompts x n rows at full
+length, where a ``DynamicCache`` growing by concatenation holds one layer's keys twice, and the
+sampling step's temporaries over the vocabulary). Compared with what generation allocates on CPU in
+tests/plan/test_rollout.py.
 
 vLLM (V1) takes ``gpu_memory_utilization x device memory`` for itself: the weights, the peak activations
 of its profiling run, non-torch memory and CUDA graphs, and gives the rest to the KV cache. At start it
@@ -53,6 +60,37 @@ def profile_activation_bytes(arch: ModelArch, *, tp: int, p: int) -> int:
     return MAX_NUM_BATCHED_TOKENS * per_token + MAX_NUM_SEQS * (arch.vocab_size // tp) * FP32
 
 
+def hf_engine_memory(arch: ModelArch, *, p: int, rows: int, prompt_len: int, max_tokens: int) -> EngineMemory:
+    """The transformers engine generating ``rows`` sequences of ``prompt_len`` + ``max_tokens`` tokens at
+    once (module docstring)."""
+    h, f, v = arch.hidden_size, arch.intermediate_size, arch.vocab_size
+    if arch.is_moe:
+        f = arch.experts_per_token * arch.moe_intermediate_size
+    seq = prompt_len + max_tokens
+    kv_per_token = kv_bytes_per_token(arch, tp=1, p=p)
+    kv = rows * seq * kv_per_token
+    # growing by concatenation, the keys (then the values) of one layer exist twice for a moment
+    kv += rows * seq * kv_per_token // (2 * max(1, arch.num_layers))
+    # the prompt pass: its cache, one layer's temporaries, the padding mask
+    prefill = rows * prompt_len * (kv_per_token + p * (4 * h + arch.q_dim + 2 * arch.kv_dim + 3 * f))
+    prefill += rows * prompt_len**2
+    # the last step: the whole cache, the logits in the model dtype, float32 logits, tempered, sorted,
+    # their order (int64), probabilities
+    last = kv + rows * v * (p + 4 * FP32 + 8)
+    act = max(prefill, last) - kv
+    weights = weight_bytes(arch, tp=1, p=p)
+    return EngineMemory(
+        budget=weights + kv + act,
+        weights=weights,
+        activations=act,
+        graphs=0,
+        kv_cache=kv,
+        kv_per_token=kv_per_token,
+        max_model_len=seq,
+        name="transformers engine",
+    )
+
+
 @dataclass(frozen=True)
 class EngineMemory:
     budget: int  # gpu_memory_utilization x device memory
@@ -62,6 +100,7 @@ class EngineMemory:
     kv_cache: int
     kv_per_token: int
     max_model_len: int
+    name: str = "vLLM"
 
     @property
     def kv_tokens(self) -> int:

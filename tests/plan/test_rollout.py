@@ -56,3 +56,29 @@ def test_a_mixture_of_experts_engine_holds_every_expert_and_a_whole_router(tmp_p
     norms = arch.num_layers * (2 * arch.hidden_size + 2 * arch.head_dim) + arch.hidden_size
     router = arch.num_layers * arch.num_experts * arch.hidden_size  # replicated on every tensor rank
     assert weight_bytes(arch, tp=2, p=2) == 2 * ((numel - norms - router) // 2 + norms + router)
+
+
+@pytest.mark.parametrize("prompt_len,max_tokens,n", [(24, 40, 4), (96, 8, 2), (8, 100, 8)])
+def test_the_transformers_engine_term_covers_what_generation_allocates(tmp_path, prompt_len, max_tokens, n):
+    """``hf_engine_memory``'s KV cache and temporaries against the bytes live at the peak of a CPU
+    generation (``LiveBytes``: every allocation during ``generate``), prompt-dominated and decode-dominated:
+    never below, at most 25 % above."""
+    from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
+    from nemo_resrl.diagnostics.live_bytes import LiveBytes
+    from nemo_resrl.plan.rollout import hf_engine_memory
+    from nemo_resrl.rollout.transformers_engine import TransformersEngine
+
+    make_tiny(tmp_path / "qwen3", "qwen3")
+    sampling = SamplingConfig(n=n, max_tokens=max_tokens, temperature=1.0, seed=0, stop_on_eos=False)
+    cfg = RolloutConfig(engine="transformers", tensor_parallel=1, max_model_len=256, sampling=sampling)
+    engine = TransformersEngine(tmp_path / "qwen3", cfg.validate(), device="cpu")
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 250, (prompt_len,), generator=g).tolist() for _ in range(6)]
+    with LiveBytes() as live:
+        batch = engine.generate(prompts)
+    assert all(len(r) == max_tokens for r in batch.responses)  # every row ran to its full length
+    arch = arch_from_hf_config(json.loads((tmp_path / "qwen3" / "config.json").read_text()))
+    planned = hf_engine_memory(arch, p=4, rows=6 * n, prompt_len=prompt_len, max_tokens=max_tokens)
+    assert planned.weights == sum(q.numel() * q.element_size() for q in engine.model.parameters())
+    dynamic = planned.kv_cache + planned.activations
+    assert live.peak <= dynamic <= 1.25 * live.peak, (live.peak, dynamic)

@@ -47,6 +47,11 @@ def test_the_gpu_check_runs_every_check_on_cpu(tmp_path):
     assert (after["params"], after["grads"]) == (4.0, 4.0) and 7.9 < after["optimizer"] < 8.5
     assert c["activations"]["bytes_per_token_and_layer"] > 4 * c["activations"]["hidden"]
     assert c["mfu"]["tflops_per_s"] > 0 and c["mfu"]["mfu"] is None  # no peak to compare with on CPU
+    # the loop: real steps of nemo-resrl train with the transformers engine, the plan's phases beside them
+    loop = c["loop"]
+    assert loop["steps"] == 2 and all(0.99 < s["rollout/token_mult_prob_error"] < 1.01 for s in loop["per_step"])
+    assert set(loop["planned_gib"]) == {"generation", "old log-probs", "training", "refit"}
+    assert all(len(v) == 2 and all(t > 0 for t in v) for v in loop["seconds"].values())
 
 
 @pytest.mark.gpu
@@ -54,3 +59,6 @@ def test_the_gpu_check_passes_on_cuda(tmp_path):
     r = _run(tmp_path)
     assert r["device"] == "cuda" and r["failed"] == [], r["failed"]
     assert r["checks"]["mfu"]["shape"]["layers"] == 28  # the Qwen3-1.7B shape
+    loop = r["checks"]["loop"]
+    assert loop["resrl_groups_active"] > 0  # some groups held correct and incorrect answers
+    assert loop["phases_within_15_percent"], loop["peak_over_plan"]

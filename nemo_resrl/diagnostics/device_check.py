@@ -24,7 +24,10 @@ failed):
   parameters) of a Qwen3-1.7B-shaped model (28 layers, hidden 2048) built directly with megatron-core's
   local layer spec and the actor's default SDPA attention (what runs without TransformerEngine), one
   sequence of 8192 tokens, against 989 TFLOP/s dense bf16 (H100 / H200); a tiny shape on CPU (FLOP/s
-  only). It measures the local spec's throughput, not the TransformerEngine path's.
+  only). It measures the local spec's throughput, not the TransformerEngine path's;
+- ``loop``: a few real ResRL steps of ``nemo-resrl train`` with the transformers rollout engine in a
+  child process, each phase's time and (on a GPU) allocator peak beside ``nemo-resrl plan``'s numbers
+  (``nemo_resrl/diagnostics/loop_check.py``).
 
 Needs torch, transformers, megatron-core and megatron-bridge only (no vLLM, no TransformerEngine: the
 local layer spec is used).
@@ -353,6 +356,11 @@ class Checks:
         res["ok"] = res["device_bytes"] == res["host_bytes"] > 0
         return res
 
+    def loop(self) -> dict:
+        from nemo_resrl.diagnostics.loop_check import run_loop
+
+        return run_loop(self.device, self.work / "loop")
+
     def mfu(self) -> dict:
         shape = QWEN3_1P7B if self.cuda else TINY_MFU
         # 8k tokens on a GPU with the SDPA attention (the unfused one ran out of 141 GB at 2 x 4096)
@@ -478,6 +486,7 @@ ORDER = (
     "cache",
     "export",
     "mfu",
+    "loop",
 )
 
 

@@ -13,6 +13,10 @@ to the digits, the space and end-of-turn. Its answers are then numbers, right of
 groups hold correct and incorrect responses (``resrl/groups_active`` is reported). All of the model's
 FLOPs and memory are those of the shape.
 
+reasoning-gym imports ``pycosat`` (a compiled SAT solver, published without wheels for every Python) for
+its logic puzzles when it is imported; the arithmetic task never calls it. Where it is not installed (a
+lent GPU) the child process gets a ``pycosat`` module that raises if called (``res["shims"]`` says so).
+
 On a GPU: the Qwen3-1.7B shape in bf16, ``LOOP_GPU``; the run's ``memory/<phase>_peak_gib`` against the
 plan's phase totals without its CUDA-context term (the allocator does not see that). On CPU (``--cpu``,
 CI): a tiny shape in fp32, ``LOOP_CPU``; times only.
@@ -20,6 +24,7 @@ CI): a tiny shape in fp32, ``LOOP_CPU``; times only.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -60,6 +65,12 @@ LOOP_CPU = dict(
         "rollout.sampling.max_tokens=16",
         "data.size=8",
     ],
+)
+PYCOSAT_SHIM = (
+    '"""Stands in for pycosat where it is not installed (nemo_resrl.diagnostics.loop_check)."""\n\n\n'
+    "def _missing(*args, **kwargs):\n"
+    "    raise RuntimeError('pycosat is not installed: this run cannot solve SAT problems')\n\n\n"
+    "solve = itersolve = _missing\n"
 )
 PHASES = {"generate": "generation", "old_logprobs": "old log-probs", "train": "training", "refit": "refit"}
 
@@ -174,6 +185,13 @@ def run_loop(device: str, work: Path, timeout: float = 420.0) -> dict:
     run_dir = work / "run"
     overrides = loop_overrides(device, model, run_dir)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    shims = []
+    if importlib.util.find_spec("pycosat") is None:
+        shim = work / "shims"
+        shim.mkdir(exist_ok=True)
+        (shim / "pycosat.py").write_text(PYCOSAT_SHIM)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(shim), env.get("PYTHONPATH", "")) if p)
+        shims.append("pycosat")
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     cmd = [sys.executable, "-m", "nemo_resrl.cli", "train", *overrides]
@@ -187,6 +205,7 @@ def run_loop(device: str, work: Path, timeout: float = 420.0) -> dict:
     if metrics.exists():
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     res: dict = {"shape": spec["shape"], "overrides": overrides, "returncode": rc, "steps": len(rows)}
+    res["shims"] = shims
     if rc != 0:
         res["ok"] = False
         res["log_tail"] = tail

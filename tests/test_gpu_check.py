@@ -52,7 +52,7 @@ def test_the_gpu_check_runs_every_check_on_cpu(tmp_path):
     assert loop["steps"] == 2
     assert all(0.99 < s["rollout/token_mult_prob_error"] < 1.01 for s in loop["per_step"])
     assert set(loop["planned_gib"]) == {"generation", "old log-probs", "training", "refit"}
-    assert all(len(v) == 2 and all(t > 0 for t in v) for v in loop["seconds"].values())
+    assert all(len(v) == 2 and all(t > 0 for t in v) for v in loop["phase_seconds"].values())
 
 
 @pytest.mark.gpu

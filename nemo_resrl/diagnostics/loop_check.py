@@ -212,7 +212,7 @@ def run_loop(device: str, work: Path, timeout: float = 420.0) -> dict:
         return res
     keys = ("reward/accuracy", "resrl/groups_active", "rollout/token_mult_prob_error", "response/length_mean")
     res["per_step"] = [{k: r.get(k) for k in keys} for r in rows]
-    res["seconds"] = {ph: [r.get(f"time/{ph}_s") for r in rows] for ph in PHASES}
+    res["phase_seconds"] = {ph: [r.get(f"time/{ph}_s") for r in rows] for ph in PHASES}
     res["resrl_groups_active"] = sum(r.get("resrl/groups_active", 0) for r in rows)
     plan = planned_phases(overrides)
     res["planned_gib"] = {PHASES[ph]: plan[PHASES[ph]] for ph in PHASES}

@@ -44,8 +44,8 @@ QWEN3_8B = {
 
 def make_hf(out: Path, layers: int) -> int:
     """A random bf16 Qwen3-8B-shaped HF dir with ``layers`` layers, written tensor by tensor."""
-    from nemo_resrl.convert.mapping import ModelShape, hf_layer_name
     from nemo_resrl.convert.safetensors_stream import TensorEntry, write_sharded
+    from nemo_resrl.models.hf_mapping import ModelShape, hf_layer_name
 
     cfg = {**QWEN3_8B, "num_hidden_layers": layers}
     shape = ModelShape.from_hf_config(cfg)

@@ -1,4 +1,4 @@
-"""The cost of checkpoint manifests (``nemo_resrl/manifest.py``): writing one and verifying it, against
+"""The cost of checkpoint manifests (``nemo_resrl/runs/manifest.py``): writing one and verifying it, against
 hashing every byte, on shard files of a given size.
 
     PYTHONPATH=. .venv/bin/python bench/bench_manifest.py [--gib 2 --files 2]
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nemo_resrl.manifest import manifest_defects, write_manifest
+from nemo_resrl.runs.manifest import manifest_defects, write_manifest
 
 
 def evict(paths) -> None:

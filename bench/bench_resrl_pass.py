@@ -118,8 +118,8 @@ class PeakMemory:
 def run_variant(args) -> dict:
     from nemo_resrl.algorithms.resrl import ResRLConfig, compute_resrl_weights
     from nemo_resrl.config.actor import ActorConfig
-    from nemo_resrl.distributed.resrl_pass import ResponseMeta, old_logprobs_with_resrl
     from nemo_resrl.models.actor import MegatronActor
+    from nemo_resrl.models.resrl_pass import ResponseMeta, old_logprobs_with_resrl
 
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the actor builds on the CPU

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
-import os
 import sys
+
+from nemo_resrl.common.logs import setup_logging
 
 # command -> "module:function" taking the arguments after the command name and returning the exit status
 SUBCOMMANDS = {
@@ -30,12 +30,6 @@ SUBCOMMANDS = {
     "plan": "nemo_resrl.plan.cli:main",
 }
 COMMANDS = ("train", *SUBCOMMANDS)
-
-
-def setup_logging() -> None:
-    rank = os.environ.get("RANK", "0")
-    logging.basicConfig(level=logging.WARNING, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("nemo_resrl").setLevel(logging.INFO)
 
 
 def train_main(argv: list[str]) -> int:
@@ -59,6 +53,13 @@ def _train_main(argv: list[str], stop) -> int:
     )
     parser.add_argument("--print-config", action="store_true", help="print the validated config and exit")
     parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show the libraries' log lines and warnings on the console (they always go to "
+        "RUN_DIR/train.log)",
+    )
+    parser.add_argument(
         "--config-dir",
         help="a directory of your own configs, laid over the shipped ones: its files replace shipped files "
         "of the same name and add options (DIR/model/mine.yaml is model=mine)",
@@ -79,10 +80,10 @@ def _train_main(argv: list[str], stop) -> int:
     if args.print_config:
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return 0
-    setup_logging()
-    from nemo_resrl.checkpointing import CheckpointError
+    setup_logging(verbose=args.verbose)
     from nemo_resrl.launch import train
-    from nemo_resrl.training.run_dir import RunDirError
+    from nemo_resrl.runs.checkpoints import CheckpointError
+    from nemo_resrl.runs.run_dir import RunDirError
 
     try:
         train(cfg, stop=stop)

@@ -11,66 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from nemo_resrl.common import is_rank0
-from nemo_resrl.config import ConfigError, RunConfig
+from nemo_resrl.common.logs import attach_run_log
+from nemo_resrl.config import RunConfig
+from nemo_resrl.models.hf_files import EMBEDDED_PREFIX, check_hf_dir, resolve_model_path
 
 log = logging.getLogger(__name__)
-EMBEDDED_PREFIX = "embedded:"
-EMBEDDED_MODELS = ("smollm2-135m-instruct",)
-
-
-def check_hf_dir(hf_path: str, key: str = "actor.hf_path") -> Path:
-    """``hf_path`` as a local Hugging Face checkpoint directory (config.json and weights), checked offline;
-    a ``ConfigError`` says what is missing (a hub id is named as such: models are read from disk only)."""
-    p = Path(hf_path).expanduser()
-    if not p.exists():
-        hint = ""
-        if re.fullmatch(r"[\w.-]+/[\w.-]+", hf_path):
-            hint = (
-                f" (it looks like a hub id: models are read from local directories only; download it first, "
-                f"e.g. huggingface-cli download {hf_path} --local-dir DIR, and set {key}=DIR)"
-            )
-        raise ConfigError(f"{key} {hf_path!r} does not exist{hint}")
-    if not p.is_dir():
-        raise ConfigError(f"{key} {hf_path!r} is a file, not a Hugging Face checkpoint directory")
-    if not (p / "config.json").is_file():
-        raise ConfigError(f"{key} {hf_path!r} has no config.json: not a Hugging Face checkpoint directory")
-    weights = sorted([*p.glob("*.safetensors"), *p.glob("*.bin")])
-    if not weights:
-        raise ConfigError(f"{key} {hf_path!r} has no weights (*.safetensors or *.bin files)")
-    for w in weights:
-        size = w.stat().st_size
-        if size < 8:  # a safetensors file starts with its 8-byte header length
-            raise ConfigError(
-                f"{key}: the weights file {w} is empty ({size} bytes): a failed download or copy"
-            )
-        if w.suffix == ".safetensors":
-            with open(w, "rb") as f:
-                header = int.from_bytes(f.read(8), "little")
-            if header <= 0 or 8 + header > size:
-                raise ConfigError(
-                    f"{key}: the weights file {w} is truncated or not safetensors ({size} bytes, its header "
-                    f"says {header} bytes of metadata): a failed download or copy"
-                )
-    return p
-
-
-def resolve_model_path(hf_path: str, dtype: str) -> str:
-    """An HF directory for ``hf_path``: itself (checked), or the cached conversion of an ``embedded:``
-    model."""
-    if not hf_path.startswith(EMBEDDED_PREFIX):
-        return str(check_hf_dir(hf_path))
-    name = hf_path[len(EMBEDDED_PREFIX) :]
-    if name not in EMBEDDED_MODELS:
-        raise ConfigError(f"actor.hf_path: unknown embedded model {name!r}; embedded: {EMBEDDED_MODELS}")
-    from nemo_resrl.models.embedded import ensure_embedded_model
-
-    return str(ensure_embedded_model(dtype="bfloat16" if dtype == "bf16" else "float32"))
 
 
 def build_reward(cfg: RunConfig, tokenizer: Any):
@@ -92,7 +42,7 @@ def train(cfg: RunConfig, stop=None) -> list[dict]:
     Rank 0 claims the run directory (its lock, the resume / start-over rule) before anything is built.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model and tokenizer is a local directory
-    from nemo_resrl.training.run_dir import claim_run_dir
+    from nemo_resrl.runs.run_dir import claim_run_dir
 
     if not cfg.actor.hf_path.startswith(EMBEDDED_PREFIX):
         check_hf_dir(cfg.actor.hf_path)  # before the run directory is touched
@@ -100,6 +50,7 @@ def train(cfg: RunConfig, stop=None) -> list[dict]:
     if is_rank0():
         ck = cfg.checkpoint
         lock = claim_run_dir(cfg.logging.run_dir, resume=ck.resume, start_over=ck.start_over)
+        attach_run_log(cfg.logging.run_dir)  # after claim_run_dir: a run moved aside takes its log along
     try:
         return _train(cfg, stop, lock)
     finally:

@@ -8,7 +8,7 @@ import pytest
 
 from nemo_resrl.cli import main
 from nemo_resrl.config import ConfigError
-from nemo_resrl.launch import check_hf_dir
+from nemo_resrl.models.hf_files import check_hf_dir
 
 
 def test_bad_model_directories_are_named_with_what_is_missing(tmp_path):

@@ -56,7 +56,7 @@ exit 0
 fi
 el "pytest -m gpu || gpu_check (no mfu, no loop)"
 timeout 300 python3 -m pytest -m gpu -p no:cacheprovider -v --timeout 150 tests/algorithms/test_resrl_cuda.py \
-  tests/test_checkpointing.py tests/models/test_gpu.py > "$OUT/pytest_gpu.txt" 2>&1 &
+  tests/runs/test_checkpoints.py tests/models/test_gpu.py > "$OUT/pytest_gpu.txt" 2>&1 &
 PYTEST=$!
 GPU_CHECK_TIMEOUT=150 bash tools/gpu_check.sh --out "$OUT/gpu_check.json" --only logits penultimate resrl \
   train_resume bytes_per_param activations plan cache export > "$OUT/gpu_check.txt" 2>&1

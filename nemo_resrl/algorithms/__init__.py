@@ -20,12 +20,10 @@ from nemo_resrl.algorithms.advantages import (
 )
 from nemo_resrl.algorithms.losses import (
     POLICY_LOSSES,
-    GlobalCounts,
     PolicyLossConfig,
     aggregate,
     compute_policy_loss,
     kl_penalty,
-    local_counts,
 )
 from nemo_resrl.algorithms.metrics import avg_at_k, maj_at_k, mean_pass_at_k, pass_at_k
 from nemo_resrl.algorithms.resrl import (
@@ -42,13 +40,14 @@ from nemo_resrl.algorithms.resrl import (
     token_advantages,
 )
 from nemo_resrl.algorithms.shaping import length_scaled_reward, nonzero_variance_groups, overlong_penalty
-from nemo_resrl.algorithms.specs import ALGORITHM_SPECS, AlgorithmSpec, algorithm_spec
 from nemo_resrl.algorithms.subspace import (
     PositiveSubspace,
     fit_positive_subspace,
     principal_angles,
     residual_energy,
 )
+from nemo_resrl.algorithms.token_batch import GlobalCounts, local_counts
+from nemo_resrl.config.specs import ALGORITHM_SPECS, AlgorithmSpec, algorithm_spec
 
 __all__ = [
     "ALGORITHM_SPECS",

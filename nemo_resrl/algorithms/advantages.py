@@ -18,12 +18,13 @@ from collections.abc import Callable
 import torch
 
 from nemo_resrl.algorithms.grouping import group_minmax, group_sum, index_groups
-from nemo_resrl.algorithms.registry import Registry
 from nemo_resrl.common import require, require_finite, require_shape
+from nemo_resrl.common.registry import Registry
 from nemo_resrl.config.algorithm import AdvantageConfig
+from nemo_resrl.config.specs import ADVANTAGE_ESTIMATOR_NAMES
 
 AdvantageFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AdvantageConfig], torch.Tensor]
-ADVANTAGE_ESTIMATORS: Registry[AdvantageFn] = Registry("advantage estimator")
+ADVANTAGE_ESTIMATORS: Registry[AdvantageFn] = Registry("advantage estimator", names=ADVANTAGE_ESTIMATOR_NAMES)
 
 
 def _check_inputs(rewards: torch.Tensor, correct: torch.Tensor, group_ids: torch.Tensor) -> None:

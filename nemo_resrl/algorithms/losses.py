@@ -14,13 +14,15 @@ every metric it returns is additive over micro-batches in the same way.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from nemo_resrl.algorithms.registry import Registry
+from nemo_resrl.algorithms.token_batch import GlobalCounts, PerToken
 from nemo_resrl.common import require, require_finite
+from nemo_resrl.common.registry import Registry
 from nemo_resrl.config.algorithm import AGG_MODES, KL_TYPES, PolicyLossConfig
+from nemo_resrl.config.specs import POLICY_LOSS_NAMES
 
 
 @dataclass
@@ -36,7 +38,7 @@ class PolicyLossTerms:
 PolicyLossFn = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, PolicyLossConfig], PolicyLossTerms
 ]
-POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")
+POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss", names=POLICY_LOSS_NAMES)
 
 
 @POLICY_LOSSES.register("ppo_clip")
@@ -86,21 +88,6 @@ def tis_weights(old_logp: torch.Tensor, rollout_logp: torch.Tensor, cap: float) 
     require(cap >= 1, f"the TIS cap must be >= 1, got {cap}")
     require(old_logp.shape == rollout_logp.shape, "old_logp and rollout_logp shapes differ")
     return torch.exp((old_logp - rollout_logp).clamp(-20.0, 20.0)).clamp(max=cap)
-
-
-@dataclass(frozen=True)
-class GlobalCounts:
-    """Denominators of the loss: valid tokens and sequences with at least one valid token, summed over
-    ALL micro-batches and data-parallel ranks of the optimizer step."""
-
-    tokens: float
-    sequences: float
-
-
-def local_counts(mask: torch.Tensor) -> GlobalCounts:
-    """Counts of one micro-batch [B, T]; sum these over micro-batches and ranks to get the global ones."""
-    m = mask.bool()
-    return GlobalCounts(tokens=float(m.sum()), sequences=float(m.any(dim=-1).sum()))
 
 
 def aggregate(
@@ -194,3 +181,36 @@ def compute_policy_loss(
         metrics["entropy"] = ent.detach()
     metrics["loss"] = loss.detach()
     return loss, metrics
+
+
+# metrics every policy-loss step reports (additive over micro-batches, like the loss)
+_STEP_METRICS = ("pg_loss", "pg_clipfrac", "pg_dual_clipfrac", "ppo_kl")
+
+
+@dataclass(frozen=True)
+class PolicyLoss:
+    """The policy loss as the object the trainer hands to the policy's ``train_step`` (NeMo RL's
+    ``LossFunction``): called once per micro-batch with that micro-batch's log-probs and entropies [b, T],
+    its rows of the step's ``PerToken`` batch and the step's ``GlobalCounts``; returns (loss, metrics), the
+    metrics named by ``metric_keys`` (detached scalars that add up over micro-batches)."""
+
+    cfg: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+
+    @property
+    def metric_keys(self) -> tuple[str, ...]:
+        return (*_STEP_METRICS, *(("kl",) if self.cfg.kl_coef > 0 else ()), "entropy", "loss")
+
+    def __call__(
+        self, logp: torch.Tensor, entropy: torch.Tensor | None, batch: PerToken, counts: GlobalCounts
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return compute_policy_loss(
+            logp,
+            batch.old_logprobs,
+            batch.advantages,
+            batch.mask,
+            self.cfg,
+            counts,
+            ref_logp=batch.ref_logprobs,
+            entropy=entropy,
+            is_weights=batch.is_weights,
+        )

@@ -5,7 +5,7 @@ a low-rank subspace; each token of an INCORRECT (negative) response is penalised
 far it lies outside that subspace. Tokens shared with correct answers get the floor weight ``xi``,
 genuinely wrong ones the full weight 1.
 
-Building blocks (pure functions, no distributed state; ``nemo_resrl.distributed`` composes the same
+Building blocks (pure functions, no distributed state; ``nemo_resrl.models.resrl_pass`` composes the same
 blocks across ranks so both paths give identical weights):
 
     normalize_hidden         h [N, d] -> x [N, d]       non-parametric LayerNorm in float32 (§3)

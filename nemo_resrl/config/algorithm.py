@@ -1,7 +1,7 @@
 """The ``algorithm`` section: which algorithm, its outcome advantages (``algorithm.advantage``), policy
 loss (``algorithm.loss``), ResRL weights (``algorithm.resrl``), and DAPO's dynamic sampling and overlong
 shaping. What each algorithm IS (estimator, ResRL weights or not, group-normalised or not, its recipe's
-defaults) is its spec in ``nemo_resrl.algorithms.specs``; ``AlgorithmConfig.preset(name)`` builds a
+defaults) is its spec in ``nemo_resrl.config.specs``; ``AlgorithmConfig.preset(name)`` builds a
 config from it, and each ``conf/algorithm/<name>.yaml`` holds the same values (tested).
 
 The defaults are docs/algorithm.md's (the released ResRL code's, section 4-6).
@@ -41,7 +41,8 @@ class PolicyLossConfig(Section):
     KEY = "algorithm.loss."
 
     name: str = "ppo_clip"
-    """A registered policy loss (``nemo_resrl.algorithms.losses.POLICY_LOSSES``)."""
+    """A registered policy loss (``nemo_resrl.config.specs.POLICY_LOSS_NAMES``; the functions:
+    ``nemo_resrl.algorithms.losses.POLICY_LOSSES``)."""
     clip_low: float = 0.2
     """Ratio clip range [1 - clip_low, 1 + clip_high]."""
     clip_high: float = 0.2
@@ -66,10 +67,12 @@ class PolicyLossConfig(Section):
     rollout engine that samples from a slightly different distribution (another precision or kernel)."""
 
     def check(self, keys: Keys) -> None:
-        from nemo_resrl.algorithms.losses import POLICY_LOSSES
+        from nemo_resrl.config.specs import POLICY_LOSS_NAMES
 
         keys.require(
-            self.name in POLICY_LOSSES, "name", f"{self.name!r} unknown; registered: {POLICY_LOSSES.names()}"
+            self.name in POLICY_LOSS_NAMES,
+            "name",
+            f"{self.name!r} unknown; registered: {sorted(POLICY_LOSS_NAMES)}",
         )
         keys.in_unit(self.clip_low, "clip_low", open_high=True)
         keys.at_least(self.clip_high, "clip_high", 0)
@@ -194,7 +197,7 @@ class AlgorithmConfig(Section):
     KEY = "algorithm."
 
     name: str = "resrl"
-    """grpo | dr_grpo | rloo | psr | nsr | w_reinforce | dapo | resrl (``nemo_resrl.algorithms.specs``)."""
+    """grpo | dr_grpo | rloo | psr | nsr | w_reinforce | dapo | resrl (``nemo_resrl.config.specs``)."""
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
     resrl: ResRLConfig = field(default_factory=ResRLConfig)
@@ -202,7 +205,7 @@ class AlgorithmConfig(Section):
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
 
     def check(self, keys: Keys) -> None:
-        from nemo_resrl.algorithms.specs import ALGORITHM_SPECS
+        from nemo_resrl.config.specs import ALGORITHM_SPECS
 
         keys.require(
             self.name in ALGORITHM_SPECS,
@@ -218,7 +221,7 @@ class AlgorithmConfig(Section):
     @property
     def spec(self):
         """This algorithm's ``AlgorithmSpec``."""
-        from nemo_resrl.algorithms.specs import algorithm_spec
+        from nemo_resrl.config.specs import algorithm_spec
 
         return algorithm_spec(self.name)
 
@@ -226,7 +229,7 @@ class AlgorithmConfig(Section):
     def preset(cls, name: str, **changes) -> AlgorithmConfig:
         """The config of algorithm ``name`` with its recipe's defaults (what ``algorithm=<name>`` loads),
         then ``changes`` (section objects or values) on top."""
-        from nemo_resrl.algorithms.specs import algorithm_spec
+        from nemo_resrl.config.specs import algorithm_spec
 
         spec = algorithm_spec(name)
         loss_fields = {f.name for f in fields(PolicyLossConfig)}

@@ -46,7 +46,7 @@ def algorithm_overrides(overrides: list[str]) -> list[str]:
     if not names:
         return list(overrides)
     name = names[-1]
-    from nemo_resrl.algorithms.specs import ALGORITHM_SPECS
+    from nemo_resrl.config.specs import ALGORITHM_SPECS
 
     if name not in ALGORITHM_SPECS:
         return list(overrides)  # validation names algorithm.name and the known ones

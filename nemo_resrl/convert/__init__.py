@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from nemo_resrl.convert.mapping import ConversionError
+from nemo_resrl.models.hf_mapping import ConversionError
 
 
 def is_hf_model_dir(path: str | os.PathLike) -> bool:

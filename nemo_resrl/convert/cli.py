@@ -15,7 +15,7 @@ import resource
 import sys
 import time
 
-from nemo_resrl.convert.mapping import ConversionError
+from nemo_resrl.models.hf_mapping import ConversionError
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from nemo_resrl.convert import mapping as M
 from nemo_resrl.convert.dist_ckpt import DistTensor, write_dist_checkpoint
 from nemo_resrl.convert.guards import check_output, partial_output
-from nemo_resrl.convert.hf_files import ACTOR_META, HF_META_DIR, copy_hf_meta_files
-from nemo_resrl.convert.mapping import ConversionError, ModelShape
 from nemo_resrl.convert.safetensors_stream import INDEX_FILE, SINGLE_FILE
 from nemo_resrl.convert.to_hf import BLOCK_BYTES, DTYPES
+from nemo_resrl.models import hf_mapping as M
+from nemo_resrl.models.hf_files import ACTOR_META, HF_META_DIR, copy_hf_meta_files
+from nemo_resrl.models.hf_mapping import ConversionError, ModelShape
 
 logger = logging.getLogger(__name__)
 

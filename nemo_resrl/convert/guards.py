@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from nemo_resrl.convert.mapping import ConversionError
+from nemo_resrl.models.hf_mapping import ConversionError
 
 RUN_MARKERS = ("metrics.jsonl", "checkpoints", ".lock", "trainer.json")
 MAX_SCAN_ENTRIES = 100_000
@@ -38,7 +38,7 @@ def run_dirs_in(root: Path) -> list[Path]:
 def check_output(out: Path, sources: list[Path], overwrite: bool) -> None:
     """Refuse an output equal to, above or inside a source, one inside a locked run directory, one that is
     or holds a run directory (``--overwrite`` would delete it), or a non-empty one without ``overwrite``."""
-    from nemo_resrl.training.run_dir import existing_run, locked_run_dir_of
+    from nemo_resrl.runs.run_dir import existing_run, locked_run_dir_of
 
     dst = out.resolve()
     for src in (s.resolve() for s in sources):
@@ -70,7 +70,7 @@ def check_output(out: Path, sources: list[Path], overwrite: bool) -> None:
 def check_source(actor_dir: Path) -> None:
     """Refuse a damaged checkpoint, naming what is wrong: the step directory's manifest (if any), then the
     dist-checkpoint's own index."""
-    from nemo_resrl.manifest import dist_checkpoint_defects, manifest_defects
+    from nemo_resrl.runs.manifest import dist_checkpoint_defects, manifest_defects
 
     step_dir = actor_dir.parent
     defects = [d for d in (manifest_defects(step_dir) or []) if d.startswith(f"{actor_dir.name}/")]

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from nemo_resrl.convert import mapping as M
 from nemo_resrl.convert.dist_ckpt import DistCheckpointReader
 from nemo_resrl.convert.guards import check_output, check_source, partial_output
-from nemo_resrl.convert.hf_files import ACTOR_META, HF_META_DIR, copy_hf_meta_files
-from nemo_resrl.convert.mapping import ConversionError, ModelShape
 from nemo_resrl.convert.safetensors_stream import TensorEntry, write_sharded
+from nemo_resrl.models import hf_mapping as M
+from nemo_resrl.models.hf_files import ACTOR_META, HF_META_DIR, copy_hf_meta_files
+from nemo_resrl.models.hf_mapping import ConversionError, ModelShape
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ BLOCK_BYTES = 256 * 2**20  # rows of the embedding / output layer moved at a tim
 def find_actor_checkpoint(path: str | os.PathLike) -> Path:
     """The actor dist-checkpoint directory for ``path``: an actor dir, a step dir (``step_000010``), a
     checkpoints root or a run dir (both: the latest complete step)."""
-    from nemo_resrl.checkpointing import CheckpointManager
+    from nemo_resrl.runs.checkpoints import CheckpointManager
 
     p = Path(path)
     if (p / ACTOR_META).is_file():

@@ -48,6 +48,9 @@ from pathlib import Path
 
 import torch
 
+from nemo_resrl.algorithms.losses import PolicyLoss
+from nemo_resrl.algorithms.token_batch import PerToken
+
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "B200": 2250.0, "A100": 312.0}  # dense bf16, per GPU
 QWEN3_1P7B = dict(layers=28, hidden=2048, ffn=6144, heads=16, kv=8, head_dim=128, vocab=151936)
 TINY_MFU = dict(layers=2, hidden=256, ffn=512, heads=4, kv=2, head_dim=64, vocab=1024)
@@ -160,7 +163,7 @@ class Checks:
     def resrl(self) -> dict:
         from nemo_resrl.algorithms.resrl import ResponseMeta, compute_resrl_weights
         from nemo_resrl.config import ResRLConfig
-        from nemo_resrl.distributed.resrl_pass import old_logprobs_with_resrl
+        from nemo_resrl.models.resrl_pass import old_logprobs_with_resrl
 
         cfg = ResRLConfig(max_rows=32, rank=4)
         gids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
@@ -182,13 +185,12 @@ class Checks:
         }
 
     def train_resume(self) -> dict:
-        from nemo_resrl.config import PolicyLossConfig
 
         def steps(actor, seeds) -> tuple[dict[str, torch.Tensor], dict]:
             for s in seeds:
                 out = actor.forward_logprobs(self.seqs)
                 adv = torch.randn(out.logprobs.shape, generator=torch.Generator().manual_seed(s)) * out.mask
-                m = actor.train_step(self.seqs, out.logprobs, adv, out.mask, PolicyLossConfig())
+                m = actor.train_step(self.seqs, PerToken(out.logprobs, adv, out.mask), PolicyLoss())
             return {k: v.detach().clone().cpu() for k, v in actor.export_hf_weights()}, m
 
         # one step, a checkpoint (model, Adam state, schedule), two more steps; a fresh actor loads the
@@ -206,7 +208,6 @@ class Checks:
         return {"ok": finite and diff <= 1e-6, "max_abs_diff_after_resume": diff, "loss": m["loss"]}
 
     def bytes_per_param(self) -> dict:
-        from nemo_resrl.config import PolicyLossConfig
         from nemo_resrl.models.offload import StorageOffload, _optimizer_tensors
 
         a = self.actor(fresh=True)
@@ -230,14 +231,15 @@ class Checks:
 
         before = account()
         out = a.forward_logprobs(self.seqs)
-        a.train_step(self.seqs, out.logprobs, torch.zeros_like(out.logprobs), out.mask, PolicyLossConfig())
+        a.train_step(
+            self.seqs, PerToken(out.logprobs, torch.zeros_like(out.logprobs), out.mask), PolicyLoss()
+        )
         after = account()
         # fp32 training: 4 (params) + 4 (fp32 grad buffer) before; + 8 (Adam moments) after the first step
         ok = before["optimizer"] < 1 and 7.9 < after["optimizer"] < 8.5 and abs(after["params"] - 4) < 0.1
         return {"ok": ok, "parameters": n, "before_first_step": before, "after_first_step": after}
 
     def activations(self) -> dict:
-        from nemo_resrl.config import PolicyLossConfig
         from nemo_resrl.models.offload import StorageOffload
 
         a = self.actor()
@@ -260,7 +262,7 @@ class Checks:
             torch.cuda.reset_peak_memory_stats()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             a.train_step(
-                self.seqs, out.logprobs, torch.zeros_like(out.logprobs), out.mask, PolicyLossConfig()
+                self.seqs, PerToken(out.logprobs, torch.zeros_like(out.logprobs), out.mask), PolicyLoss()
             )
         per = sum(seen.values()) / (tokens * a.num_layers)
         res = {"ok": per > 0, "bytes_per_token_and_layer": per, "tokens": tokens, "layers": a.num_layers}
@@ -274,7 +276,6 @@ class Checks:
     def plan(self) -> dict:
         import json as _json
 
-        from nemo_resrl.config import PolicyLossConfig
         from nemo_resrl.diagnostics.actor_memory import measured_bytes
         from nemo_resrl.models.batch import Sequences
         from nemo_resrl.plan.activations import layer_token_bytes, logits_bytes, logprob_chunk_bytes
@@ -287,7 +288,7 @@ class Checks:
 
         def step() -> None:
             out = a.forward_logprobs(seqs)
-            a.train_step(seqs, out.logprobs, torch.ones_like(out.logprobs), out.mask, PolicyLossConfig())
+            a.train_step(seqs, PerToken(out.logprobs, torch.ones_like(out.logprobs), out.mask), PolicyLoss())
 
         step()  # Adam's state exists from here on
         arch = arch_from_hf_config(_json.loads((self.model_dir / "config.json").read_text()))
@@ -327,11 +328,11 @@ class Checks:
             return {"ok": True, "skipped": "no caching allocator on CPU"}
         import gc
 
-        from nemo_resrl.config import PolicyLossConfig
-
         a = self.actor()
         out = a.forward_logprobs(self.seqs)
-        a.train_step(self.seqs, out.logprobs, torch.zeros_like(out.logprobs), out.mask, PolicyLossConfig())
+        a.train_step(
+            self.seqs, PerToken(out.logprobs, torch.zeros_like(out.logprobs), out.mask), PolicyLoss()
+        )
         del out
         gc.collect()
         cached = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()

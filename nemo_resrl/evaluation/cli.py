@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from nemo_resrl.cli import setup_logging
+from nemo_resrl.common.logs import setup_logging
 
 
 def main(argv: list[str]) -> int:

@@ -7,7 +7,7 @@ The work is split by job, and this class wires the parts together:
   temperature, the layer L-2 hook (docs/algorithm.md §3), broadcasts between stages;
 - ``train_step.py``: one optimizer step with the globally normalised policy loss;
 - ``checkpoint.py``: dist-checkpoints (the model loads at any TP / PP layout);
-- ``nemo_resrl.distributed.resrl_pass``: the ResRL weights riding on the old-log-prob pass.
+- ``nemo_resrl.models.resrl_pass``: the ResRL weights riding on the old-log-prob pass.
 
 Every call is collective over all ranks of the job. Data parallelism: each data-parallel rank passes
 ITS share of the batch; all tensor / pipeline ranks of one data-parallel rank pass the same share.
@@ -22,15 +22,15 @@ from pathlib import Path
 
 import torch
 
+from nemo_resrl.algorithms.token_batch import PerToken
 from nemo_resrl.config.actor import ActorConfig
-from nemo_resrl.config.algorithm import PolicyLossConfig
 from nemo_resrl.models import checkpoint
-from nemo_resrl.models.batch import Sequences, TokenOutputs
+from nemo_resrl.models.batch import LogprobResult, Sequences, TokenOutputs
 from nemo_resrl.models.build import build_model, build_optimizer
 from nemo_resrl.models.forward import ForwardRunner, PenultimateChunk, PenultimateConsumer
 from nemo_resrl.models.offload import ActorMemory
 from nemo_resrl.models.reference import ReferenceWeights
-from nemo_resrl.models.train_step import train_step
+from nemo_resrl.models.train_step import LossFunction, train_step
 
 REFERENCE_DIR = "reference"  # inside the actor's checkpoint directory
 __all__ = ["MegatronActor", "PenultimateChunk", "PenultimateConsumer", "TokenOutputs"]
@@ -85,13 +85,11 @@ class MegatronActor:
 
     def logprobs(self, seqs: Sequences, *, resrl=None, reference: bool = False):
         """The old-log-prob pass; with a ``ResRLRequest`` the ResRL weights ride on it; with ``reference``
-        the reference policy's log-probs follow it (``nemo_resrl.training.interfaces``)."""
-        from nemo_resrl.training.interfaces import LogprobResult
-
+        the reference policy's log-probs follow it (``LogprobResult``)."""
         if resrl is None:
             out = LogprobResult(outputs=self.forward_logprobs(seqs))
         else:
-            from nemo_resrl.distributed.resrl_pass import old_logprobs_with_resrl
+            from nemo_resrl.models.resrl_pass import old_logprobs_with_resrl
 
             res = old_logprobs_with_resrl(self, seqs, resrl.meta, resrl.cfg, step=resrl.step)
             out = LogprobResult(outputs=res.outputs, weights=res.weights, stats=res.stats)
@@ -102,31 +100,10 @@ class MegatronActor:
                 out.ref_logprobs = self.forward_logprobs(seqs).logprobs
         return out
 
-    def train_step(
-        self,
-        seqs: Sequences,
-        old_logprobs: torch.Tensor,
-        advantages: torch.Tensor,
-        loss_mask: torch.Tensor,
-        loss_cfg: PolicyLossConfig,
-        *,
-        ref_logprobs: torch.Tensor | None = None,
-        is_weights: torch.Tensor | None = None,
-    ) -> dict[str, float]:
+    def train_step(self, seqs: Sequences, batch: PerToken, loss_fn: LossFunction) -> dict[str, float]:
         """One optimizer step on this rank's share (``train_step.py``); metrics identical on all ranks."""
         self.memory.before_training()  # a no-op unless something is offloaded
-        out = train_step(
-            self.forward,
-            self.optimizer,
-            self.scheduler,
-            seqs,
-            old_logprobs,
-            advantages,
-            loss_mask,
-            loss_cfg,
-            ref_logprobs=ref_logprobs,
-            is_weights=is_weights,
-        )
+        out = train_step(self.forward, self.optimizer, self.scheduler, seqs, batch, loss_fn)
         self.step += 1
         return out
 

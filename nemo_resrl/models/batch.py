@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
+from nemo_resrl.algorithms.resrl import ResponseMeta, ResRLStats
 from nemo_resrl.common import require
+from nemo_resrl.config.algorithm import ResRLConfig
 
 
 @dataclass
@@ -72,6 +74,29 @@ class TokenOutputs:
     logprobs: torch.Tensor
     entropy: torch.Tensor | None
     mask: torch.Tensor
+
+
+@dataclass
+class ResRLRequest:
+    """Ask the log-prob pass for ResRL weights (docs/algorithm.md §3-5): this rank's responses'
+    ``meta`` (groups, step-unique response ids, outcome advantages), the settings, and the step (it
+    seeds the positive-row sample)."""
+
+    meta: ResponseMeta
+    cfg: ResRLConfig
+    step: int
+
+
+@dataclass
+class LogprobResult:
+    """A log-prob pass over B sequences: ``outputs`` (log-probs, mask [B, T]); with a ``ResRLRequest``,
+    ``weights`` [B, T] (1 outside negative tokens of active groups) and the per-group ``stats``; with
+    ``reference=True``, the reference policy's log-probs [B, T] (``ref_logprobs``)."""
+
+    outputs: TokenOutputs
+    weights: torch.Tensor | None = None
+    stats: ResRLStats | None = None
+    ref_logprobs: torch.Tensor | None = None
 
 
 def document_spans(doc_ids: torch.Tensor) -> list[list[tuple[int, int]]]:

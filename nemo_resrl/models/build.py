@@ -19,8 +19,8 @@ from nemo_resrl.compat import import_megatron_bridge, running_on_cpu, transforme
 from nemo_resrl.compat.bridge_config import fix_rotary_base
 from nemo_resrl.compat.versions import check_megatron_core
 from nemo_resrl.config.actor import ActorConfig, ActorConfigError, OptimConfig
-from nemo_resrl.convert.hf_files import hf_num_experts
-from nemo_resrl.convert.mapping import MOE_ARCHITECTURES, SUPPORTED_ARCHITECTURES
+from nemo_resrl.models.hf_files import hf_num_experts
+from nemo_resrl.models.hf_mapping import MOE_ARCHITECTURES, SUPPORTED_ARCHITECTURES
 from nemo_resrl.models.parallel import ParallelLayout, init_parallel
 from nemo_resrl.models.tp_attributes import mark_tensor_parallel_params
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch.distributed as dist
 
 from nemo_resrl.compat.megatron_optimizer import ensure_optimizer_state, inner_adams, load_optimizer_state
-from nemo_resrl.convert.hf_files import ACTOR_META, HF_META_DIR, copy_hf_meta_files
 from nemo_resrl.models.build import MegatronModel
+from nemo_resrl.models.hf_files import ACTOR_META, HF_META_DIR, copy_hf_meta_files
 
 OPTIM_SHARDINGS = ("dp_reshardable",)
 

@@ -1,16 +1,35 @@
-"""One optimizer step of the actor through megatron's ``forward_backward_func`` with the policy loss of
-``nemo_resrl.algorithms.losses``, normalised by GLOBAL counts (all micro-batches, all data-parallel
-ranks), so the gradient does not depend on how the batch is split (NeMo RL's global normalisation)."""
+"""One optimizer step of the actor through megatron's ``forward_backward_func`` with the loss object the
+trainer hands over (``LossFunction``; the project's is ``nemo_resrl.algorithms.losses.PolicyLoss``),
+normalised by GLOBAL counts (all micro-batches, all data-parallel ranks), so the gradient does not depend on
+how the batch is split (NeMo RL's global normalisation). The actor knows nothing of the loss beyond this
+interface."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
 
-from nemo_resrl.algorithms.losses import GlobalCounts, compute_policy_loss, local_counts
-from nemo_resrl.config.algorithm import PolicyLossConfig
+from nemo_resrl.algorithms.token_batch import GlobalCounts, PerToken, local_counts
 from nemo_resrl.models.batch import MicroBatch, Sequences
 from nemo_resrl.models.forward import ForwardRunner
+
+
+class LossFunction(Protocol):
+    """A loss the policy's ``train_step`` calls once per micro-batch: ``logp`` and ``entropy`` [b, T]
+    (the micro-batch's responses at the current weights, response-aligned), ``batch`` its rows of the
+    step's ``PerToken`` inputs (on the device), ``counts`` the step's global denominators. Returns the
+    micro-batch's share of the step's loss and detached scalar metrics named by ``metric_keys`` that add
+    up over micro-batches (and data-parallel ranks)."""
+
+    @property
+    def metric_keys(self) -> Sequence[str]: ...
+
+    def __call__(
+        self, logp: torch.Tensor, entropy: torch.Tensor, batch: PerToken, counts: GlobalCounts
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
 def global_counts(mask: torch.Tensor, runner: ForwardRunner) -> GlobalCounts:
@@ -25,51 +44,29 @@ def global_counts(mask: torch.Tensor, runner: ForwardRunner) -> GlobalCounts:
 
 
 def train_step(
-    runner: ForwardRunner,
-    optimizer,
-    scheduler,
-    seqs: Sequences,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    loss_mask: torch.Tensor,
-    loss_cfg: PolicyLossConfig,
-    *,
-    ref_logprobs: torch.Tensor | None = None,
-    is_weights: torch.Tensor | None = None,
+    runner: ForwardRunner, optimizer, scheduler, seqs: Sequences, batch: PerToken, loss_fn: LossFunction
 ) -> dict[str, float]:
-    """One optimizer step on this rank's share ``seqs``; per-token inputs are response-aligned [B, T].
+    """One optimizer step on this rank's share ``seqs`` with per-token inputs ``batch`` (response-aligned
+    [B, T]) and ``loss_fn``.
 
     The loss of every micro-batch is divided by the token (or sequence) count of the WHOLE step. Returns
-    metrics (identical on all ranks): the loss terms, grad_norm, lr, update_ok (the scheduler advances
-    only on a successful update).
+    metrics (identical on all ranks): ``loss_fn.metric_keys``, grad_norm, lr, update_ok (the scheduler
+    advances only on a successful update).
     """
     from megatron.core import parallel_state as ps
 
     m = runner.m
     layout = runner.layout(seqs)
     _, resp_mask = seqs.response_tokens()
-    B, T = resp_mask.shape
-    inputs = [("old_logprobs", old_logprobs), ("advantages", advantages), ("loss_mask", loss_mask)]
-    inputs += [("ref_logprobs", ref_logprobs), ("is_weights", is_weights)]
-    for name, t in inputs:
-        if t is not None and tuple(t.shape) != (B, T):
-            raise ValueError(f"{name} must be response-aligned [B, T] = {(B, T)}, got {tuple(t.shape)}")
-    mask = loss_mask.bool() & resp_mask
-    counts = global_counts(mask, runner)
+    batch.check_shape(tuple(resp_mask.shape))
+    T = resp_mask.shape[1]
+    batch = batch.masked(resp_mask)
+    counts = global_counts(batch.mask, runner)
     n_mb = len(layout.micro_batches)
     # megatron divides each micro-batch loss by n_mb and DDP averages over dp: undo both, so that the
     # summed gradient is the gradient of the globally normalised loss
     scale = float(n_mb * m.layout.dp)
-    per_token = {
-        "old_logp": old_logprobs.float(),
-        "adv": advantages.float(),
-        "mask": mask,
-        "ref": ref_logprobs.float() if ref_logprobs is not None else None,
-        "is_w": is_weights.float() if is_weights is not None else None,
-    }
-    keys = ["pg_loss", "pg_clipfrac", "pg_dual_clipfrac", "ppo_kl"]
-    keys += ["kl"] if loss_cfg.kl_coef > 0 else []
-    keys += ["entropy", "loss"]
+    keys = list(loss_fn.metric_keys)
     dev = m.device
 
     def loss_func(mb: MicroBatch, output: torch.Tensor):
@@ -79,20 +76,8 @@ def train_step(
         shape = (sid.numel(), T)
         logp = output.new_zeros(shape, dtype=torch.float32).index_put((row, mb.resp_pos), lp.float())
         entropy = output.new_zeros(shape, dtype=torch.float32).index_put((row, mb.resp_pos), ent.float())
-        sub = {
-            k: (v.index_select(0, sid.cpu()).to(dev) if v is not None else None) for k, v in per_token.items()
-        }
-        loss, metrics = compute_policy_loss(
-            logp,
-            sub["old_logp"],
-            sub["adv"],
-            sub["mask"],
-            loss_cfg,
-            counts,
-            ref_logp=sub["ref"],
-            entropy=entropy,
-            is_weights=sub["is_w"],
-        )
+        sub = batch.rows(sid.cpu(), T).to(dev)
+        loss, metrics = loss_fn(logp, entropy, sub, counts)
         return loss * scale, {k: metrics[k].detach().clone() for k in keys}
 
     for c in m.chunks:

@@ -114,7 +114,7 @@ def arch_from_hf_config(hf: dict, source: str = "") -> ModelArch:
     heads = int(hf["num_attention_heads"])
     moe = {}
     if arch == "Qwen3MoeForCausalLM":
-        from nemo_resrl.convert.hf_files import hf_num_experts
+        from nemo_resrl.models.hf_files import hf_num_experts
 
         moe = dict(
             num_experts=hf_num_experts(hf),
@@ -142,7 +142,7 @@ def resolve_arch(actor: ActorConfig) -> ModelArch:
     directory (or an embedded model), else ``actor.arch``."""
     path = actor.hf_path
     if path.startswith("embedded:"):
-        from nemo_resrl.launch import resolve_model_path
+        from nemo_resrl.models.hf_files import resolve_model_path
 
         path = resolve_model_path(path, actor.dtype)
     cfg_file = Path(path) / "config.json" if path else None

@@ -1,5 +1,5 @@
 """The ResRL pass's device memory and fit time on one rank of the pipeline stage that owns layer L-2
-(``nemo_resrl.distributed.resrl_pass``), from what the rank holds (``PassSizes``).
+(``nemo_resrl.models.resrl_pass``), from what the rank holds (``PassSizes``).
 
 ``pass_bytes(sizes, dims)`` is the peak of the storages the pass creates beside the forward pass itself:
 the maximum over the moments of the pass (the rows kept for the fit slots, their exchange, each fit
@@ -19,7 +19,7 @@ import numpy as np
 
 from nemo_resrl.algorithms.subspace import fit_workspace_bytes
 from nemo_resrl.config import RunConfig
-from nemo_resrl.distributed.resrl_pass import PassSizes, plan_groups, rank_sizes
+from nemo_resrl.models.resrl_pass import PassSizes, plan_groups, rank_sizes
 
 FP32, I64 = 4, 8
 # The fit's time model (docs/plan.md; measured on one H200, docs/benchmarks.md):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from nemo_resrl.algorithms.registry import Registry
+from nemo_resrl.common.registry import Registry
 from nemo_resrl.rewards.base import REASONS, RewardResult, extract_last_boxed
 from nemo_resrl.rewards.math import MathGrader, grade_math
 from nemo_resrl.rewards.synthetic import SyntheticGrader, build_synthetic_prompts, extract_final_answer

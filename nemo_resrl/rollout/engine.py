@@ -39,7 +39,7 @@ import torch.distributed as dist
 from nemo_resrl.common import require
 from nemo_resrl.compat import running_on_cpu
 from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
-from nemo_resrl.convert.hf_files import hf_num_experts
+from nemo_resrl.models.hf_files import hf_num_experts
 from nemo_resrl.rollout.batch import RefitStats, RolloutBatch
 
 log = logging.getLogger(__name__)

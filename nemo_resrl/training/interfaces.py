@@ -12,39 +12,15 @@ collective over the data-parallel group. Tensors cross these interfaces on the C
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
-from nemo_resrl.algorithms.resrl import ResponseMeta, ResRLStats
-from nemo_resrl.config.algorithm import PolicyLossConfig, ResRLConfig
+from nemo_resrl.algorithms.token_batch import PerToken
 from nemo_resrl.config.rollout import SamplingConfig
-from nemo_resrl.models.batch import Sequences, TokenOutputs
+from nemo_resrl.models.batch import LogprobResult, ResRLRequest, Sequences
+from nemo_resrl.models.train_step import LossFunction
 from nemo_resrl.rollout.batch import RefitStats, RolloutBatch
-
-
-@dataclass
-class ResRLRequest:
-    """Ask the log-prob pass for ResRL weights (docs/algorithm.md §3-5): this rank's responses'
-    ``meta`` (groups, step-unique response ids, outcome advantages), the settings, and the step (it
-    seeds the positive-row sample)."""
-
-    meta: ResponseMeta
-    cfg: ResRLConfig
-    step: int
-
-
-@dataclass
-class LogprobResult:
-    """A log-prob pass over B sequences: ``outputs`` (log-probs, mask [B, T]); with a ``ResRLRequest``,
-    ``weights`` [B, T] (1 outside negative tokens of active groups) and the per-group ``stats``; with
-    ``reference=True``, the reference policy's log-probs [B, T] (``ref_logprobs``)."""
-
-    outputs: TokenOutputs
-    weights: torch.Tensor | None = None
-    stats: ResRLStats | None = None
-    ref_logprobs: torch.Tensor | None = None
 
 
 class PolicyInterface(Protocol):
@@ -61,21 +37,10 @@ class PolicyInterface(Protocol):
         reference policy's log-probs too (a policy built with one: a KL penalty)."""
         ...
 
-    def train_step(
-        self,
-        seqs: Sequences,
-        old_logprobs: torch.Tensor,
-        advantages: torch.Tensor,
-        mask: torch.Tensor,
-        loss_cfg: PolicyLossConfig,
-        *,
-        ref_logprobs: torch.Tensor | None = None,
-        is_weights: torch.Tensor | None = None,
-    ) -> dict[str, float]:
-        """One optimizer step on this rank's share (per-token inputs response-aligned [B, T]), the loss
-        normalised by GLOBAL counts; returns metrics identical on every rank (loss terms, grad_norm, lr,
-        update_ok). ``ref_logprobs``: the reference policy's, for ``loss_cfg.kl_coef > 0``;
-        ``is_weights``: truncated importance-sampling weights multiplying each token's surrogate."""
+    def train_step(self, seqs: Sequences, batch: PerToken, loss_fn: LossFunction) -> dict[str, float]:
+        """One optimizer step on this rank's share: ``batch`` its per-token inputs (response-aligned
+        [B, T]), ``loss_fn`` the loss (called per micro-batch, normalised by GLOBAL counts); returns metrics
+        identical on every rank (``loss_fn.metric_keys``, grad_norm, lr, update_ok)."""
         ...
 
     def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -146,5 +111,6 @@ __all__ = [
     "LogprobResult",
     "PolicyInterface",
     "ResRLRequest",
-    "ResponseMeta",
+    "PerToken",
+    "LossFunction",
 ]

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from nemo_resrl.checkpointing import CheckpointManager
 from nemo_resrl.common import barrier, is_rank0
 from nemo_resrl.config.run import RunConfig
+from nemo_resrl.runs.checkpoints import CheckpointManager
+from nemo_resrl.runs.run_dir import RunDirLock, claim_run_dir
 from nemo_resrl.training.data_order import step_records
 from nemo_resrl.training.interfaces import DataParallelInterface, GenerationInterface
 from nemo_resrl.training.metrics_log import (
@@ -29,7 +30,6 @@ from nemo_resrl.training.metrics_log import (
     plot_reward_curve,
     require_logging_backends,
 )
-from nemo_resrl.training.run_dir import RunDirLock, claim_run_dir
 from nemo_resrl.training.stop import PREEMPTED_FILE, Preempted, StopRequest
 from nemo_resrl.training.trainer import RewardFn, Trainer
 
@@ -86,8 +86,8 @@ def check_resumed_config(checkpoint: Path, cfg: RunConfig) -> list[str]:
     """The keys of ``RESUME_KEYS`` on which ``cfg`` differs from the config ``checkpoint`` was trained
     with (its ``config.json``). Refused with ``ConfigError`` unless ``checkpoint.allow_config_change``;
     then warned about and returned (the first step logs ``checkpoint/config_changed``)."""
-    from nemo_resrl.checkpointing import CONFIG_FILE
     from nemo_resrl.config.keys import ConfigError
+    from nemo_resrl.runs.checkpoints import CONFIG_FILE
 
     recorded = checkpoint / CONFIG_FILE
     if not recorded.is_file():

@@ -20,9 +20,10 @@ from typing import Protocol
 import torch
 
 from nemo_resrl.algorithms.advantages import ADVANTAGE_ESTIMATORS, broadcast_to_tokens
-from nemo_resrl.algorithms.losses import tis_weights
+from nemo_resrl.algorithms.losses import PolicyLoss, tis_weights
 from nemo_resrl.algorithms.resrl import ResponseMeta, positive_set, token_advantages
 from nemo_resrl.algorithms.shaping import length_scaled_reward, nonzero_variance_groups, overlong_penalty
+from nemo_resrl.algorithms.token_batch import PerToken
 from nemo_resrl.config.algorithm import AlgorithmConfig
 from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
 from nemo_resrl.config.run import RewardConfig, TrainerConfig
@@ -95,6 +96,7 @@ class Trainer:
         if loss.agg == "seq-mean-token-sum-norm" and loss.agg_constant is None:  # Dr.GRPO: the budget
             loss = replace(loss, agg_constant=float(rollout.sampling.max_tokens))
         self.loss_cfg = loss
+        self.loss = PolicyLoss(loss)
         self.refill = refill
         self.on_phase = on_phase
         if float(policy.temperature) != float(rollout.sampling.temperature):
@@ -361,15 +363,7 @@ class Trainer:
             sub = Sequences([seqs.tokens[j] for j in i], [seqs.prompt_lens[j] for j in i])
             width = max(sub.response_lens)
             cut = per_token.rows(idx, width)
-            out = self.policy.train_step(
-                sub,
-                cut.old_logprobs,
-                cut.advantages,
-                cut.mask & keep[:, None],
-                self.loss_cfg,
-                ref_logprobs=cut.ref_logprobs,
-                is_weights=cut.is_weights,
-            )
+            out = self.policy.train_step(sub, cut.masked(keep[:, None]), self.loss)
             done += 1
             for k, v in out.items():
                 acc[k] = acc.get(k, 0.0) + v
@@ -422,32 +416,6 @@ class Trainer:
             "eval/length_mean": length / n,
             "eval/n": n,
         }
-
-
-@dataclass
-class PerToken:
-    """The step's per-token training inputs, response-aligned [N, T] (``ref_logprobs`` with a KL penalty,
-    ``is_weights`` with truncated importance sampling)."""
-
-    old_logprobs: torch.Tensor
-    advantages: torch.Tensor
-    mask: torch.Tensor
-    ref_logprobs: torch.Tensor | None = None
-    is_weights: torch.Tensor | None = None
-
-    def rows(self, idx: torch.Tensor, width: int) -> PerToken:
-        """Rows ``idx``, the first ``width`` columns."""
-
-        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[idx, :width]
-
-        return PerToken(
-            cut(self.old_logprobs),
-            cut(self.advantages),
-            cut(self.mask).bool(),
-            cut(self.ref_logprobs),
-            cut(self.is_weights),
-        )
 
 
 def trained_responses(trains_on: str, correct: torch.Tensor) -> torch.Tensor:

@@ -15,17 +15,16 @@ from hypothesis import strategies as st
 from nemo_resrl.algorithms.losses import (
     AGG_MODES,
     POLICY_LOSSES,
-    GlobalCounts,
     PolicyLossConfig,
     PolicyLossTerms,
     aggregate,
     compute_policy_loss,
     kl_penalty,
-    local_counts,
     ppo_clip_loss,
     tis_weights,
 )
-from nemo_resrl.algorithms.registry import Registry
+from nemo_resrl.algorithms.token_batch import GlobalCounts, local_counts
+from nemo_resrl.common.registry import Registry
 
 F64 = torch.float64
 REL = 1e-12
@@ -854,7 +853,13 @@ def test_compute_policy_loss_dispatches_on_name(monkeypatch):
             loss=-advantages * logp, ratio=torch.ones_like(logp), clipped=z, dual_clipped=z
         )
 
-    monkeypatch.setitem(POLICY_LOSSES._entries, "unit_test_linear", linear)
+    from nemo_resrl.config import specs
+
+    # a throw-away copy of the registry and of the config's names, then a registration as a plugin makes it
+    monkeypatch.setattr(POLICY_LOSSES, "_entries", dict(POLICY_LOSSES._entries))
+    monkeypatch.setattr(specs, "POLICY_LOSS_NAMES", set(specs.POLICY_LOSS_NAMES))
+    monkeypatch.setattr(POLICY_LOSSES, "_names", specs.POLICY_LOSS_NAMES)
+    POLICY_LOSSES.register("unit_test_linear")(linear)  # the config now accepts the name
     cfg = PolicyLossConfig(name="unit_test_linear").validate()
     lp = torch.tensor([[-1.0, -2.0], [-3.0, 0.0]], dtype=F64)
     adv = torch.tensor([[1.0, 2.0], [-1.0, 5.0]], dtype=F64)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from nemo_resrl.algorithms.advantages import ADVANTAGE_ESTIMATORS
-from nemo_resrl.algorithms.specs import ALGORITHM_SPECS
 from nemo_resrl.config import CONF_DIR, AlgorithmConfig, ConfigError, RewardConfig, RunConfig, load_config
+from nemo_resrl.config.specs import ALGORITHM_SPECS
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUPS = {

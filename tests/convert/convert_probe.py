@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from nemo_resrl.algorithms.losses import PolicyLoss
+from nemo_resrl.algorithms.token_batch import PerToken
 from tests.models.logits import gather_logits
 
 warnings.filterwarnings("ignore")
@@ -37,7 +39,6 @@ def main() -> None:
     work = Path(args.work)
 
     from nemo_resrl.config.actor import ActorConfig, OptimConfig
-    from nemo_resrl.config.algorithm import PolicyLossConfig
     from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.models.parallel import destroy_parallel
     from tests.models.actor_probe import fixed_advantages, fixed_batch
@@ -63,7 +64,7 @@ def main() -> None:
     rank0 = dist.get_rank() == 0
     lp = a.forward_logprobs(seqs)
     adv = fixed_advantages(mask.shape[1])[:, : max(seqs.response_lens)]
-    metrics = a.train_step(seqs, lp.logprobs, adv, mask, PolicyLossConfig())
+    metrics = a.train_step(seqs, PerToken(lp.logprobs, adv, mask), PolicyLoss())
     assert metrics["update_ok"], metrics
     a.save_checkpoint(out / "ckpt" / "actor")
     logits_trained = gather_logits(a, seqs)

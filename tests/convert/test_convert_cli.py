@@ -72,7 +72,7 @@ def test_a_run_whose_checkpoints_are_all_damaged_is_refused_listing_each(tmp_pat
     """Before: "converting the newest intact checkpoint" (sizes only), then "it is damaged" (digests)."""
     import shutil
 
-    from nemo_resrl.manifest import write_manifest
+    from nemo_resrl.runs.manifest import write_manifest
 
     hf = make_tiny(tmp_path / "qwen3", "qwen3")
     assert main(["convert", "from-hf", str(hf), str(tmp_path / "mg")]) == 0
@@ -90,7 +90,7 @@ def test_a_run_whose_checkpoints_are_all_damaged_is_refused_listing_each(tmp_pat
 
 
 def test_writing_into_a_run_dir_a_trainer_holds_is_refused(tmp_path, capsys):
-    from nemo_resrl.training.run_dir import RunDirLock
+    from nemo_resrl.runs.run_dir import RunDirLock
 
     hf = make_tiny(tmp_path / "qwen3", "qwen3")
     with RunDirLock(tmp_path / "run"):
@@ -102,7 +102,7 @@ def test_overwrite_never_deletes_a_run_directory_or_a_folder_holding_one(tmp_pat
     """``--overwrite`` onto a finished run's directory, onto a folder that holds a run (a live one too),
     onto a run's checkpoints: refused, naming the run; nothing deleted. An ordinary non-empty OUT is
     still replaced."""
-    from nemo_resrl.training.run_dir import RunDirLock
+    from nemo_resrl.runs.run_dir import RunDirLock
 
     hf = make_tiny(tmp_path / "qwen3", "qwen3")
     run = tmp_path / "parent" / "run"

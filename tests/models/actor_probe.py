@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from nemo_resrl.algorithms.losses import PolicyLoss
+from nemo_resrl.algorithms.token_batch import PerToken
 from tests.models.logits import gather_logits
 
 warnings.filterwarnings("ignore")
@@ -197,7 +199,7 @@ def main() -> None:
     adv = fixed_advantages(width)[idx][:, : max(local.response_lens)]
     _, local_mask = local.response_tokens()
     loss_cfg = PolicyLossConfig(clip_low=0.2, clip_high=0.28)
-    metrics = q.train_step(local, lp.logprobs, adv, local_mask, loss_cfg)
+    metrics = q.train_step(local, PerToken(lp.logprobs, adv, local_mask), PolicyLoss(loss_cfg))
     res["step_metrics"] = metrics
     tensors["weights_after_step"] = weights(q)
     tensors["logp_after_step"] = gather_rows(q.forward_logprobs(local).logprobs, idx, width)
@@ -237,12 +239,12 @@ def main() -> None:
     q.save_checkpoint(opt_ckpt)
     dist.barrier()
     res["ckpt_file_bytes"] = sorted(f.stat().st_size for f in opt_ckpt.glob("*.distcp"))
-    q.train_step(local, lp.logprobs, adv, local_mask, PolicyLossConfig())
+    q.train_step(local, PerToken(lp.logprobs, adv, local_mask), PolicyLoss())
     w2 = weights(q)
-    q.train_step(local, lp.logprobs, adv, local_mask, PolicyLossConfig())  # move away
+    q.train_step(local, PerToken(lp.logprobs, adv, local_mask), PolicyLoss())  # move away
     q.load_checkpoint(opt_ckpt)
     res["step_after_load"] = q.step
-    q.train_step(local, lp.logprobs, adv, local_mask, PolicyLossConfig())
+    q.train_step(local, PerToken(lp.logprobs, adv, local_mask), PolicyLoss())
     w2_again = weights(q)
     res["resume_step_diff"] = world_max(max(float((w2[k] - w2_again[k]).abs().max()) for k in w2))
 
@@ -262,7 +264,7 @@ def main() -> None:
     res["penultimate_qwen2_tokens"] = int(world_max(pen2["n_tokens"]))
     lp2 = q2.forward_logprobs(local)
     tensors["logp_qwen2"] = gather_rows(lp2.logprobs, idx, width)
-    q2.train_step(local, lp2.logprobs, adv, local_mask, loss_cfg)
+    q2.train_step(local, PerToken(lp2.logprobs, adv, local_mask), PolicyLoss(loss_cfg))
     tensors["qwen2_weights_after_step"] = weights(q2)
 
     if rank0:

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from nemo_resrl.algorithms.losses import PolicyLoss
+from nemo_resrl.algorithms.token_batch import PerToken
 from tests.models.actor_probe import all_reduce, fixed_advantages, fixed_batch, gather_rows, shard, weights
 from tests.models.logits import gather_logits
 
@@ -70,10 +72,10 @@ def record(args, attention: str) -> dict[str, torch.Tensor]:
     _, mask = local.response_tokens()
     loss = PolicyLossConfig(clip_low=0.2, clip_high=0.28)
     actor.cfg.pack_sequences = False
-    actor.train_step(local, lp.logprobs, adv, mask, loss)
+    actor.train_step(local, PerToken(lp.logprobs, adv, mask), PolicyLoss(loss))
     out["weights_padded_step"] = torch.cat([w.flatten() for _, w in sorted(weights(actor).items())])
     actor.cfg.pack_sequences = True
-    actor.train_step(local, lp.logprobs, adv, mask, loss)
+    actor.train_step(local, PerToken(lp.logprobs, adv, mask), PolicyLoss(loss))
     out["weights_packed_step"] = torch.cat([w.flatten() for _, w in sorted(weights(actor).items())])
     del actor
     return out

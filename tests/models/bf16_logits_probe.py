@@ -16,11 +16,14 @@ import warnings
 
 import torch
 
+from nemo_resrl.algorithms.losses import PolicyLoss
+from nemo_resrl.algorithms.token_batch import PerToken
+
 warnings.filterwarnings("ignore")
 
 
 def main() -> None:
-    from nemo_resrl.config import ActorConfig, OptimConfig, PolicyLossConfig
+    from nemo_resrl.config import ActorConfig, OptimConfig
     from nemo_resrl.diagnostics.live_bytes import LiveBytes
     from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.models.batch import Sequences
@@ -56,7 +59,7 @@ def main() -> None:
 
     adv = torch.randn(out.logprobs.shape, generator=g) * out.mask
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        metrics = actor.train_step(seqs, out.logprobs, adv, out.mask, PolicyLossConfig())
+        metrics = actor.train_step(seqs, PerToken(out.logprobs, adv, out.mask), PolicyLoss())
     n, v = seen["rows"], seen["padded"]
     cuda = actor.device.type == "cuda"
     if cuda:  # the allocator's peak over a bf16 train step (Adam's state exists now) against the plan
@@ -77,7 +80,7 @@ def main() -> None:
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        actor.train_step(seqs, out.logprobs, adv, out.mask, PolicyLossConfig())
+        actor.train_step(seqs, PerToken(out.logprobs, adv, out.mask), PolicyLoss())
         torch.cuda.synchronize()
         train_peak = torch.cuda.max_memory_allocated() - base
     res = {

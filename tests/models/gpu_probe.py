@@ -13,6 +13,8 @@ import warnings
 
 import torch
 
+from nemo_resrl.algorithms.losses import PolicyLoss
+from nemo_resrl.algorithms.token_batch import PerToken
 from tests.models.logits import gather_logits
 
 warnings.filterwarnings("ignore")
@@ -21,7 +23,7 @@ warnings.filterwarnings("ignore")
 def main() -> None:
     from transformers import AutoModelForCausalLM
 
-    from nemo_resrl.config import ActorConfig, OptimConfig, PolicyLossConfig
+    from nemo_resrl.config import ActorConfig, OptimConfig
     from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.models.batch import Sequences
 
@@ -44,7 +46,7 @@ def main() -> None:
         lp = torch.log_softmax(ref[i], -1)[p - 1 : -1].gather(-1, t[p:, None]).squeeze(-1)
         ref_lp[i, : lp.numel()] = lp
     adv = torch.randn(out.logprobs.shape, generator=g) * out.mask
-    m = actor.train_step(seqs, out.logprobs, adv, out.mask, PolicyLossConfig())
+    m = actor.train_step(seqs, PerToken(out.logprobs, adv, out.mask), PolicyLoss())
     after = actor.forward_logprobs(seqs)
     res = {
         "device": str(actor.device),

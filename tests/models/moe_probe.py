@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from nemo_resrl.algorithms.losses import PolicyLoss
+from nemo_resrl.algorithms.token_batch import PerToken
 from tests.models.actor_probe import (
     fixed_advantages,
     fixed_batch,
@@ -118,7 +120,9 @@ def main() -> None:
         p.detach().clone() for n, p in actor.model.gpt.named_parameters() if n.endswith("router.weight")
     ]
     metrics = actor.train_step(
-        local, lp.logprobs, adv, local_mask, PolicyLossConfig(clip_low=0.2, clip_high=0.28)
+        local,
+        PerToken(lp.logprobs, adv, local_mask),
+        PolicyLoss(PolicyLossConfig(clip_low=0.2, clip_high=0.28)),
     )
     res["step_metrics"] = metrics
     after = [p for n, p in actor.model.gpt.named_parameters() if n.endswith("router.weight")]

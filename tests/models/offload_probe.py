@@ -14,6 +14,9 @@ import warnings
 
 import torch
 
+from nemo_resrl.algorithms.losses import PolicyLoss
+from nemo_resrl.algorithms.token_batch import PerToken
+
 warnings.filterwarnings("ignore")
 
 
@@ -45,8 +48,12 @@ def main() -> None:
     a, b = ref.forward_logprobs(seqs), padded.forward_logprobs(seqs)
     res["pad_seq_len"] = padded.forward.layout(seqs).seq_len
     res["pad_logp_diff"] = float(((a.logprobs - b.logprobs) * a.mask).abs().max())
-    ma = ref.train_step(seqs, a.logprobs, adv[:, : a.mask.shape[1]] * a.mask, a.mask, loss)
-    mb = padded.train_step(seqs, b.logprobs, adv[:, : b.mask.shape[1]] * b.mask, b.mask, loss)
+    ma = ref.train_step(
+        seqs, PerToken(a.logprobs, adv[:, : a.mask.shape[1]] * a.mask, a.mask), PolicyLoss(loss)
+    )
+    mb = padded.train_step(
+        seqs, PerToken(b.logprobs, adv[:, : b.mask.shape[1]] * b.mask, b.mask), PolicyLoss(loss)
+    )
     res["pad_loss_diff"] = abs(ma["loss"] - mb["loss"])
     after = ref.forward_logprobs(seqs).logprobs - padded.forward_logprobs(seqs).logprobs
     res["pad_logp_diff_after_step"] = float((after * a.mask).abs().max())
@@ -56,7 +63,7 @@ def main() -> None:
     def step(actor, adv_seed: int) -> None:
         out = actor.forward_logprobs(seqs)
         adv = torch.randn(out.logprobs.shape, generator=torch.Generator().manual_seed(adv_seed)) * out.mask
-        actor.train_step(seqs, out.logprobs, adv, out.mask, loss)
+        actor.train_step(seqs, PerToken(out.logprobs, adv, out.mask), PolicyLoss(loss))
 
     for s in range(3):
         step(ref, s)

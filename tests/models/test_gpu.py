@@ -54,7 +54,7 @@ def test_the_actor_probe_on_one_gpu_matches_transformers_and_one_process_on_cpu(
 
 def test_the_resrl_pass_on_one_gpu_equals_the_single_process_weights(tmp_path):
     make_tiny(tmp_path / "qwen3", "qwen3")
-    res = run_module("tests.distributed.resrl_probe", "--work", tmp_path, "--tp", 1, "--pp", 1, gpu=True)
+    res = run_module("tests.models.resrl_probe", "--work", tmp_path, "--tp", 1, "--pp", 1, gpu=True)
     assert res.returncode == 0 and "PROBE OK tp1pp1dp1" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
     r = json.loads((tmp_path / "tp1pp1dp1.json").read_text())
     for label in ("default", "m_below_k"):

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import torch
 
+from nemo_resrl.algorithms.losses import PolicyLoss
+from nemo_resrl.algorithms.token_batch import PerToken
+
 warnings.filterwarnings("ignore")
 
 # (checkpoint directory, actor dtype, distributed optimizer)
@@ -43,7 +46,7 @@ def main() -> None:
 
     from megatron.core import parallel_state as ps
 
-    from nemo_resrl.config import ActorConfig, PolicyLossConfig
+    from nemo_resrl.config import ActorConfig
     from nemo_resrl.diagnostics.actor_memory import measured_bytes
     from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.models.batch import Sequences
@@ -66,7 +69,7 @@ def main() -> None:
         g = torch.Generator().manual_seed(0)
         seqs = Sequences([torch.randint(3, 200, (9,), generator=g) for _ in range(2)], [4, 4])
         ones = torch.ones(2, 5)
-        actor.train_step(seqs, torch.zeros(2, 5), ones, ones, PolicyLossConfig())  # Adam's state exists
+        actor.train_step(seqs, PerToken(torch.zeros(2, 5), ones, ones), PolicyLoss())  # Adam's state exists
         lay = actor.layout
         arch = arch_from_hf_config(json.loads((path / "config.json").read_text()))
         plan = actor_static(

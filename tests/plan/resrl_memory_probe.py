@@ -65,9 +65,9 @@ def main() -> None:
     from nemo_resrl.algorithms.resrl import ResponseMeta
     from nemo_resrl.config import ActorConfig, ResRLConfig
     from nemo_resrl.diagnostics.live_bytes import LiveBytes
-    from nemo_resrl.distributed.resrl_pass import ResRLPass
     from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.models.batch import Sequences
+    from nemo_resrl.models.resrl_pass import ResRLPass
 
     class Traced(LiveBytes):
         """With NEMO_RESRL_DEBUG_PEAK set: where the peak was reached (for a failing comparison)."""

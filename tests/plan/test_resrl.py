@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nemo_resrl.distributed.resrl_pass import PassSizes
+from nemo_resrl.models.resrl_pass import PassSizes
 from nemo_resrl.plan.cli import load_plan_config
 from nemo_resrl.plan.phases import make_plan
 from nemo_resrl.plan.resrl import PassDims, pass_bytes, pass_moments

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from nemo_resrl.algorithms.losses import PolicyLoss
+from nemo_resrl.algorithms.token_batch import PerToken
 from tests.rollout.rollout_probe import actor_greedy, greedy_agreement
 
 warnings.filterwarnings("ignore")
@@ -27,7 +29,6 @@ def main() -> None:
     ap.add_argument("--work", required=True)
     work = Path(ap.parse_args().work)
     from nemo_resrl.config.actor import ActorConfig, OptimConfig
-    from nemo_resrl.config.algorithm import PolicyLossConfig
     from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
     from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.rollout.batch import token_mult_prob_error
@@ -59,7 +60,7 @@ def main() -> None:
     res["greedy_equal_before"] = g0 == actor_greedy(actor, prompts, 10)
     adv = torch.randn(out.logprobs.shape, generator=g)
     for _ in range(3):
-        actor.train_step(batch.to_sequences(), out.logprobs, adv, out.mask, PolicyLossConfig())
+        actor.train_step(batch.to_sequences(), PerToken(out.logprobs, adv, out.mask), PolicyLoss())
     engine.refit(actor.export_hf_weights())
     out1 = engine.generate(prompts, greedy)
     g1 = out1.responses

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import torch
 
+from nemo_resrl.algorithms.losses import PolicyLoss
+from nemo_resrl.algorithms.token_batch import PerToken
+
 
 class RefitCheck:
     def __init__(self, model: Path):
@@ -33,9 +36,8 @@ class RefitCheck:
 
     def step(self) -> None:
         """One optimizer step on a fresh generation with random advantages."""
-        from nemo_resrl.config.algorithm import PolicyLossConfig
 
         b = self.engine.generate(self.prompts)
         out = self.actor.forward_logprobs(b.to_sequences())
         adv = torch.randn(out.logprobs.shape, generator=self.g) * out.mask
-        self.actor.train_step(b.to_sequences(), out.logprobs, adv, out.mask, PolicyLossConfig())
+        self.actor.train_step(b.to_sequences(), PerToken(out.logprobs, adv, out.mask), PolicyLoss())

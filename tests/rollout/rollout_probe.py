@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from nemo_resrl.algorithms.losses import PolicyLoss
+from nemo_resrl.algorithms.token_batch import PerToken
 from tests.models.logits import gather_logits
 
 warnings.filterwarnings("ignore")
@@ -60,7 +62,6 @@ def main() -> None:
     from safetensors.torch import load_file
 
     from nemo_resrl.config.actor import ActorConfig, OptimConfig
-    from nemo_resrl.config.algorithm import PolicyLossConfig
     from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
     from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.rollout.batch import token_mult_prob_error
@@ -149,7 +150,7 @@ def main() -> None:
     res["greedy_equal_before"] = g0.responses == actor_greedy(actor, every, 12)
     adv = torch.randn(out.logprobs.shape, generator=g)
     for _ in range(3):
-        actor.train_step(seqs, out.logprobs, adv, out.mask, PolicyLossConfig())
+        actor.train_step(seqs, PerToken(out.logprobs, adv, out.mask), PolicyLoss())
     stats = engine.refit(actor.export_hf_weights())
     res["refit"] = {"tensors": stats.tensors, "bytes": stats.bytes, "calls": stats.calls}
     g1 = engine.generate(every, greedy)

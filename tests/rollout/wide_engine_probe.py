@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from nemo_resrl.algorithms.losses import PolicyLoss
+from nemo_resrl.algorithms.token_batch import PerToken
 from tests.rollout.rollout_probe import greedy_agreement
 
 warnings.filterwarnings("ignore")
@@ -28,7 +30,6 @@ def main() -> None:
     ap.add_argument("--work", required=True)
     work = Path(ap.parse_args().work)
     from nemo_resrl.config.actor import ActorConfig, OptimConfig
-    from nemo_resrl.config.algorithm import PolicyLossConfig
     from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
     from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.rollout.batch import token_mult_prob_error
@@ -56,7 +57,7 @@ def main() -> None:
     res["token_mult_prob_error"] = token_mult_prob_error(batch.response_logprobs(), out.logprobs, out.mask)
     adv = torch.randn(out.logprobs.shape, generator=torch.Generator().manual_seed(rank))
     for _ in range(2):  # each replica trains on its own responses; the update is shared (DP=2)
-        actor.train_step(batch.to_sequences(), out.logprobs, adv, out.mask, PolicyLossConfig())
+        actor.train_step(batch.to_sequences(), PerToken(out.logprobs, adv, out.mask), PolicyLoss())
     engine.refit(actor.export_hf_weights())
     greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=10, stop_on_eos=False)
     after = engine.generate(mine, greedy, first_index=first)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from nemo_resrl.checkpointing import CheckpointManager
+from nemo_resrl.runs.checkpoints import CheckpointManager
 from tests.models.tiny_hf import make_tiny
 
 ROOT = Path(__file__).resolve().parents[2]

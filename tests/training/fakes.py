@@ -17,8 +17,8 @@ from dataclasses import replace
 
 import torch
 
-from nemo_resrl.algorithms.losses import compute_policy_loss, local_counts
 from nemo_resrl.algorithms.resrl import compute_resrl_weights
+from nemo_resrl.algorithms.token_batch import PerToken, local_counts
 from nemo_resrl.config import (
     AlgorithmConfig,
     ResRLConfig,
@@ -106,10 +106,10 @@ class BigramPolicy:
         )
         return LogprobResult(outputs=out, weights=res.weights, stats=res.stats, ref_logprobs=ref)
 
-    def train_step(
-        self, seqs, old_logprobs, advantages, mask, loss_cfg, *, ref_logprobs=None, is_weights=None
-    ) -> dict[str, float]:
+    def train_step(self, seqs, batch: PerToken, loss_fn) -> dict[str, float]:
         self.events.append("policy.train_step")
+        old_logprobs, advantages, mask = batch.old_logprobs, batch.advantages, batch.mask
+        ref_logprobs, is_weights = batch.ref_logprobs, batch.is_weights
         self.train_calls.append(
             {
                 "seqs": seqs,
@@ -118,21 +118,12 @@ class BigramPolicy:
                 "mask": mask.clone(),
                 "ref": None if ref_logprobs is None else ref_logprobs.clone(),
                 "is_weights": None if is_weights is None else is_weights.clone(),
-                "loss_cfg": loss_cfg,
+                "loss_cfg": loss_fn.cfg,
             }
         )
         logp, _, resp_mask = self._token_logprobs(seqs)
-        m = mask.bool() & resp_mask
-        loss, metrics = compute_policy_loss(
-            logp,
-            old_logprobs,
-            advantages,
-            m,
-            loss_cfg,
-            local_counts(m),
-            ref_logp=ref_logprobs,
-            is_weights=is_weights,
-        )
+        masked = batch.masked(resp_mask)
+        loss, metrics = loss_fn(logp, None, masked, local_counts(masked.mask))
         self.opt.zero_grad()
         loss.backward()
         grad_norm = torch.cat([p.grad.flatten() for p in (self.emb, self.out)]).norm()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nemo_resrl.checkpointing import CheckpointManager
-from nemo_resrl.manifest import write_manifest
+from nemo_resrl.runs.checkpoints import CheckpointManager
+from nemo_resrl.runs.manifest import write_manifest
 from nemo_resrl.training.data_order import step_records
 from nemo_resrl.training.metrics_log import format_row
 from tests.launch import run_module
@@ -74,7 +74,7 @@ def test_a_kill_9_during_a_checkpoint_save_leaves_no_process_and_no_lock_and_the
     a kill -9 of the trainer mid-save left them running (one at 6.2 GB after 98 s) and holding the run-dir
     lock, so the restart was refused naming a dead pid. Now every process the trainer started dies with it,
     the lock is free at once, and the restart resumes from the last intact checkpoint."""
-    from nemo_resrl.training.run_dir import lock_holder
+    from nemo_resrl.runs.run_dir import lock_holder
 
     make_tiny(tmp_path / "qwen3", "qwen3")
     run = tmp_path / "run"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nemo_resrl.checkpointing import CheckpointManager
+from nemo_resrl.runs.checkpoints import CheckpointManager
 from tests.launch import run_module
 from tests.models.tiny_hf import make_tiny
 

@@ -23,12 +23,13 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
-from nemo_resrl.algorithms.losses import compute_policy_loss, local_counts
+from nemo_resrl.algorithms.losses import compute_policy_loss
 from nemo_resrl.algorithms.resrl import compute_resrl_weights
-from nemo_resrl.algorithms.specs import ALGORITHM_SPECS
+from nemo_resrl.algorithms.token_batch import local_counts
 from nemo_resrl.config import AlgorithmConfig, RewardConfig, RolloutConfig, SamplingConfig
 from nemo_resrl.config.algorithm import DynamicSamplingConfig
 from nemo_resrl.config.run import LengthScaleConfig, TrainerConfig
+from nemo_resrl.config.specs import ALGORITHM_SPECS
 from nemo_resrl.models.batch import TokenOutputs
 from nemo_resrl.rewards.base import make_result
 from nemo_resrl.rollout.batch import RefitStats, RolloutBatch
@@ -180,7 +181,9 @@ class TablePolicy:
         )
         return LogprobResult(outputs=out, weights=res.weights, stats=res.stats, ref_logprobs=refl)
 
-    def train_step(self, seqs, old, adv, mask, loss_cfg, *, ref_logprobs=None, is_weights=None):
+    def train_step(self, seqs, batch, loss_fn):
+        old, adv, mask, loss_cfg = batch.old_logprobs, batch.advantages, batch.mask, loss_fn.cfg
+        ref_logprobs, is_weights = batch.ref_logprobs, batch.is_weights
         rows = self._rows(seqs)
         _, resp = seqs.response_tokens()
         m = mask.bool() & resp
@@ -460,10 +463,10 @@ def _token_advantages(case: Case, positive_set: str) -> torch.Tensor:
     captured = {}
 
     class Capture(TablePolicy):
-        def train_step(self, seqs, old, adv, mask, loss_cfg, **kw):
-            captured["adv"] = adv.clone()
+        def train_step(self, seqs, batch, loss_fn):
+            captured["adv"] = batch.advantages.clone()
             captured["rows"] = self._rows(seqs)
-            return super().train_step(seqs, old, adv, mask, loss_cfg, **kw)
+            return super().train_step(seqs, batch, loss_fn)
 
     policy = Capture(case)
     trainer = Trainer(

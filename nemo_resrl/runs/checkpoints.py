@@ -35,7 +35,7 @@ import torch
 
 from nemo_resrl.common import barrier as _barrier
 from nemo_resrl.common import global_rank as _rank
-from nemo_resrl.manifest import dist_checkpoint_defects, manifest_defects, read_manifest, write_manifest
+from nemo_resrl.runs.manifest import dist_checkpoint_defects, manifest_defects, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The random state a run checkpoint saves per rank (``nemo_resrl.checkpointing.rng_state``): every
+"""The random state a run checkpoint saves per rank (``nemo_resrl.runs.checkpoints.rng_state``): every
 generator a resumed step draws from comes back, so the resume repeats the uninterrupted run."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import sys
 import pytest
 import torch
 
-from nemo_resrl.checkpointing import rng_state, set_rng_state
+from nemo_resrl.runs.checkpoints import rng_state, set_rng_state
 
 TRACKER_ROUND_TRIP = """
 import torch
 from nemo_resrl.compat import megatron_cpu
 megatron_cpu.install(("rng",))
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-from nemo_resrl.checkpointing import rng_state, set_rng_state
+from nemo_resrl.runs.checkpoints import rng_state, set_rng_state
 tracker = get_cuda_rng_tracker()
 tracker.add("model-parallel-rng", 1234)
 state = rng_state()

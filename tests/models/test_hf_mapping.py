@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nemo_resrl.convert import mapping as M
-from nemo_resrl.convert.mapping import ConversionError, ModelShape
+from nemo_resrl.models import hf_mapping as M
+from nemo_resrl.models.hf_mapping import ConversionError, ModelShape
 
 CFG = {
     "architectures": ["Qwen3ForCausalLM"],

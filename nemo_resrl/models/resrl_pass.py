@@ -57,8 +57,8 @@ from nemo_resrl.algorithms.resrl import (
 )
 from nemo_resrl.common import index_to_device, require, require_finite, require_shape
 from nemo_resrl.config.algorithm import ResRLConfig
-from nemo_resrl.distributed.collectives import all_gather_rows
 from nemo_resrl.models.batch import Sequences, TokenOutputs
+from nemo_resrl.models.collectives import all_gather_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from nemo_resrl.models.forward import PenultimateChunk

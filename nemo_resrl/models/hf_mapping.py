@@ -129,7 +129,7 @@ class ModelShape:
         hidden = int(hf["hidden_size"])
         moe = {}
         if arch in MOE_ARCHITECTURES:
-            from nemo_resrl.convert.hf_files import hf_num_experts
+            from nemo_resrl.models.hf_files import hf_num_experts
 
             if hf.get("mlp_only_layers") or int(hf.get("decoder_sparse_step", 1)) != 1:
                 raise ConversionError("Qwen3-MoE with dense layers (mlp_only_layers / decoder_sparse_step)")

@@ -22,7 +22,7 @@ from nemo_resrl.algorithms.resrl import (
     group_sample_seed,
     sample_row_indices,
 )
-from nemo_resrl.distributed.resrl_pass import plan_groups
+from nemo_resrl.models.resrl_pass import plan_groups
 from tests.launch import run_module
 from tests.models.tiny_hf import make_tiny
 
@@ -35,7 +35,7 @@ TOL = 1e-5
 
 def _run(work: Path, tp: int, pp: int, nproc: int, ep: int = 1, model: str = "qwen3") -> dict:
     args = ["--work", work, "--tp", tp, "--pp", pp, "--ep", ep, "--model", model]
-    res = run_module("tests.distributed.resrl_probe", *args, nproc=nproc, timeout=600)
+    res = run_module("tests.models.resrl_probe", *args, nproc=nproc, timeout=600)
     name = f"tp{tp}pp{pp}dp{nproc // (tp * pp)}" + (f"ep{ep}" if ep > 1 else "")
     assert res.returncode == 0 and f"PROBE OK {name}" in res.stdout, res.stdout[-3000:] + res.stderr[-6000:]
     return json.loads((work / f"{name}.json").read_text())
@@ -183,7 +183,7 @@ def test_plan_rejects_duplicate_response_ids():
 
 
 def test_slots_take_the_largest_groups_first_and_balance_rows():
-    from nemo_resrl.distributed.resrl_pass import assign_slots
+    from nemo_resrl.models.resrl_pass import assign_slots
 
     # largest first to the least-loaded slot: 9 -> 0, 7 -> 1, 5 -> 2, the first 4 -> 2 (load 5), the
     # second 4 -> 1 (load 7), then 1 -> 0 (loads 9, 11, 9: the lowest slot wins the tie)

@@ -20,7 +20,7 @@ import socket
 import time
 from pathlib import Path
 
-from nemo_resrl.training import children
+from nemo_resrl.runs import children
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
@@ -125,7 +125,7 @@ def locked_run_dir_of(path: str | os.PathLike) -> tuple[Path, dict] | None:
 
 def existing_run(run_dir: Path) -> str | None:
     """What a previous run left in ``run_dir`` (metrics rows, checkpoints), or None if nothing."""
-    from nemo_resrl.checkpointing import CheckpointManager
+    from nemo_resrl.runs.checkpoints import CheckpointManager
 
     parts = []
     metrics = run_dir / "metrics.jsonl"

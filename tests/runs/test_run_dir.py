@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from nemo_resrl.checkpointing import CheckpointError, CheckpointManager
-from nemo_resrl.training.run_dir import RunDirError, RunDirLock, lock_holder
+from nemo_resrl.runs.checkpoints import CheckpointError, CheckpointManager
+from nemo_resrl.runs.run_dir import RunDirError, RunDirLock, lock_holder
 from nemo_resrl.training.stop import Preempted, StopRequest
 from tests.training.fakes import BigramPolicy, even_first_token, fake_run, without_times
 
@@ -73,13 +73,13 @@ def test_a_stale_lock_of_a_dead_trainer_is_taken_over(tmp_path, caplog):
     run = tmp_path / "run"
     run.mkdir()
     (run / ".lock").write_text(json.dumps({"host": "gone", "pid": 999999, "since": "yesterday"}))
-    with caplog.at_level(logging.INFO, logger="nemo_resrl.training.run_dir"):
+    with caplog.at_level(logging.INFO, logger="nemo_resrl.runs.run_dir"):
         assert [m["step"] for m in fake_run(run, 1)] == [0]
     assert "took over the lock" in caplog.text and "999999" in caplog.text
 
 
 def test_convert_refuses_to_write_into_a_locked_run_dir(tmp_path):
-    from nemo_resrl.training.run_dir import locked_run_dir_of
+    from nemo_resrl.runs.run_dir import locked_run_dir_of
 
     with RunDirLock(tmp_path / "run"):
         found = locked_run_dir_of(tmp_path / "run" / "hf_out")

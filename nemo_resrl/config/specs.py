@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from nemo_resrl.algorithms.registry import Registry
+from nemo_resrl.common.registry import Registry
 
 # the PPO-clip recipe every algorithm here starts from (docs/algorithm.md §6)
 _PPO_CLIP = {
@@ -51,6 +51,13 @@ class AlgorithmSpec:
 
 
 ALGORITHM_SPECS: Registry[AlgorithmSpec] = Registry("algorithm")
+
+# The names config strings may use for the function registries of ``nemo_resrl.algorithms`` (which holds the
+# functions): the config layer validates against these without importing torch code. The built-in ones are
+# listed here (tests/algorithms check that both agree); registering a new estimator or loss in
+# ``nemo_resrl.algorithms`` adds its name.
+ADVANTAGE_ESTIMATOR_NAMES: set[str] = {"dr_grpo", "grpo", "nsr", "psr", "rloo", "w_reinforce"}
+POLICY_LOSS_NAMES: set[str] = {"ppo_clip"}
 
 
 def _add(spec: AlgorithmSpec) -> None:

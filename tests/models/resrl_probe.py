@@ -1,7 +1,7 @@
 """Runs ResRL inside the old-log-prob pass at one layout; records weights and a same-job reference.
 
     python -m torch.distributed.run --standalone --nproc_per_node N \
-        -m tests.distributed.resrl_probe --work DIR --tp T --pp P
+        -m tests.models.resrl_probe --work DIR --tp T --pp P
 
 DIR holds the tiny Qwen3 checkpoint ``qwen3/`` (``--model NAME``: ``DIR/NAME``, e.g. the tiny Qwen3-MoE
 with ``--ep 2``: expert parallel over the data-parallel ranks). Every data-parallel rank takes sequences
@@ -63,10 +63,10 @@ def main() -> None:
 
     from nemo_resrl.algorithms.resrl import ResRLConfig, compute_resrl_weights
     from nemo_resrl.config.actor import ActorConfig, MoEConfig
-    from nemo_resrl.distributed.collectives import all_gather_rows
-    from nemo_resrl.distributed.resrl_pass import ResponseMeta, old_logprobs_with_resrl
     from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.models.batch import Sequences
+    from nemo_resrl.models.collectives import all_gather_rows
+    from nemo_resrl.models.resrl_pass import ResponseMeta, old_logprobs_with_resrl
 
     actor = MegatronActor(
         ActorConfig(

@@ -15,9 +15,12 @@ F = TypeVar("F")
 class Registry(Generic[F]):
     """Maps names to entries (functions, specs) of one kind (``kind`` is only used in error messages)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, names: set[str] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, F] = {}
+        # the config layer's set of valid names for this registry (it validates config strings without
+        # importing the entries): every registration adds its name there
+        self._names = names
 
     def register(self, name: str) -> Callable[[F], F]:
         """Decorator: ``@REG.register("grpo")``. Re-registering the same function is a no-op."""
@@ -29,6 +32,8 @@ class Registry(Generic[F]):
                 where = f"{existing.__module__}.{where}" if where else repr(existing)
                 raise ValueError(f"{self.kind} {name!r} is already registered to {where}")
             self._entries[name] = fn
+            if self._names is not None:
+                self._names.add(name)
             return fn
 
         return deco

@@ -50,7 +50,12 @@ def train(cfg: RunConfig, stop=None) -> list[dict]:
     if is_rank0():
         ck = cfg.checkpoint
         lock = claim_run_dir(cfg.logging.run_dir, resume=ck.resume, start_over=ck.start_over)
-        attach_run_log(cfg.logging.run_dir)  # after claim_run_dir: a run moved aside takes its log along
+        log_file = attach_run_log(cfg.logging.run_dir)  # after claim_run_dir: a run moved aside takes its log
+        print(
+            f"nemo-resrl train: {cfg.algorithm.name} on {cfg.actor.hf_path}, {cfg.trainer.steps} steps, "
+            f"run dir {cfg.logging.run_dir} (every log line: {log_file})",
+            flush=True,
+        )
     try:
         return _train(cfg, stop, lock)
     finally:

@@ -8,20 +8,28 @@ Python ``warnings``) goes to the run directory's ``train.log`` (``attach_run_log
 console from any logger. Records emitted before the run directory is known are buffered and written to
 the file when it is attached, so the file holds the whole start-up.
 
-vLLM installs its own console handler unless ``VLLM_CONFIGURE_LOGGING=0``; ``setup_logging`` sets that
-(when the user has not) before vLLM is imported, so vLLM's records propagate here like any library's.
+vLLM installs its own console handler unless ``VLLM_CONFIGURE_LOGGING=0``, and transformers its own
+(propagation off): ``setup_logging`` sets the first (when the user has not, before vLLM is imported) and
+hands transformers' records to the root logger, so both reach the file like any library's. Warnings of
+torch's C++ core (``TORCH_CPP_LOG_LEVEL``, read when torch is first imported) and progress bars printed by
+libraries cannot be routed: outside ``verbose`` the first are limited to errors and megatron-bridge's
+prints are turned into log records (``library_prints``).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 PROJECT_LOGGER = "nemo_resrl"
 RUN_LOG = "train.log"
 _BUFFER = 20_000  # records kept from start-up until the run's log file is attached
+_verbose = True  # until setup_logging says otherwise, a library's prints stay on the console
 
 
 class _ConsoleFilter(logging.Filter):
@@ -56,7 +64,18 @@ def _formatter() -> logging.Formatter:
 def setup_logging(verbose: bool = False) -> None:
     """Route every record (module docstring): the console filtered, a buffer for the run's log file.
     Idempotent: a second call replaces the handlers of the first."""
+    global _verbose
+    _verbose = verbose
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    if not verbose:
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+    else:
+        hf_logging.disable_default_handler()
+        hf_logging.enable_propagation()
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_nemo_resrl", False):
@@ -91,3 +110,22 @@ def attach_run_log(run_dir: str | os.PathLike) -> Path:
             h.close()
     root.addHandler(handler)
     return path
+
+
+@contextlib.contextmanager
+def library_prints(logger_name: str) -> Iterator[None]:
+    """What a library ``print``s to stdout inside the block (megatron-bridge's parameter count and load
+    progress) becomes INFO records of ``logger_name``: the run's log file, not the console. Verbose (or
+    without ``setup_logging``), the prints stay on the console."""
+    if _verbose:
+        yield
+        return
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield
+    finally:
+        log = logging.getLogger(logger_name)
+        for line in buf.getvalue().splitlines():
+            if line.strip():
+                log.info("%s", line.rstrip())

@@ -135,7 +135,7 @@ class LoggingConfig(Section):
     wandb: bool = False
     wandb_project: str = "nemo_resrl"
     progress: bool = True
-    """A progress bar with the current phase (rank 0)."""
+    """A progress bar with the current phase (rank 0, on a terminal)."""
 
     def check(self, keys: Keys) -> None:
         keys.require(bool(self.run_dir), "run_dir", "must not be empty")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from nemo_resrl.common.logs import library_prints
 from nemo_resrl.compat import import_megatron_bridge, running_on_cpu, transformer_engine_available
 from nemo_resrl.compat.bridge_config import fix_rotary_base
 from nemo_resrl.compat.versions import check_megatron_core
@@ -280,13 +281,14 @@ def build_model(cfg: ActorConfig) -> MegatronModel:
         use_distributed_optimizer=cfg.optim.use_distributed_optimizer,
     )
     # DDP is wrapped here rather than by the bridge: its wrapper opens a CUDA side stream.
-    raw = provider.provide_distributed_model(
-        wrap_with_ddp=False,
-        use_cpu_initialization=not cuda,
-        fp16=False,
-        bf16=bf16,
-        mixed_precision_wrapper=Float16Module if bf16 else None,
-    )
+    with library_prints("megatron.bridge"):  # its parameter count and load progress: the run's log file
+        raw = provider.provide_distributed_model(
+            wrap_with_ddp=False,
+            use_cpu_initialization=not cuda,
+            fp16=False,
+            bf16=bf16,
+            mixed_precision_wrapper=Float16Module if bf16 else None,
+        )
     if len(raw) != 1:
         raise ActorConfigError("virtual pipeline parallelism is not supported")
     for c in raw:

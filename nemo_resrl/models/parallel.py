@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -69,7 +70,14 @@ def init_distributed(timeout_s: float = 1800.0) -> None:
 
 
 def _destroy_at_exit() -> None:
+    # a colocated vLLM engine built its own groups on this process group: vLLM tears them down first (its
+    # engine's own shutdown, later in the exit, then finds nothing left to destroy instead of failing on
+    # the handles of groups already gone: "ValueError: Invalid process group specified")
+    vllm_groups = sys.modules.get("vllm.distributed.parallel_state")
     try:
+        if vllm_groups is not None:
+            vllm_groups.destroy_model_parallel()
+            vllm_groups.destroy_distributed_environment()
         destroy_parallel()
     except Exception as e:  # noqa: BLE001 - exiting anyway; say why the groups were left
         logging.getLogger(__name__).warning("process groups not destroyed at exit: %s", e)

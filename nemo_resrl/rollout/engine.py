@@ -163,7 +163,7 @@ class RolloutEngine:
                 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         hidden = quiet_known_harmless_vllm_messages(bool(self.hf_config.get("tie_word_embeddings", False)))
-        log.info("vLLM messages that are expected here are hidden: %s", "; ".join(hidden))
+        log.debug("vLLM messages that are expected here are hidden: %s", "; ".join(hidden))
         from vllm import LLM
 
         from nemo_resrl.compat.versions import check_vllm
@@ -182,6 +182,7 @@ class RolloutEngine:
             # the log-probs of the distribution sampled from (after temperature / top-k / top-p), which the
             # actor reproduces with ``logits_temperature`` (exactly when top_p = 1 and top_k = 0)
             logprobs_mode="processed_logprobs",
+            use_tqdm_on_load=False,  # no progress bars between the trainer's lines (the load is logged)
         )
         if self.cpu:
             kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes

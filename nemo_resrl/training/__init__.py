@@ -9,5 +9,5 @@ data_parallel.py SingleProcess / TorchDataParallel
 data_order.py    which prompts each step trains on (resume-safe)
 loop.py          run_training: resume, steps, eval, checkpoints, stop requests
 stop.py          the stop protocol (signals, stop file, exit 75)
-metrics_log.py   metrics.jsonl, TensorBoard, W&B, the per-step table, the reward curve
+metrics_log.py   metrics.jsonl, TensorBoard, W&B, the per-step table, the progress bar
 """

@@ -27,7 +27,6 @@ from nemo_resrl.training.metrics_log import (
     MetricsLog,
     Progress,
     format_row,
-    plot_reward_curve,
     require_logging_backends,
 )
 from nemo_resrl.training.stop import PREEMPTED_FILE, Preempted, StopRequest
@@ -253,14 +252,11 @@ def _run(cfg, policy, engine, reward_fn, records, dp, eval_records, print_fn, st
         stop.restore()
     progress.close()
     log.close()
-    if is_rank0() and history:
-        png = plot_reward_curve(history, run_dir / "reward_curve.png")
-        print_fn(f"reward curve: {png}")
-        if (run_dir / "metrics.jsonl").is_file():  # every step of the run so far, resumes included
-            from nemo_resrl.plotting import load_run, plot_runs
+    if is_rank0() and history and (run_dir / "metrics.jsonl").is_file():
+        from nemo_resrl.plotting import load_run, plot_runs
 
-            plots = plot_runs([load_run(run_dir)], run_dir / "plots")
-            print_fn(f"training curves: {run_dir / 'plots'} ({len(plots['written'])} PNG files)")
+        plots = plot_runs([load_run(run_dir)], run_dir / "plots")  # every step so far, resumes included
+        print_fn(f"training curves: {run_dir / 'plots'} ({len(plots['written'])} PNG files)")
     if reason:
         stopped = Preempted(trainer.step, reason, checkpoint)
         if is_rank0():

@@ -128,38 +128,14 @@ class MetricsLog:
             self.wandb.finish()
 
 
-def plot_reward_curve(history: list[dict], path: Path) -> Path:
-    """PNG of reward and accuracy per step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [m["step"] for m in history]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(steps, [m["reward/mean"] for m in history], marker="o", label="mean reward")
-    ax.plot(steps, [m["reward/accuracy"] for m in history], marker=".", label="accuracy")
-    evals = [(m["step"], m["eval/accuracy"]) for m in history if "eval/accuracy" in m]
-    if evals:
-        ax.plot(*zip(*evals), marker="s", label="eval accuracy (greedy)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("reward")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 class Progress:
-    """A tqdm bar over the run's steps showing the current phase (rank 0, when enabled); table rows are
-    written above it."""
+    """A tqdm bar over the run's steps showing the current phase (rank 0, when enabled and stderr is a
+    terminal: in a log file a bar is only noise); table rows are written above it."""
 
     def __init__(self, enabled: bool, total: int, initial: int, print_fn: Callable[[str], None]):
         self.bar = None
         self.print_fn = print_fn
-        if enabled and is_rank0():
+        if enabled and is_rank0() and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(

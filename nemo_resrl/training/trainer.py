@@ -108,7 +108,6 @@ class Trainer:
         if algorithm.dynamic_sampling.enabled and refill is None:
             raise ValueError("algorithm.dynamic_sampling needs a refill function for its extra rounds")
         self.step = 0
-        self.last_phases: list[str] = []  # the phase labels of the last step, in order
 
     # ------------------------------------------------------------------ rollout
     def _share(self, records: Sequence[dict]) -> tuple[list[dict], int]:
@@ -342,7 +341,6 @@ class Trainer:
     def _finish(self, m: StepMetrics, phases: Phases) -> dict[str, float]:
         m.mean(phases.metrics())
         m.max(phases.peak_metrics())
-        self.last_phases = list(phases.order)
         self.step += 1
         return reduce_over_ranks(self.dp.all_gather(m))
 

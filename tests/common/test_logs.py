@@ -13,7 +13,12 @@ def fresh_logging(monkeypatch):
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     monkeypatch.delenv("VLLM_CONFIGURE_LOGGING", raising=False)
+    monkeypatch.delenv("TORCH_CPP_LOG_LEVEL", raising=False)
     yield
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_default_handler()
+    hf_logging.disable_propagation()
     for h in list(root.handlers):
         if h not in saved[0]:
             root.removeHandler(h)
@@ -23,6 +28,9 @@ def fresh_logging(monkeypatch):
 
 
 def _say_everything():
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.get_logger("transformers.modeling_utils").warning("torch_dtype is deprecated")
     logging.getLogger("nemo_resrl.training.loop").info("step table line")
     logging.getLogger("nemo_resrl.runs.run_dir").warning("project warning")
     logging.getLogger("vllm.model_executor").info("vllm refit info")
@@ -41,12 +49,25 @@ def test_the_console_shows_the_project_and_errors_the_file_everything(fresh_logg
     _say_everything()
     console = capsys.readouterr().err
     assert "step table line" in console and "project warning" in console and "library error" in console
-    for hidden in ("vllm refit info", "library warning", "Apex is not installed", "said before"):
+    for hidden in (
+        "vllm refit info",
+        "library warning",
+        "Apex is not installed",
+        "said before",
+        "torch_dtype",
+    ):
         assert hidden not in console
     logging.getLogger().handlers[-1].flush()
     text = (tmp_path / RUN_LOG).read_text()
     assert path == tmp_path / RUN_LOG
-    for line in ("said before", "step table line", "vllm refit info", "library warning", "Apex is not"):
+    for line in (
+        "said before",
+        "step table line",
+        "vllm refit info",
+        "library warning",
+        "Apex is not",
+        "torch_dtype",
+    ):
         assert line in text
     assert text.index("said before") < text.index("step table line")  # start-up first
 
@@ -55,7 +76,13 @@ def test_verbose_shows_the_libraries_too(fresh_logging, capsys):
     setup_logging(verbose=True)
     _say_everything()
     console = capsys.readouterr().err
-    for line in ("step table line", "vllm refit info", "library warning", "Apex is not installed"):
+    for line in (
+        "step table line",
+        "vllm refit info",
+        "library warning",
+        "Apex is not installed",
+        "torch_dtype",
+    ):
         assert line in console
 
 
@@ -64,3 +91,19 @@ def test_a_second_setup_replaces_the_first(fresh_logging, capsys):
     setup_logging()
     logging.getLogger("nemo_resrl").info("once")
     assert capsys.readouterr().err.count("once") == 1
+
+
+def test_library_prints_become_log_records_unless_verbose(fresh_logging, capsys, tmp_path):
+    from nemo_resrl.common.logs import library_prints
+
+    setup_logging()
+    attach_run_log(tmp_path)
+    with library_prints("megatron.bridge"):
+        print(" > number of parameters on (tensor, pipeline) model parallel rank (0, 0): 42")
+    assert "number of parameters" not in capsys.readouterr().out
+    logging.getLogger().handlers[-1].flush()
+    assert "megatron.bridge:  > number of parameters" in (tmp_path / RUN_LOG).read_text()
+    setup_logging(verbose=True)
+    with library_prints("megatron.bridge"):
+        print("shown")
+    assert "shown" in capsys.readouterr().out

@@ -115,8 +115,8 @@ def test_cpu_example_runs_the_embedded_default_and_writes_checkpoints_and_metric
         assert -1.0 <= m["reward/mean"] <= 1.0 and m["response/length_mean"] > 0
     assert [s for s, _ in CheckpointManager(run_dir / "checkpoints").complete()] == [1, 2]
     log = (run_dir / "logs" / "attempt0" / "rank0.log").read_text()
-    assert "reward curve:" in log and "preempted at step" not in log
-    assert (run_dir / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "training curves:" in log and "preempted at step" not in log
+    assert (run_dir / "plots" / "reward.png").read_bytes()[:4] == b"\x89PNG"
     assert (run_dir / "tensorboard").is_dir() and (run_dir / "data_stats.json").is_file()
     assert not (run_dir / "preempted.json").exists()
 

@@ -126,9 +126,9 @@ def test_sigkill_after_step_3_then_resume_equals_an_uninterrupted_run(tmp_path):
     for x, y in zip(a[3:], c[3:]):
         same = {k: v for k, v in x.items() if not k.startswith("time/")}
         assert same == {k: y[k] for k in same}, int(x["step"])
-    # the last K = 2 checkpoints are kept; the reward curve is a real PNG
+    # the last K = 2 checkpoints are kept; the reward panel is a real PNG
     assert [s for s, _ in CheckpointManager(whole / "checkpoints").complete()] == [5, 6]
-    png = (whole / "reward_curve.png").read_bytes()
+    png = (whole / "plots" / "reward.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 

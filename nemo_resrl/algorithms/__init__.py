@@ -3,10 +3,13 @@
 advantages  outcome advantage estimators (grpo, dr_grpo, psr, nsr, w_reinforce), registry ADVANTAGE_ESTIMATORS
 resrl       ResRL token weights and token-wise advantages (docs/algorithm.md §3-6)
 subspace    positive subspace fit (exact / gram / randomized SVD) and residual energy
-losses      policy losses (registry POLICY_LOSSES), KL, the single aggregation point
+losses      policy losses (registry POLICY_LOSSES), KL, the single aggregation point, ``PolicyLoss`` (the loss
+            object the trainer hands to the policy's train_step)
+token_batch the per-token training batch (``PerToken``) and the global counts the loss divides by
 shaping     length-scaled reward, DAPO overlong penalty and dynamic-sampling filter
-metrics     Avg@k, unbiased pass@k, maj@k
-specs       what each algorithm is (estimator, ResRL or not, group-normalised or not, recipe defaults)
+
+What each algorithm is (``AlgorithmSpec``: estimator, ResRL or not, recipe defaults) is plain data in
+``nemo_resrl.config.specs``, re-exported here.
 
 The config dataclasses (``ResRLConfig``, ``PolicyLossConfig``, ``AdvantageConfig``) live in the schema
 layer, ``nemo_resrl.config``, and are re-exported here.
@@ -25,7 +28,6 @@ from nemo_resrl.algorithms.losses import (
     compute_policy_loss,
     kl_penalty,
 )
-from nemo_resrl.algorithms.metrics import avg_at_k, maj_at_k, mean_pass_at_k, pass_at_k
 from nemo_resrl.algorithms.resrl import (
     ResRLConfig,
     ResRLStats,
@@ -64,10 +66,6 @@ __all__ = [
     "compute_policy_loss",
     "kl_penalty",
     "local_counts",
-    "avg_at_k",
-    "maj_at_k",
-    "mean_pass_at_k",
-    "pass_at_k",
     "ResRLConfig",
     "ResRLStats",
     "ResRLWeights",

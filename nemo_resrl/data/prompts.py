@@ -17,7 +17,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -228,8 +227,3 @@ def load_eval_prompts(cfg: DataConfig, tokenizer: Any, count: int) -> PromptSet:
         held_out, tokenizer, key="data.eval_path" if cfg.source != "reasoning_gym" else "data.path"
     )
     return PromptSet(out.records[:count], out.stats)
-
-
-def record_references(records: Sequence[dict[str, Any]]) -> list[str]:
-    """The gold answers of ``records`` (for the math grader)."""
-    return [r["answer"] for r in records]

@@ -1,7 +1,7 @@
 """Evaluation metrics of n sampled responses per problem, as pure functions.
 
 - ``avg_at_n``: mean correctness over all n samples (Avg@n).
-- ``pass_at_k`` (from ``nemo_resrl.algorithms.metrics``, docs/algorithm.md §9): the unbiased estimator of
+- ``pass_at_k`` (docs/algorithm.md §9): the unbiased estimator of
   Chen et al. (2021), 1 - C(n-c, k) / C(n, k), computed as a product (no overflow for large n).
 - ``expected_maj_at_k``: the EXPECTED accuracy of majority voting over a uniformly random k-subset of the n
   samples. Answers are grouped into classes by their (normalised) extracted answer; a sample with no
@@ -9,8 +9,7 @@
   wrong class counts 1/2); a subset with no answer at all scores 0. Computed exactly by a dynamic
   programme over the classes (hypergeometric counts); when that programme would grow past
   ``max_states`` states the value is a seeded Monte-Carlo estimate over ``mc_draws`` random subsets,
-  and the method is reported. (``nemo_resrl.algorithms.metrics.maj_at_k`` is the single-draw version:
-  the vote of the FIRST k samples; its expectation is this.)
+  and the method is reported.
 """
 
 from __future__ import annotations
@@ -20,7 +19,20 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 
-from nemo_resrl.algorithms.metrics import pass_at_k
+from nemo_resrl.common import require
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one problem with ``n`` samples of which ``c`` are correct:
+    1 - C(n-c, k) / C(n, k), computed as 1 - prod_{i=n-c+1..n} (1 - k / i) (no overflow)."""
+    require(n >= 1 and 0 <= c <= n, f"need n >= 1 and 0 <= c <= n, got n={n}, c={c}")
+    require(1 <= k <= n, f"need 1 <= k <= n, got k={k}, n={n}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
 
 
 def ks_for(n: int) -> list[int]:

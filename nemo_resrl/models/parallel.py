@@ -36,10 +36,6 @@ class ParallelLayout:
     ep: int = 1  # expert parallel (mixture-of-experts models)
 
     @property
-    def is_first_stage(self) -> bool:
-        return self.pp_rank == 0
-
-    @property
     def is_last_stage(self) -> bool:
         return self.pp_rank == self.pp - 1
 

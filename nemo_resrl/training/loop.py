@@ -9,7 +9,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -33,8 +32,6 @@ from nemo_resrl.training.stop import PREEMPTED_FILE, Preempted, StopRequest
 from nemo_resrl.training.trainer import RewardFn, Trainer
 
 logger = logging.getLogger(__name__)
-# test hook: SIGKILL this process right after the checkpoint of this step (resume tests)
-KILL_AFTER_STEP_ENV = "NEMO_RESRL_TEST_KILL_AFTER_STEP"
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
@@ -206,7 +203,6 @@ def _run(cfg, policy, engine, reward_fn, records, dp, eval_records, print_fn, st
     progress.write(format_row({}, header=True))
     for m in history:
         progress.write(format_row(m))
-    kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "-1"))
     every_eval = cfg.trainer.eval_every if eval_records else 0
     if stop is None:
         stop = StopRequest.from_env()
@@ -242,8 +238,6 @@ def _run(cfg, policy, engine, reward_fn, records, dp, eval_records, print_fn, st
             progress.advance()
             if cfg.checkpoint.every and (trainer.step % cfg.checkpoint.every == 0 or last):
                 save()
-            if step == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
         if reason and trainer.step > 0:
             if saved is None or saved[0] != trainer.step:  # off the checkpoint.every grid: save it now
                 save()

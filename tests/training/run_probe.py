@@ -53,8 +53,21 @@ def main() -> None:
             return write(*a, **k)
 
         FileSystemWriterAsync.write_preloaded_data = staticmethod(slow_write)
-    if args.kill_after >= 0:
-        os.environ["NEMO_RESRL_TEST_KILL_AFTER_STEP"] = str(args.kill_after)
+    if args.kill_after >= 0:  # SIGKILL right after the checkpoint of step kill_after (0-based) is saved
+        import signal
+
+        from nemo_resrl.runs.checkpoints import CheckpointManager
+
+        assert args.ckpt_every == 1, "--kill-after needs a checkpoint after every step"
+        save = CheckpointManager.save
+
+        def save_then_die(self, step, *a, **k):
+            path = save(self, step, *a, **k)
+            if step == args.kill_after + 1:  # the save after step kill_after (steps count from 0)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return path
+
+        CheckpointManager.save = save_then_die
     import torch.distributed as dist
 
     from nemo_resrl.config import load_config

@@ -218,6 +218,20 @@ class AlgorithmConfig(Section):
         self.dynamic_sampling.check(keys.sub("dynamic_sampling"))
         self.overlong.check(keys.sub("overlong"))
 
+    def resolve(self, max_tokens: int) -> AlgorithmConfig:
+        """This config with the values that derive from the generation budget ``max_tokens``
+        (``rollout.sampling.max_tokens``) filled in, the one place they are derived: Dr.GRPO's
+        ``loss.agg_constant`` (null: the budget) and DAPO's ``overlong.buffer`` (0: a fifth of it, at least
+        1, at most the budget). Idempotent."""
+        loss, overlong = self.loss, self.overlong
+        if loss.agg == "seq-mean-token-sum-norm" and loss.agg_constant is None:
+            loss = replace(loss, agg_constant=float(max_tokens))
+        if overlong.enabled and overlong.buffer == 0:
+            overlong = replace(overlong, buffer=max(1, max_tokens // 5))
+        if overlong.enabled:
+            overlong = replace(overlong, buffer=min(overlong.buffer, max_tokens))
+        return replace(self, loss=loss, overlong=overlong)
+
     @property
     def spec(self):
         """This algorithm's ``AlgorithmSpec``."""

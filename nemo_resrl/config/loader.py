@@ -148,9 +148,10 @@ def compose_run_config(
 def load_config(
     overrides: list[str] | None = None, config_dir: str | Path | None = None, name: str = "config"
 ) -> RunConfig:
-    """Compose, merge into the schema, validate (module docstring); ``ConfigError`` names the key."""
+    """Compose, merge into the schema, validate (module docstring; ``ConfigError`` names the key), then
+    fill the derived values (``RunConfig.resolve``)."""
     cfg: RunConfig = compose_run_config(overrides, config_dir, name)
-    return cfg.validate()
+    return cfg.validate().resolve()
 
 
 def load_eval_config(overrides: list[str] | None = None, path: str | Path | None = None) -> EvalConfig:

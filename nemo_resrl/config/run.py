@@ -6,7 +6,7 @@ overrides, before anything is built, and every message names the full key a user
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from nemo_resrl.config.actor import ActorConfig
 from nemo_resrl.config.algorithm import AlgorithmConfig
@@ -156,6 +156,11 @@ class RunConfig(Section):
     reward: RewardConfig = field(default_factory=RewardConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def resolve(self) -> RunConfig:
+        """This config with every derived value filled in (``AlgorithmConfig.resolve``), once, after
+        validation: what the run uses, what ``--print-config`` shows and what a checkpoint records."""
+        return replace(self, algorithm=self.algorithm.resolve(self.rollout.sampling.max_tokens))
 
     def check(self, keys: Keys) -> None:
         """Every section, then the rules that span sections."""

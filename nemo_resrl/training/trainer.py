@@ -89,14 +89,13 @@ class Trainer:
         on_phase: Callable[[str], None] | None = None,
     ):
         self.policy, self.engine, self.reward_fn, self.dp = policy, engine, reward_fn, dp
+        # derived values (Dr.GRPO's constant, DAPO's overlong buffer): a no-op for a loaded RunConfig
+        algorithm = algorithm.resolve(rollout.sampling.max_tokens)
         self.algo, self.cfg, self.rollout_cfg = algorithm, trainer, rollout
         self.reward_cfg = reward or RewardConfig()
         self.spec = algorithm.spec
-        loss = algorithm.loss
-        if loss.agg == "seq-mean-token-sum-norm" and loss.agg_constant is None:  # Dr.GRPO: the budget
-            loss = replace(loss, agg_constant=float(rollout.sampling.max_tokens))
-        self.loss_cfg = loss
-        self.loss = PolicyLoss(loss)
+        self.loss_cfg = algorithm.loss
+        self.loss = PolicyLoss(algorithm.loss)
         self.refill = refill
         self.on_phase = on_phase
         if float(policy.temperature) != float(rollout.sampling.temperature):
@@ -251,9 +250,9 @@ class Trainer:
         shaped = batch.rewards.float()
         ol = self.algo.overlong
         if ol.enabled:
-            max_len = self.rollout_cfg.sampling.max_tokens
-            buffer = ol.buffer or max(1, max_len // 5)
-            penalty = overlong_penalty(rollout.lengths, max_len, min(buffer, max_len), ol.factor)
+            penalty = overlong_penalty(
+                rollout.lengths, self.rollout_cfg.sampling.max_tokens, ol.buffer, ol.factor
+            )
             shaped = shaped + penalty
             m.weighted({"reward/overlong_penalty_mean": float(penalty.mean())}, weight=len(rollout))
         adv = ADVANTAGE_ESTIMATORS.get(self.spec.estimator)(

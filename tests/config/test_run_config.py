@@ -106,7 +106,7 @@ def test_defaults_are_the_spec_ones():
 def test_each_preset_yaml_equals_its_spec(name):
     """conf/algorithm/<name>.yaml and the algorithm's spec agree on every value."""
     cfg = load_config([f"algorithm={name}"])
-    assert cfg.algorithm == AlgorithmConfig.preset(name)
+    assert cfg.algorithm == AlgorithmConfig.preset(name).resolve(cfg.rollout.sampling.max_tokens)
     spec = ALGORITHM_SPECS.get(name)
     assert spec.estimator in ADVANTAGE_ESTIMATORS
     assert spec.group_normalised == (spec.estimator in ("grpo", "dr_grpo", "rloo"))
@@ -116,8 +116,9 @@ def test_each_preset_yaml_equals_its_spec(name):
 
 
 def test_an_algorithm_name_alone_brings_its_recipe():
-    dapo = load_config(["algorithm.name=dapo"]).algorithm
-    assert dapo == AlgorithmConfig.preset("dapo")
+    loaded = load_config(["algorithm.name=dapo"])
+    dapo = loaded.algorithm
+    assert dapo == AlgorithmConfig.preset("dapo").resolve(loaded.rollout.sampling.max_tokens)
     assert dapo.loss.clip_high == 0.28 and dapo.dynamic_sampling.enabled and dapo.overlong.enabled
     # and a name switched away from DAPO does not keep DAPO's settings
     grpo = load_config(["algorithm=dapo", "algorithm=grpo"]).algorithm
@@ -335,3 +336,17 @@ def test_sequence_parallel_is_on_for_moe_under_tensor_parallel_and_pads_to_tenso
     fp8 = ActorConfig(hf_path="x", tensor_parallel=4, sequence_parallel=True, pad_to_multiple=6).validate()
     assert fp8.seq_len_multiple(moe=False) == 12
     assert not ActorConfig(hf_path="x", sequence_parallel=True).validate().uses_sequence_parallel(moe=True)
+
+
+def test_derived_values_are_filled_once_when_the_config_is_loaded():
+    """Dr.GRPO's constant and DAPO's overlong buffer come from the generation budget; a loaded config
+    holds them (what the run uses and --print-config shows), and resolving again changes nothing."""
+    cfg = load_config(["algorithm=dr_grpo", "rollout.sampling.max_tokens=40"])
+    assert cfg.algorithm.loss.agg == "seq-mean-token-sum-norm" and cfg.algorithm.loss.agg_constant == 40.0
+    assert cfg.resolve() == cfg
+    dapo = load_config(["algorithm=dapo", "rollout.sampling.max_tokens=40"]).algorithm
+    assert dapo.overlong.enabled and dapo.overlong.buffer == 8  # a fifth of the budget
+    assert load_config(["algorithm=dapo", "rollout.sampling.max_tokens=3"]).algorithm.overlong.buffer == 1
+    mine = load_config(["algorithm=dapo", "algorithm.overlong.buffer=5", "algorithm.loss.agg_constant=7"])
+    assert mine.algorithm.overlong.buffer == 5 and mine.algorithm.loss.agg_constant == 7.0  # set: kept
+    assert load_config([]).algorithm.loss.agg_constant is None  # token-mean needs no constant

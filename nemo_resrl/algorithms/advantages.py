@@ -8,7 +8,8 @@ Every estimator maps per-response scalars to per-response advantages::
 broadcasts the result over response tokens (ResRL then reweights negative tokens, see ``resrl.py``).
 
 PSR / NSR / W-REINFORCE follow the NSR paper's code (RLVR-Decomposed): the responses an objective does
-not train on get advantage 0 but stay in the batch, so they still count in token-mean normalisation.
+not train on get advantage 0, and the trainer leaves them out of the update (the reference code's
+``batch.subset``), so token-mean normalises over the trained responses' tokens only (docs/algorithm.md §8).
 """
 
 from __future__ import annotations

@@ -83,8 +83,8 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.T
 
 def tis_weights(old_logp: torch.Tensor, rollout_logp: torch.Tensor, cap: float) -> torch.Tensor:
     """Truncated importance-sampling weights [B, T]: ``min(exp(old_logp - rollout_logp), cap)``, the
-    trainer's old policy over the sampler's per token (verl's ``tis_imp_ratio_cap``, NeMo RL's ``tis``); the
-    log-ratio is clamped to +-20 first. Exactly 1 where the two agree."""
+    trainer's old policy over the sampler's per token (verl's token-level ``rollout_is_threshold``, NeMo RL's
+    ``tis``); the log-ratio is clamped to +-20 first. Exactly 1 where the two agree."""
     require(cap >= 1, f"the TIS cap must be >= 1, got {cap}")
     require(old_logp.shape == rollout_logp.shape, "old_logp and rollout_logp shapes differ")
     return torch.exp((old_logp - rollout_logp).clamp(-20.0, 20.0)).clamp(max=cap)

@@ -47,7 +47,7 @@ class AlgorithmSpec:
     """``reward.*`` values the preset sets (the recipe's reward; the other algorithms keep the grader's)."""
     summary: str = ""
     reference: str = ""
-    """The code whose loss the preset reproduces (tests/algorithms/test_recipes.py checks it)."""
+    """The code whose loss the preset reproduces (tests/training/test_recipes.py checks it)."""
 
 
 ALGORITHM_SPECS: Registry[AlgorithmSpec] = Registry("algorithm")

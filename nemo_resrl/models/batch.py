@@ -171,7 +171,9 @@ class MicroBatch:
 
 
 @dataclass
-class Layout:
+class BatchLayout:
+    """How B sequences are laid out as Megatron micro-batches (padded or packed rows of S tokens)."""
+
     micro_batches: list[MicroBatch]
     rows: int  # rows per micro-batch (at most)
     seq_len: int  # S (the longest micro-batch)
@@ -210,7 +212,7 @@ def make_layout(
     min_micro_batches: int = 0,
     min_seq_len: int = 0,
     phase_micro_batches: list[int] | None = None,
-) -> Layout:
+) -> BatchLayout:
     """Lay ``seqs`` out as micro-batches of ``micro_batch_size`` rows (see the module docstring).
 
     uniform_shape: every micro-batch ``[micro_batch_size, S]`` with one S (filler rows complete the last
@@ -290,7 +292,7 @@ def make_layout(
         mb.phases_done = sum(1 for e in ends if e <= j)
     width = max(seqs.response_lens)
     phase_rows = tuple(sum(1 for r in rows_of if r and phase[r[0]] == p) for p in range(n_phases))
-    return Layout(
+    return BatchLayout(
         micro_batches=mbs,
         rows=micro_batch_size,
         seq_len=seq_len,

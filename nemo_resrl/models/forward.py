@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from nemo_resrl.common import index_to_device
-from nemo_resrl.models.batch import Layout, MicroBatch, Sequences, TokenOutputs, make_layout
+from nemo_resrl.models.batch import BatchLayout, MicroBatch, Sequences, TokenOutputs, make_layout
 from nemo_resrl.models.build import MegatronModel
 from nemo_resrl.models.logprobs import vocab_parallel_logprobs
 
@@ -56,16 +56,16 @@ class ForwardRunner:
     """Forward passes of one built model (module docstring); every call is collective over all ranks."""
 
     def __init__(self, model: MegatronModel, temperature: float = 1.0) -> None:
-        self.m = model
+        self.model = model
         self.temperature = float(temperature)
         self._current_mb: MicroBatch | None = None
         self._current_host_mb: MicroBatch | None = None
         self._pen_stage: int | None = None
 
     # ------------------------------------------------------------------ layout and schedule
-    def layout(self, seqs: Sequences, phases: list[int] | None = None) -> Layout:
+    def layout(self, seqs: Sequences, phases: list[int] | None = None) -> BatchLayout:
         """Micro-batches of ``seqs`` (``phases``: sequences of phase p run before any of phase p + 1)."""
-        m = self.m
+        m = self.model
         seqs.check_vocab(m.vocab_size)
         max_pos = int(m.hf_config.get("max_position_embeddings", 1 << 30))
         longest = max(t.numel() for t in seqs.tokens)
@@ -83,11 +83,11 @@ class ForwardRunner:
             layout = self._same_shape_on_every_rank(seqs, layout, kw)
         return layout
 
-    def _same_shape_on_every_rank(self, seqs: Sequences, layout: Layout, kw: dict) -> Layout:
+    def _same_shape_on_every_rank(self, seqs: Sequences, layout: BatchLayout, kw: dict) -> BatchLayout:
         """With expert parallelism every MoE layer exchanges tokens with ranks of other data-parallel
         replicas (megatron's token dispatchers gather equal-shaped blocks): every rank runs the largest
         number of micro-batches of the largest shape any rank needs, filler rows making up the rest."""
-        dev, mbs = self.m.device, self.m.cfg.micro_batch_size
+        dev, mbs = self.model.device, self.model.cfg.micro_batch_size
         # all-reduces over every rank (the simplest superset of the groups): how many phases, then the shape
         n_phases = torch.tensor([len(layout.phase_rows)], dtype=torch.long, device=dev)
         dist.all_reduce(n_phases, op=dist.ReduceOp.MAX)
@@ -105,26 +105,26 @@ class ForwardRunner:
             return layout
         return make_layout(seqs, mbs, min_micro_batches=n, min_seq_len=s, **kw)
 
-    def run(self, layout: Layout, loss_func_of: Callable, forward_only: bool) -> list:
+    def run(self, layout: BatchLayout, loss_func_of: Callable, forward_only: bool) -> list:
         """megatron's schedule over ``layout``'s micro-batches; ``loss_func_of(mb, output)`` is called on
         the last stage with the logits [rows, S, V/tp]. Returns the schedule's per-micro-batch outputs."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         def forward_step(data_iterator, model):
             host = next(data_iterator)
-            mb = host.to(self.m.device)
+            mb = host.to(self.model.device)
             self._current_mb, self._current_host_mb = mb, host
             # bf16 logits stay bf16 (megatron's Float16Module would upcast all of them to float32);
             # token_logprobs computes in float32 per chunk
-            kw = {"fp32_output": False} if self.m.half_precision else {}
-            out = model(mb.tokens, mb.position_ids, mb.attention_input(self.m.mask_kind), **kw)
+            kw = {"fp32_output": False} if self.model.half_precision else {}
+            out = model(mb.tokens, mb.position_ids, mb.attention_input(self.model.mask_kind), **kw)
             return out, lambda output: loss_func_of(mb, output)
 
         try:
             return get_forward_backward_func()(
                 forward_step_func=forward_step,
                 data_iterator=iter(layout.micro_batches),
-                model=self.m.chunks,
+                model=self.model.chunks,
                 num_microbatches=len(layout.micro_batches),
                 seq_length=layout.seq_len,
                 micro_batch_size=layout.rows,
@@ -144,7 +144,7 @@ class ForwardRunner:
         """
         from megatron.core import parallel_state as ps
 
-        m = self.m
+        m = self.model
         v_local = logits.shape[-1]
         rows = logits.reshape(-1, v_local).index_select(0, mb.flat_pos)
         labels = mb.labels.reshape(-1).index_select(0, mb.flat_pos)
@@ -162,10 +162,10 @@ class ForwardRunner:
     # ------------------------------------------------------------------ broadcasts
     def broadcast_from_last_stage(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` from the last pipeline stage to every stage of this replica; returned on the CPU."""
-        if self.m.layout.pp > 1:
+        if self.model.layout.pp > 1:
             from megatron.core import parallel_state as ps
 
-            t = t.to(self.m.device).contiguous()
+            t = t.to(self.model.device).contiguous()
             dist.broadcast(
                 t,
                 src=ps.get_pipeline_model_parallel_last_rank(),
@@ -175,8 +175,8 @@ class ForwardRunner:
 
     def penultimate_layer(self) -> torch.nn.Module | None:
         """The decoder layer with 0-based global index L-2 if this pipeline stage owns it."""
-        target = self.m.num_layers - 1  # megatron's layer_number is 1-based
-        for layer in self.m.gpt.decoder.layers:
+        target = self.model.num_layers - 1  # megatron's layer_number is 1-based
+        for layer in self.model.gpt.decoder.layers:
             if layer.layer_number == target:
                 return layer
         return None
@@ -188,13 +188,15 @@ class ForwardRunner:
     def penultimate_stage(self) -> int:
         """The pipeline rank that owns decoder layer L-2 (collective over the pipeline group once)."""
         if self._pen_stage is None:
-            lay = self.m.layout
+            lay = self.model.layout
             if lay.pp == 1:
                 self._pen_stage = 0
             else:
                 from megatron.core import parallel_state as ps
 
-                flag = torch.tensor([lay.pp_rank if self.owns_penultimate_layer() else -1]).to(self.m.device)
+                flag = torch.tensor([lay.pp_rank if self.owns_penultimate_layer() else -1]).to(
+                    self.model.device
+                )
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=ps.get_pipeline_model_parallel_group())
                 self._pen_stage = int(flag)
         return self._pen_stage
@@ -206,9 +208,9 @@ class ForwardRunner:
         groups."""
         from megatron.core import parallel_state as ps
 
-        lay = self.m.layout
+        lay = self.model.layout
         stage = self.penultimate_stage()
-        t = t.to(self.m.device).contiguous()
+        t = t.to(self.model.device).contiguous()
         reduce_op = {"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX, "sum": dist.ReduceOp.SUM}[op]
         if lay.tp > 1 and lay.pp_rank == stage:
             dist.all_reduce(t, op=reduce_op, group=ps.get_tensor_model_parallel_group())
@@ -237,7 +239,7 @@ class ForwardRunner:
         layout = self.layout(seqs, phases)
         _, mask = seqs.response_tokens()
         B, T = mask.shape
-        dev = self.m.device
+        dev = self.model.device
         logp = torch.zeros(B, T, dtype=torch.float32, device=dev)
         ent = torch.zeros(B, T, dtype=torch.float32, device=dev) if with_entropy else None
 
@@ -250,12 +252,12 @@ class ForwardRunner:
 
         handle = None
         if penultimate_consumer is not None:
-            if self.m.num_layers < 2:
+            if self.model.num_layers < 2:
                 raise ValueError("a penultimate-layer consumer needs a model with at least 2 decoder layers")
             layer = self.penultimate_layer()
             if layer is not None:
                 handle = layer.register_forward_hook(self._penultimate_hook(penultimate_consumer))
-        for c in self.m.chunks:
+        for c in self.model.chunks:
             c.eval()
         try:
             self.run(layout, loss_func, forward_only=True)
@@ -270,7 +272,7 @@ class ForwardRunner:
     def _penultimate_hook(self, consumer: PenultimateConsumer):
         def hook(module, inputs, output):
             hidden = output[0] if isinstance(output, tuple) else output  # [S, rows, d] ([S/tp, ...] under SP)
-            if self.m.sequence_parallel:
+            if self.model.sequence_parallel:
                 from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
 
                 hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)

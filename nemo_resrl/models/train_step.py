@@ -37,8 +37,8 @@ def global_counts(mask: torch.Tensor, runner: ForwardRunner) -> GlobalCounts:
     from megatron.core import parallel_state as ps
 
     c = local_counts(mask)
-    counts = torch.tensor([c.tokens, c.sequences], dtype=torch.float64, device=runner.m.device)
-    if runner.m.layout.dp > 1:
+    counts = torch.tensor([c.tokens, c.sequences], dtype=torch.float64, device=runner.model.device)
+    if runner.model.layout.dp > 1:
         dist.all_reduce(counts, group=ps.get_data_parallel_group())
     return GlobalCounts(tokens=float(counts[0]), sequences=float(counts[1]))
 
@@ -55,7 +55,7 @@ def train_step(
     """
     from megatron.core import parallel_state as ps
 
-    m = runner.m
+    m = runner.model
     layout = runner.layout(seqs)
     _, resp_mask = seqs.response_tokens()
     batch.check_shape(tuple(resp_mask.shape))

@@ -62,7 +62,9 @@ class Phase:
 
 
 @dataclass(frozen=True)
-class Layout:
+class JobLayout:
+    """The planned job's parallel layout: actor TP x PP x DP (and EP / ETP), the rollout engine's TP."""
+
     tp: int
     pp: int
     dp: int
@@ -80,7 +82,7 @@ class Layout:
 @dataclass
 class Plan:
     arch: ModelArch
-    layout: Layout
+    layout: JobLayout
     capacity: int  # device bytes
     margin: int
     phases: list[Phase]  # the worst stage of each phase, in PHASES order
@@ -125,7 +127,7 @@ def _resident(st: ActorStatic, keep_params: bool, keep_grads: bool, keep_optim: 
     ]
 
 
-def layout_of(cfg: RunConfig) -> Layout:
+def layout_of(cfg: RunConfig) -> JobLayout:
     """The parallel layout of ``cfg`` on ``cfg.cluster``: data parallel = GPUs / (TP x PP)."""
     a, world = cfg.actor, cfg.cluster.world_size
     mp = a.tensor_parallel * a.pipeline_parallel
@@ -140,7 +142,7 @@ def layout_of(cfg: RunConfig) -> Layout:
             f"actor.expert_parallel x expert_tensor_parallel = {ep * etp} does not divide the "
             f"{world // a.pipeline_parallel} GPUs of a pipeline stage"
         )
-    return Layout(
+    return JobLayout(
         a.tensor_parallel,
         a.pipeline_parallel,
         world // mp,

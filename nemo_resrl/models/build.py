@@ -16,7 +16,12 @@ from pathlib import Path
 import torch
 
 from nemo_resrl.common.logs import library_prints
-from nemo_resrl.compat import import_megatron_bridge, running_on_cpu, transformer_engine_available
+from nemo_resrl.compat import (
+    import_megatron_bridge,
+    install_megatron_patches,
+    running_on_cpu,
+    transformer_engine_available,
+)
 from nemo_resrl.compat.bridge_config import fix_rotary_base
 from nemo_resrl.compat.versions import check_megatron_core
 from nemo_resrl.config.actor import ActorConfig, ActorConfigError, OptimConfig
@@ -215,6 +220,9 @@ def build_model(cfg: ActorConfig) -> MegatronModel:
             "actor.moe.token_dispatcher=alltoall needs a GPU (megatron-core's alltoall dispatcher creates a "
             "CUDA stream); use allgather without one"
         )
+    install_megatron_patches(
+        moe=moe, te=te, local_sequence_parallel=cfg.uses_sequence_parallel(moe) and spec == "local"
+    )
     layout = init_parallel(
         cfg.tensor_parallel,
         cfg.pipeline_parallel,
@@ -230,19 +238,8 @@ def build_model(cfg: ActorConfig) -> MegatronModel:
     provider.tensor_model_parallel_size = cfg.tensor_parallel
     provider.pipeline_model_parallel_size = cfg.pipeline_parallel
     if moe:
-        from nemo_resrl.compat import bridge_moe
-
-        bridge_moe.install()
         configure_moe(provider, cfg, grouped_gemm=spec == "te")
-        if not te:
-            from nemo_resrl.compat import megatron_moe
-
-            megatron_moe.install()
     provider.sequence_parallel = cfg.uses_sequence_parallel(moe)  # megatron requires it for MoE under TP
-    if provider.sequence_parallel and spec == "local":
-        from nemo_resrl.compat import megatron_norm
-
-        megatron_norm.install()
     bf16 = cfg.dtype == "bf16"
     provider.params_dtype = cfg.torch_dtype
     provider.pipeline_dtype = cfg.torch_dtype

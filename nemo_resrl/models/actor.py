@@ -107,11 +107,6 @@ class MegatronActor:
         self.step += 1
         return out
 
-    def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The refit's stream: on a GPU the tensors stay on the device (the engine runs in this process
-        and copies them device to device); on CPU they are CPU tensors anyway."""
-        return self.export_hf_weights(cpu=self.device.type == "cpu")
-
     # the colocated memory lifecycle (``actor.offload``; ``offload.py``), in the trainer's phase order
     def prepare_for_logprobs(self) -> None:
         self.memory.before_forward()
@@ -147,14 +142,17 @@ class MegatronActor:
         return self.forward.combine_from_penultimate_stage(t, op)
 
     # ------------------------------------------------------------------ weights out / checkpoints
-    def export_hf_weights(self, *, cpu: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
-        """Stream the current weights as (HF name, full tensor, on the CPU unless ``cpu=False``); collective
-        over all ranks.
+    def export_weights(self, *, cpu: bool | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Stream the current weights as (HF name, full tensor); collective over all ranks. The refit's
+        stream (``PolicyInterface.export_weights``) and conversion's. ``cpu``: the tensors on the CPU;
+        None (the refit): on the actor's device (on a GPU the engine runs in this process and copies them
+        device to device).
 
         A yielded tensor may share storage with a live parameter (when no gather or concatenation was
         needed): consume it, or copy it, before the next optimizer step.
         """
         self.memory.before_forward()
+        cpu = self.device.type == "cpu" if cpu is None else cpu
         yield from self.model.bridge.export_hf_weights(self.model.chunks, cpu=cpu, show_progress=False)
 
     def save_hf(self, path: str | os.PathLike) -> None:

@@ -19,7 +19,7 @@ gathered, generated together, and each rank gets its replica's responses back. (
 only expert-parallel MoE models need). The actor's Megatron grid (TP innermost) puts the same ranks in
 its tensor-parallel groups.
 
-``refit`` streams HF-named tensors (``MegatronActor.export_hf_weights``) into vLLM's model through one
+``refit`` streams HF-named tensors (``MegatronActor.export_weights``) into vLLM's model through one
 ``reload_weights`` call fed lazily by the export iterator, then resets the prefix cache: KV blocks cached
 for a prompt prefix were computed with the old weights and would otherwise be reused.
 """

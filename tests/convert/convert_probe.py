@@ -68,7 +68,7 @@ def main() -> None:
     assert metrics["update_ok"], metrics
     a.save_checkpoint(out / "ckpt" / "actor")
     logits_trained = gather_logits(a, seqs)
-    export = {k: v.detach().clone().contiguous() for k, v in a.export_hf_weights()}  # collective
+    export = {k: v.detach().clone().contiguous() for k, v in a.export_weights(cpu=True)}  # collective
     if rank0:
         from safetensors.torch import save_file
 

@@ -121,7 +121,7 @@ def penultimate_check(actor, seqs, idx, hf) -> dict:
 
 def weights(actor) -> dict[str, torch.Tensor]:
     """A copy of the exported weights (the stream's tensors may share storage with live parameters)."""
-    return {k: v.detach().clone() for k, v in actor.export_hf_weights()}
+    return {k: v.detach().clone() for k, v in actor.export_weights(cpu=True)}
 
 
 def main() -> None:

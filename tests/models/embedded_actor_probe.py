@@ -42,7 +42,9 @@ def main() -> None:
         "logit_scale": float(ref.abs().max()),
         "logp_diff": float((out.logprobs[0, : ref_lp.numel()] - ref_lp).abs().max()),
         "exported_equal": all(
-            torch.equal(v, hf.state_dict()[k]) for k, v in actor.export_hf_weights() if k in hf.state_dict()
+            torch.equal(v, hf.state_dict()[k])
+            for k, v in actor.export_weights(cpu=True)
+            if k in hf.state_dict()
         ),
     }
     print("RESULT " + json.dumps(res), flush=True)

@@ -61,7 +61,7 @@ def main() -> None:
     adv = torch.randn(out.logprobs.shape, generator=g)
     for _ in range(3):
         actor.train_step(batch.to_sequences(), PerToken(out.logprobs, adv, out.mask), PolicyLoss())
-    engine.refit(actor.export_hf_weights())
+    engine.refit(actor.export_weights(cpu=True))
     out1 = engine.generate(prompts, greedy)
     g1 = out1.responses
     res["greedy_changed"] = g1 != g0

@@ -37,15 +37,17 @@ def main() -> None:
     res = {"before": c.tmpe(), "responses": sum(len(r) for r in engine.generate(c.prompts).responses)}
     for _ in range(2):
         c.step()
-        res["refit_tensors"] = engine.refit(actor.export_hf_weights()).tensors
+        res["refit_tensors"] = engine.refit(actor.export_weights(cpu=True)).tensors
     res["after_refit"] = c.tmpe()
     c.step()
-    engine.refit((k, v) for k, v in actor.export_hf_weights() if LEFT_OUT[family] not in k)
+    engine.refit((k, v) for k, v in actor.export_weights(cpu=True) if LEFT_OUT[family] not in k)
     res["after_refit_leaving_out"] = c.tmpe()
-    engine.refit(actor.export_hf_weights())
+    engine.refit(actor.export_weights(cpu=True))
     res["after_full_refit_again"] = c.tmpe()
     if family == "qwen3_moe":
-        engine.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": actor.export_hf_weights()})
+        engine.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": actor.export_weights(cpu=True)}
+        )
         engine.llm.reset_prefix_cache()
         res["after_reload_without_repack"] = c.tmpe()
     (work / f"{family}.json").write_text(json.dumps(res))

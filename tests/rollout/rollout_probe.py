@@ -151,7 +151,7 @@ def main() -> None:
     adv = torch.randn(out.logprobs.shape, generator=g)
     for _ in range(3):
         actor.train_step(seqs, PerToken(out.logprobs, adv, out.mask), PolicyLoss())
-    stats = engine.refit(actor.export_hf_weights())
+    stats = engine.refit(actor.export_weights(cpu=True))
     res["refit"] = {"tensors": stats.tensors, "bytes": stats.bytes, "calls": stats.calls}
     g1 = engine.generate(every, greedy)
     res["after_refit_logp_diff"], res["after_refit_argmax_gap"] = greedy_agreement(actor, every, g1)

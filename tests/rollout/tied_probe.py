@@ -26,11 +26,11 @@ def main() -> None:
     res = {"tied": bool(engine.hf_config["tie_word_embeddings"]), "before": c.tmpe()}
     for _ in range(2):
         c.step()
-        engine.refit(actor.export_hf_weights())
+        engine.refit(actor.export_weights(cpu=True))
     res["after_refit"] = c.tmpe()
     c.step()
     engine.hf_config["tie_word_embeddings"] = False  # negative control: skip the lm_head re-pack
-    engine.refit(actor.export_hf_weights())
+    engine.refit(actor.export_weights(cpu=True))
     res["after_refit_without_repack"] = c.tmpe()
     (work / "tied.json").write_text(json.dumps(res))
     print("PROBE OK", json.dumps(res), flush=True)

@@ -58,7 +58,7 @@ def main() -> None:
     adv = torch.randn(out.logprobs.shape, generator=torch.Generator().manual_seed(rank))
     for _ in range(2):  # each replica trains on its own responses; the update is shared (DP=2)
         actor.train_step(batch.to_sequences(), PerToken(out.logprobs, adv, out.mask), PolicyLoss())
-    engine.refit(actor.export_hf_weights())
+    engine.refit(actor.export_weights(cpu=True))
     greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=10, stop_on_eos=False)
     after = engine.generate(mine, greedy, first_index=first)
     res["after_refit_logp_diff"], res["after_refit_argmax_gap"] = greedy_agreement(actor, mine, after)

@@ -75,7 +75,9 @@ def _train(cfg: RunConfig, stop, lock) -> list[dict]:
     from nemo_resrl.training.loop import run_training
     from nemo_resrl.training.metrics_log import require_logging_backends
 
-    path = resolve_model_path(cfg.actor.hf_path, cfg.actor.dtype)
+    path = cfg.actor.hf_path  # checked by train() before the run directory was touched
+    if path.startswith(EMBEDDED_PREFIX):
+        path = resolve_model_path(path, cfg.actor.dtype)
     cfg = replace(cfg, actor=replace(cfg.actor, hf_path=path))
     # on a GPU: does the run fit this job's devices? (before anything is allocated; cluster.enforce)
     check_cuda_job(cfg, print_fn=print if is_rank0() else lambda s: None)

@@ -43,6 +43,7 @@ def install_megatron_patches(*, moe: bool, te: bool, local_sequence_parallel: bo
     if moe:
         from nemo_resrl.compat import bridge_moe
 
+        import_megatron_bridge()  # with the TransformerEngine stub when TE is missing, before it is patched
         bridge_moe.install()
         done.append("bridge_moe")
         if not te:

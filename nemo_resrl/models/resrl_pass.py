@@ -424,13 +424,19 @@ class ResRLPass:
             mean=got[:, :d], basis=got[:, d : d + d * k].view(n, d, k), rank=got[:, -1]
         )
         del got
-        self.resid_buf = torch.empty(self.sizes.negatives_max, dtype=torch.float32, device=dev)
+        # zeros, not empty: the slots past this rank's negatives are gathered too (into a dummy group), and
+        # garbage there could be NaN and fail the finiteness check of the bounds
+        self.resid_buf = torch.zeros(self.sizes.negatives_max, dtype=torch.float32, device=dev)
         if dp > 1:
             dist.all_reduce(self.ranks, group=self.dp_group)
 
     def _exchange(self, rows: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
         """Rows [sum(send), w] to the data-parallel ranks of this column (``send[r]`` to rank r, in order);
-        returns the [sum(recv), w] received, by source rank. Split sizes come from the plan."""
+        returns the [sum(recv), w] received, by source rank. Split sizes come from the plan.
+
+        ``rows`` is consumed: its memory is released as soon as the collective is done (the backend's
+        worker may hold a reference to it a little longer, and the fit that follows must not find it
+        still allocated: the plan counts it freed)."""
         if self.lay.dp == 1:
             return rows
         w = rows.shape[1]
@@ -442,6 +448,7 @@ class ResRLPass:
             input_split_sizes=[c * w for c in send],
             group=self.dp_group,
         )
+        rows.untyped_storage().resize_(0)
         return out
 
     # 5 and 6. quantile bounds per group over all its negative tokens (all ranks of the column), gating,

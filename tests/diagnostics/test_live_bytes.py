@@ -37,3 +37,29 @@ def test_a_measurement_can_fail():
         tmp = torch.empty(50)
         del tmp
     assert lb.live == 100 and lb.peak == 300
+
+
+def test_a_storage_released_while_still_viewed_stops_counting_and_its_address_counts_again():
+    """``untyped_storage().resize_(0)`` frees memory a collective's worker may still reference: the bytes
+    stop counting at the next operator, and a new storage that gets the same address counts in full."""
+    with LiveBytes() as lb:
+        a = torch.ones(1000)  # 4000 bytes
+        a.untyped_storage().resize_(0)
+        b = torch.ones(500)  # 2000 bytes: the next operator sees a released
+        assert lb.live == 2000
+        c = torch.ones(1000)
+        assert lb.live == 6000 and lb.peak == 6000
+        del a, b, c
+    assert lb.live == 0
+
+
+def test_a_tensor_freed_in_another_thread_is_counted_out():
+    import threading
+
+    with LiveBytes() as lb:
+        box = [torch.ones(256)]
+        assert lb.live == 1024
+        worker = threading.Thread(target=box.clear)  # the last reference dies in that thread
+        worker.start()
+        worker.join()
+        assert lb.live == 0

@@ -77,7 +77,7 @@ def main() -> None:
             super()._track(t, inputs)
             if self.peak > old and os.environ.get("NEMO_RESRL_DEBUG_PEAK"):
                 self.where = [f"{f.name}:{f.lineno}" for f in traceback.extract_stack()[-9:-3]]
-                self.sizes = sorted(self._bytes.values(), reverse=True)[:16]
+                self.sizes = sorted((e[1] for e in self._entries.values()), reverse=True)[:16]
 
     actor = MegatronActor(
         ActorConfig(

@@ -44,7 +44,13 @@ def _check(ranks: list[dict]) -> set[str]:
         for case, r in rank.items():
             assert r["computes"] and r["weighted"], case  # every rank of the stage fits; weights below 1
             sizes, dims = PassSizes(**r["sizes"]), PassDims(**r["dims"])
-            assert pass_bytes(sizes, dims) == r["peak"], (case, pass_moments(sizes, dims), r["peak"])
+            assert pass_bytes(sizes, dims) == r["peak"], (
+                case,
+                pass_moments(sizes, dims),
+                r["peak"],
+                r["where"],
+                r["top"],
+            )
             moments = pass_moments(sizes, dims)
             parts.add(max(moments, key=moments.get).split(",")[0].split(" ")[0])
     return parts

@@ -2,7 +2,7 @@
 
 - ``RunDirLock``: an advisory lock (``flock`` on ``<run dir>/.lock``) held by rank 0 for the life of the
   run. It dies with the process (children forked from it close it and die with it too:
-  ``training/children.py``), so a stale lock from a dead trainer is taken over at once (and its holder
+  ``runs/children.py``), so a stale lock from a dead trainer is taken over at once (and its holder
   named in the log); a live one refuses the second trainer with its host and pid. ``nemo-resrl convert``
   refuses to write into a locked run directory.
 - ``claim_run_dir``: takes the lock, then refuses ``checkpoint.resume=false`` in a directory that already

@@ -1,6 +1,6 @@
-"""Run directories that cannot be lost (``runs/run_dir.py``, ``runs/checkpoints.py``): the lock, no overwrite by
-default, verified checkpoints with fallback, a full disk, a stop during start-up. The loop runs the fakes of
-``fakes.py`` (the same ``run_training`` as the real stack)."""
+"""Run directories that cannot be lost (``runs/run_dir.py``, ``runs/checkpoints.py``): the lock, no
+overwrite by default, verified checkpoints with fallback, a full disk, a stop during start-up. The loop runs
+the fakes of ``fakes.py`` (the same ``run_training`` as the real stack)."""
 
 from __future__ import annotations
 

@@ -114,7 +114,9 @@ def _tp_worker(rank, world, port, q):
         )
         w = torch.linspace(-1, 1, 11, dtype=torch.float64)
         (logp * w + ent * w.flip(0)).sum().backward()
-        q.put((rank, logp.detach(), ent.detach(), shard.grad))
+        # By value: a tensor on a queue travels as a shared-memory fd that the receiver fetches from
+        # this process, which may have exited by then.
+        q.put((rank, logp.detach().numpy(), ent.detach().numpy(), shard.grad.numpy()))
     finally:
         dist.destroy_process_group()
 
@@ -138,7 +140,8 @@ def test_tensor_parallel_shards_give_the_full_vocabulary_result():
     ref_lp, ref_ent = _reference(x, y)
     w = torch.linspace(-1, 1, 11, dtype=torch.float64)
     (ref_lp * w + ref_ent * w.flip(0)).sum().backward()
-    for rank, logp, ent, grad in results:
+    for rank, *arrays in results:
+        logp, ent, grad = (torch.from_numpy(a) for a in arrays)
         torch.testing.assert_close(logp, ref_lp.detach(), atol=1e-12, rtol=0)
         torch.testing.assert_close(ent, ref_ent.detach(), atol=1e-12, rtol=0)
         torch.testing.assert_close(grad, x.grad.chunk(2, dim=1)[rank], atol=1e-12, rtol=0)

@@ -14,8 +14,10 @@ Methods (chosen by ``bench/bench_resrl_svd.py``, docs/benchmarks.md):
   factorisation, fast on a GPU where Householder QR is not), then one Rayleigh-Ritz step solved as a
   generalised q x q eigenproblem in float64 (on the host: q x q is tiny, and a GPU's eigensolver is slow
   at that size). Its cost is ``(2 iterations + 1) x 2 M d q`` flops of batched GEMMs: no tolerance loop,
-  no fallback, the same time on every spectrum. Its start block is a Rademacher matrix hashed from the
-  group's seed with integer arithmetic, identical on every device and rank; the global RNG is untouched.
+  no fallback, the same time on every spectrum (no iteration at all when the block is as wide as the
+  space, d <= k + oversample: the Rayleigh-Ritz step alone is then exact). Its start block is a
+  Rademacher matrix hashed from the group's seed with integer arithmetic, identical on every device
+  and rank; the global RNG is untouched.
   Accuracy (docs/benchmarks.md): with the defaults (k = 64, 64 extra columns, 10 iterations) the token
   weights are within 1e-4 of a float64 exact SVD on decaying spectra and on hidden states of the
   embedded model; on a spectrum without a gap at k it captures >= 99 % of exact SVD's energy.
@@ -167,8 +169,17 @@ def _ritz(w: torch.Tensor, b: torch.Tensor, k: int) -> tuple[torch.Tensor, np.nd
     return torch.from_numpy(coef).to(w.device), np.stack([p[1] for p in parts])
 
 
+def subspace_iterations(d: int, rank: int, oversample: int, iterations: int) -> int:
+    """The iterations the randomized fit runs: ``iterations``, or none when its block of
+    ``min(rank, d) + oversample`` columns is as wide as the space (d <= k + oversample: small models).
+    Such a block spans all of it from the start, the iterations cannot change its span, and the
+    Rayleigh-Ritz step alone is exact."""
+    return iterations if min(rank, d) + oversample < d else 0
+
+
 def _randomized(xc: torch.Tensor, k: int, q: int, iterations: int, seeds: list[int]):
-    """Top-k right singular vectors of each centred block xc [G, M, d]: (basis [G, d, k], s [G, k])."""
+    """Top-k right singular vectors of each centred block xc [G, M, d]: (basis [G, d, k], s [G, k]).
+    ``iterations``: as ``subspace_iterations`` gives."""
     w = orthonormalize(rademacher(seeds, xc.shape[2], q, xc.device))
     for _ in range(iterations):
         y = orthonormalize(xc @ w)
@@ -235,7 +246,8 @@ def fit_subspaces(
     del padding
     k = min(rank, d)
     if method == "randomized":
-        basis, s = _randomized(x, k, min(k + oversample, d), iterations, seeds)
+        its = subspace_iterations(d, rank, oversample, iterations)
+        basis, s = _randomized(x, k, min(k + oversample, d), its, seeds)
     else:
         basis, s = _exact(x, counts, k)
     # keep the columns j < min(k, M_g - 1) whose singular value is above the noise level
@@ -251,6 +263,7 @@ def fit_workspace_bytes(groups: int, rows: int, d: int, rank: int, oversample: i
     allocations it makes (``nemo_resrl.diagnostics.live_bytes``)."""
     k = min(rank, d)
     q = min(k + oversample, d)
+    iterations = subspace_iterations(d, rank, oversample, iterations)
     G, M = groups, rows
     f32, f64 = G * q * FP32, G * q * FP64  # per row of a [G, n, q] block
     small = G * q * q * FP64  # one [G, q, q] float64 matrix

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nemo_resrl.algorithms.subspace import fit_workspace_bytes
+from nemo_resrl.algorithms.subspace import fit_workspace_bytes, subspace_iterations
 from nemo_resrl.config import RunConfig
 from nemo_resrl.models.resrl_pass import PassSizes, plan_groups, rank_sizes
 
@@ -162,6 +162,7 @@ def fit_flops(rows: int, d: int, rank: int, oversample: int, iterations: int) ->
     Rayleigh-Ritz product; the float64 Cholesky QR of each block: its Gram matrix and its solve)."""
     k = min(rank, d)
     q = min(k + oversample, d)
+    iterations = subspace_iterations(d, rank, oversample, iterations)
     gemm = (2 * iterations + 1) * 2 * rows * d * q
     ortho = (iterations * (rows + d) + d) * 3 * q * q
     return float(gemm + ortho)
@@ -174,7 +175,8 @@ def pass_seconds(sizes: PassSizes, dims: PassDims, fp32_tflops: float) -> float:
     t = 0.0
     for batch in fit_batches(sizes.owned_group_rows, dims.fit_batch_groups):
         flops = len(batch) * fit_flops(batch[0], dims.d, dims.rank, dims.oversample, dims.iterations)
-        t += flops / rate + len(batch) * HOST_RITZ_S + (2 * dims.iterations + 2) * 8 * KERNEL_S
+        its = subspace_iterations(dims.d, dims.rank, dims.oversample, dims.iterations)
+        t += flops / rate + len(batch) * HOST_RITZ_S + (2 * its + 2) * 8 * KERNEL_S
     t += sizes.negatives * 4 * dims.d * dims.k / rate
     return t
 

@@ -107,6 +107,29 @@ def test_default_captures_the_energy_of_a_spectrum_without_a_gap():
     assert energy(fast) / energy(exact) > 0.99
 
 
+def test_a_block_as_wide_as_the_space_runs_no_iteration_and_is_exact(monkeypatch):
+    """d <= k + oversample (small models): the start block spans the whole space, so the fit skips the
+    iterations (one orthonormalisation instead of 21) and the Rayleigh-Ritz step alone gives the exact
+    weights, even on a spectrum without a gap."""
+    import nemo_resrl.algorithms.subspace as subspace
+
+    assert subspace.subspace_iterations(128, 64, 64, 10) == 0
+    assert subspace.subspace_iterations(129, 64, 64, 10) == 10
+    assert subspace.subspace_iterations(96, 8, 0, 10) == 10
+    calls = []
+    real = subspace.orthonormalize
+    monkeypatch.setattr(subspace, "orthonormalize", lambda y: calls.append(y.shape) or real(y))
+    d = 96
+    x_pos = normalize_hidden(_decaying(1024, d, decay=0.0, seed=8))
+    x_neg = normalize_hidden(_decaying(512, d, decay=0.0, seed=9))
+    sub = fit_positive_subspace(x_pos, 64, seed=2)
+    assert calls == [(1, d, d)]
+    assert _weights_vs_float64(x_pos, x_neg, sub, 64) < 1e-5
+    calls.clear()
+    fit_positive_subspace(x_pos, 16, seed=2)  # q = 80 < d: the iterations run
+    assert len(calls) == 21
+
+
 def test_batched_fit_with_padding_equals_one_group_at_a_time():
     g = torch.Generator().manual_seed(7)
     counts = [300, 57, 4, 120]

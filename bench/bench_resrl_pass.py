@@ -12,6 +12,10 @@ local layer spec when TransformerEngine is not installed):
             sampled rows, SVD per group, residuals, quantile gating
   released  the released code's approach: keep every decoder layer's output for every token
             (``output_hidden_states=True``), then compute the weights from layer L-2 in one process
+Where ResRL's extra time goes (not run by default; ``--variants grpo layout capture resrl``):
+  layout    GRPO's pass in ResRL's two-phase layout (positives first): the cost of its padding
+  capture   the same with a layer L-2 consumer that does nothing: the cost of handing the rows over
+  so resrl - capture is ResRL's own work (sampled rows, fits, residuals, gating).
 Reported: median wall time of the pass over ``--repeats`` runs after one warm-up, and the peak extra
 resident memory during a pass (RSS sampled every 2 ms above the RSS before the pass; on GPU, peak
 allocated CUDA memory above the allocation before the pass).
@@ -139,6 +143,14 @@ def run_variant(args) -> dict:
     def resrl():
         old_logprobs_with_resrl(actor, seqs, meta, cfg, step=0)
 
+    phases = [0 if bool(p) else 1 for p in meta.positive]
+
+    def layout():
+        actor.forward_logprobs(seqs, phases=phases)
+
+    def capture():
+        actor.forward_logprobs(seqs, phases=phases, penultimate_consumer=lambda chunk: None)
+
     def released():
         layers = list(actor.gpt.decoder.layers)
         kept: dict[int, list] = {i: [] for i in range(len(layers))}
@@ -164,7 +176,12 @@ def run_variant(args) -> dict:
         compute_resrl_weights(hidden, mask, gids, adv, cfg, step=0, positive=adv > 0)
 
     build_s = time.perf_counter() - t_build
-    fn = {"grpo": grpo, "resrl": resrl, "released": released}[args.variant]
+    fn = {"grpo": grpo, "resrl": resrl, "released": released, "layout": layout, "capture": capture}[
+        args.variant
+    ]
+    two_phase = args.variant in ("resrl", "layout", "capture")
+    lay = actor.forward.layout(seqs, phases if two_phase else None)
+    padded = sum(mb.tokens.numel() for mb in lay.micro_batches)
     fn()  # warm-up
     times, peaks = [], []
     for _ in range(args.repeats):
@@ -182,6 +199,7 @@ def run_variant(args) -> dict:
         "times": times,
         "peak_extra_MiB": max(peaks) / 2**20,
         "tokens": int(sum(t.numel() for t in seqs.tokens)),
+        "padded_tokens": int(padded),
         "response_tokens": int(mask.sum()),
     }
 
@@ -230,10 +248,13 @@ def main() -> None:
         f"batch: {args.groups} groups x "
         f"{args.group_size} responses, {base['tokens']} tokens ({base['response_tokens']} response tokens)"
     )
-    print(f"{'variant':<10} {'time s':>8} {'x grpo':>7} {'peak extra MiB':>15}")
+    print(f"{'variant':<10} {'time s':>8} {'x grpo':>7} {'peak extra MiB':>15} {'padded tokens':>14}")
     for r in results:
         ratio = r["time_s"] / base["time_s"]
-        print(f"{r['variant']:<10} {r['time_s']:8.3f} {ratio:7.3f} {r['peak_extra_MiB']:15.1f}")
+        print(
+            f"{r['variant']:<10} {r['time_s']:8.3f} {ratio:7.3f} {r['peak_extra_MiB']:15.1f} "
+            f"{r['padded_tokens']:14d}"
+        )
 
 
 if __name__ == "__main__":

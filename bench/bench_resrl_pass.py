@@ -19,6 +19,15 @@ Where ResRL's extra time goes (not run by default; ``--variants grpo layout capt
 Reported: median wall time of the pass over ``--repeats`` runs after one warm-up, and the peak extra
 resident memory during a pass (RSS sampled every 2 ms above the RSS before the pass; on GPU, peak
 allocated CUDA memory above the allocation before the pass).
+``--profile``: one more pass of each variant under ``torch.profiler``; prints its wall time, the time
+the device was busy with kernels (GPU), each ``resrl/...`` range of the pass (the labels in
+``nemo_resrl.models.resrl_pass`` and ``nemo_resrl.algorithms.subspace``: host and device time) and the
+kernels that took the most device time. Wall time well above busy time means the device waited for the
+host (synchronisations, the host's Rayleigh-Ritz step, kernel launches). ``BENCH_CPROFILE=1`` with
+``--variant V --model DIR`` prints the host-side hot spots of one pass (cProfile).
+``--padding G [G ...]``: no model; the padded tokens and attention work (rows x S^2) of GRPO's layout and
+of ResRL's two-phase one for batches of G groups of this shape (the phase split's padding shrinks as
+the batch grows).
 """
 
 from __future__ import annotations
@@ -119,6 +128,52 @@ class PeakMemory:
             self.extra = max(self.peak, self.proc.memory_info().rss) - self.base
 
 
+def _device_us(e) -> float:
+    return float(getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0.0)))
+
+
+def _self_device_us(e) -> float:
+    return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
+
+
+def profile_pass(fn) -> dict:
+    """One call of ``fn`` under torch.profiler: wall ms, device-busy ms (the sum of kernel times), the
+    ``resrl/...`` ranges (calls, host ms, device ms) and the ten kernels with the most device time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA and not e.key.startswith("resrl/")]
+    ranges = {}
+    for e in events:
+        if e.key.startswith("resrl/"):
+            calls, host, dev = ranges.get(e.key, (0, 0.0, 0.0))
+            ranges[e.key] = (calls + e.count, host + e.cpu_time_total / 1e3, dev + _device_us(e) / 1e3)
+    top = sorted(kernels, key=_self_device_us, reverse=True)[:10]
+    return {
+        "wall_ms": wall * 1e3,
+        "busy_ms": sum(_self_device_us(e) for e in kernels) / 1e3,
+        "ranges": {k: list(v) for k, v in sorted(ranges.items())},
+        "top_kernels": [[e.key[:60], e.count, _self_device_us(e) / 1e3] for e in top],
+    }
+
+
+def print_profile(variant: str, p: dict) -> None:
+    print(f"## profile {variant}: wall {p['wall_ms']:.1f} ms, device busy {p['busy_ms']:.1f} ms", flush=True)
+    for name, (calls, host, dev) in p["ranges"].items():
+        print(f"##   {name:<28} {calls:5d} calls  host {host:9.2f} ms  device {dev:9.2f} ms")
+    for name, calls, dev in p["top_kernels"]:
+        print(f"##   kernel {name:<60} {calls:5d} x  {dev:9.2f} ms")
+
+
 def run_variant(args) -> dict:
     from nemo_resrl.algorithms.resrl import ResRLConfig, compute_resrl_weights
     from nemo_resrl.config.actor import ActorConfig
@@ -192,7 +247,16 @@ def run_variant(args) -> dict:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         peaks.append(pm.extra)
+    profiled = profile_pass(fn) if args.profile else None
+    if os.environ.get("BENCH_CPROFILE"):  # host-side hot spots of one pass (a development aid)
+        import cProfile
+        import pstats
+
+        with cProfile.Profile() as cp:
+            fn()
+        pstats.Stats(cp).sort_stats("cumulative").print_stats(40)
     return {
+        "profile": profiled,
         "variant": args.variant,
         "build_s": build_s,
         "time_s": statistics.median(times),
@@ -202,6 +266,32 @@ def run_variant(args) -> dict:
         "padded_tokens": int(padded),
         "response_tokens": int(mask.sum()),
     }
+
+
+def padding_table(args) -> None:
+    """GRPO's layout vs ResRL's two-phase layout (positives first) for each ``--padding`` group count."""
+    from nemo_resrl.models.batch import make_layout
+
+    print(
+        f"{'groups':>6} {'seqs':>5} {'tokens':>8} {'grpo padded':>12} {'resrl padded':>13} {'extra':>7} "
+        f"{'extra attention':>16} {'micro-batches':>14}"
+    )
+    for groups in args.padding:
+        args.groups = groups
+        seqs, _, adv = make_batch(args)
+        phases = [0 if bool(p) else 1 for p in adv > 0]
+        plain = make_layout(seqs, args.micro_batch, uniform_shape=False)
+        split = make_layout(seqs, args.micro_batch, uniform_shape=False, phases=phases)
+        pad = [sum(mb.tokens.numel() for mb in lay.micro_batches) for lay in (plain, split)]
+        att = [
+            sum(mb.tokens.shape[0] * mb.tokens.shape[1] ** 2 for mb in lay.micro_batches)
+            for lay in (plain, split)
+        ]
+        n = sum(t.numel() for t in seqs.tokens)
+        print(
+            f"{groups:6d} {len(seqs):5d} {n:8d} {pad[0]:12d} {pad[1]:13d} {pad[1] / pad[0] - 1:7.2%} "
+            f"{att[1] / att[0] - 1:16.2%} {len(plain.micro_batches):14d}"
+        )
 
 
 def main() -> None:
@@ -218,9 +308,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--variants", nargs="+", default=["grpo", "resrl", "released"])
+    ap.add_argument("--profile", action="store_true", help="one more pass of each under torch.profiler")
+    ap.add_argument("--padding", type=int, nargs="+", default=None, help="group counts: layouts only")
     ap.add_argument("--variant", default=None)
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
+    if args.padding:
+        padding_table(args)
+        return
     if args.variant:
         print("RESULT " + json.dumps(run_variant(args)), flush=True)
         return
@@ -242,6 +337,8 @@ def main() -> None:
             print(
                 f"# {variant}: {r['time_s']:.3f} s ({r['times']}), built in {r['build_s']:.1f} s", flush=True
             )
+            if r["profile"]:
+                print_profile(variant, r["profile"])
     base = results[0]
     print(
         f"device {args.device}; model: {args.layers} layers, d={args.hidden}, vocab {args.vocab}; "

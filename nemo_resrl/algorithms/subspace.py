@@ -29,12 +29,11 @@ e.g. repeated rows) are dropped: they carry no positive energy and any choice of
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from nemo_resrl.common import require, require_finite
 from nemo_resrl.config.algorithm import SVD_METHODS
@@ -130,43 +129,60 @@ def orthonormalize(y: torch.Tensor) -> torch.Tensor:
 ORTHONORMAL_TOL = 1e-5  # a block whose Gram matrix is this close to I is taken as orthonormal
 
 
-def _ritz_one(gw: np.ndarray, c: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """One group's Rayleigh-Ritz step on the host, float64: (coefficients [q, k], singular values [k]).
-    An orthonormal block (the usual case: Cholesky QR made it so) needs one eigendecomposition of c; a
-    rank-deficient one (fewer rows than the block has columns) the generalised problem, whose
-    numerically singular directions of gw are dropped."""
-    q = gw.shape[0]
-    if np.abs(gw - np.eye(q)).max() < ORTHONORMAL_TOL:
-        t = np.eye(q)
-    else:
-        tiny = np.finfo(np.float64).tiny
-        lam, u = np.linalg.eigh(gw)
-        keep = lam > 1e-10 * max(lam[-1], tiny)
-        t = u * np.where(keep, 1.0 / np.sqrt(np.maximum(lam, tiny)), 0.0)[None, :]
-    ev, e = np.linalg.eigh(t.T @ c @ t)
-    ev, e = ev[::-1][:k], e[:, ::-1][:, :k]
-    return t @ e, np.sqrt(np.maximum(ev, 0.0))
+def _host_eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigendecomposition of symmetric float64 [..., q, q] host matrices through torch's LAPACK, not
+    numpy's: numpy's OpenBLAS keeps its own threads spinning after a call, and on the host they take the
+    cores from torch's threads running the rest of the forward pass (the old-log-prob pass of a small
+    CPU model ran 2x slower after the fit; ``bench_resrl_pass.py``, OPENBLAS_NUM_THREADS=1 undid it).
+    Returns numpy (eigenvalues ascending, vectors)."""
+    ev, vec = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(a)))
+    out = ev.numpy().copy(), vec.numpy().copy()
+    del ev, vec
+    return out
 
 
+def _generalised_ritz(gw: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One rank-deficient group's Rayleigh-Ritz step (float64 [q, q] Gram matrices of w and of b): the
+    generalised problem ``c z = s^2 gw z`` with the numerically singular directions of gw dropped.
+    Returns (eigenvalues [q] ascending, vectors [q, q]) in w's coordinates."""
+    tiny = np.finfo(np.float64).tiny
+    lam, u = _host_eigh(gw)
+    keep = lam > 1e-10 * max(lam[-1], tiny)
+    t = u * np.where(keep, 1.0 / np.sqrt(np.maximum(lam, tiny)), 0.0)[None, :]
+    tt = torch.from_numpy(t)
+    reduced = (tt.mT @ torch.from_numpy(c) @ tt).numpy().copy()
+    ev, e = _host_eigh(reduced)
+    return ev, (tt @ torch.from_numpy(e)).numpy().copy()
+
+
+@record_function("resrl/fit/rayleigh_ritz")
 def _ritz(w: torch.Tensor, b: torch.Tensor, k: int) -> tuple[torch.Tensor, np.ndarray]:
     """Rayleigh-Ritz over span(w) [G, d, q] with b = xc @ w [G, M, q]: the (generalised) eigenproblem
-    ``(b^T b) z = s^2 (w^T w) z`` of each group, in float64 on the host (numpy; the groups in parallel
-    threads). Returns (coefficients [G, q, k] float32 on w's device, singular values [G, k] float64
-    numpy), so that ``w @ coefficients`` is orthonormal."""
+    ``(b^T b) z = s^2 (w^T w) z`` of each group, in float64 on the host (q x q is tiny, and a GPU's
+    eigensolver is slow at that size). The usual case, an orthonormal block (Cholesky QR made it so),
+    is one batched eigendecomposition of ``b^T b`` for all such groups; a rank-deficient block (fewer
+    rows than the block has columns) solves the generalised problem (``_generalised_ritz``). Returns
+    (coefficients [G, q, k] float32 on w's device, singular values [G, k] float64 numpy), so that
+    ``w @ coefficients`` is orthonormal.
+
+    One batched call, not a thread per group: threads each running a LAPACK eigensolver contend for the
+    cores (3x slower than one call on 2 cores)."""
     wd = w.double()
     gw = (wd.mT @ wd).cpu().numpy().copy()
     del wd
     bd = b.double()
     c = (bd.mT @ bd).cpu().numpy().copy()
     del bd
-    g = gw.shape[0]
-    if g == 1:
-        parts = [_ritz_one(gw[0], c[0], k)]
-    else:
-        with ThreadPoolExecutor(max_workers=min(g, os.cpu_count() or 1)) as pool:
-            parts = list(pool.map(_ritz_one, gw, c, [k] * g))
-    coef = np.stack([p[0] for p in parts]).astype(np.float32)
-    return torch.from_numpy(coef).to(w.device), np.stack([p[1] for p in parts])
+    q = gw.shape[-1]
+    ortho = np.abs(gw - np.eye(q)).max(axis=(1, 2)) < ORTHONORMAL_TOL
+    ev = np.empty(gw.shape[:2])
+    vec = np.empty_like(gw)
+    if ortho.any():
+        ev[ortho], vec[ortho] = _host_eigh(c[ortho])
+    for i in np.flatnonzero(~ortho):
+        ev[i], vec[i] = _generalised_ritz(gw[i], c[i])
+    coef = np.ascontiguousarray(vec[:, :, ::-1][:, :, :k], dtype=np.float32)
+    return torch.from_numpy(coef).to(w.device), np.sqrt(np.maximum(ev[:, ::-1][:, :k], 0.0))
 
 
 def subspace_iterations(d: int, rank: int, oversample: int, iterations: int) -> int:
@@ -177,6 +193,7 @@ def subspace_iterations(d: int, rank: int, oversample: int, iterations: int) -> 
     return iterations if min(rank, d) + oversample < d else 0
 
 
+@record_function("resrl/fit/randomized")
 def _randomized(xc: torch.Tensor, k: int, q: int, iterations: int, seeds: list[int]):
     """Top-k right singular vectors of each centred block xc [G, M, d]: (basis [G, d, k], s [G, k]).
     ``iterations``: as ``subspace_iterations`` gives."""
@@ -204,6 +221,7 @@ def _exact(xc: torch.Tensor, counts: list[int], k: int):
     return basis, s
 
 
+@record_function("resrl/fit")
 def fit_subspaces(
     x: torch.Tensor,
     counts: list[int],

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
 
 from nemo_resrl.algorithms.resrl import (
     ResponseMeta,
@@ -253,6 +254,7 @@ class ResRLPass:
         self._plan()
 
     # 1. the plan, identical on every rank (host only)
+    @record_function("resrl/plan")
     def _plan(self) -> None:
         lay, mask = self.lay, self.mask
         n_valid = mask.sum(axis=1)
@@ -356,6 +358,7 @@ class ResRLPass:
         self.neg_where = (self.neg_where[0][np.argsort(order)], self.neg_where[1][np.argsort(order)])
 
     # 2 and 4. the layer L-2 consumer: positives first (phase 0), then negatives (phase 1)
+    @record_function("resrl/consume")
     def consume(self, chunk: PenultimateChunk) -> None:
         if not self.computes:
             return
@@ -370,9 +373,10 @@ class ResRLPass:
         sel = np.flatnonzero(slots >= 0)
         self.sizes.kept_per_micro_batch.append(int(sel.size))
         if sel.size:
-            rows = chunk.rows(sel)
-            self.send_buf.index_copy_(0, index_to_device(slots[sel], self.dev), rows)
-            del rows
+            with record_function("resrl/capture"):
+                rows = chunk.rows(sel)
+                self.send_buf.index_copy_(0, index_to_device(slots[sel], self.dev), rows)
+                del rows
         if not self.fitted and chunk.phases_done >= 1:
             # the positives' phase is complete: within the micro-batch holding the last positive, before its
             # negatives (with expert parallelism, at the same micro-batch on every rank: a collective)
@@ -385,11 +389,15 @@ class ResRLPass:
         groups = self.resid_group[slots[sel]]
         self.sizes.negatives_per_micro_batch.append(np.bincount(groups).tolist() if sel.size else [])
         if sel.size:
-            values = residuals_of_rows(chunk.states, chunk.state_index[sel], groups, self.subspaces, self.cfg)
-            self.resid_buf.index_copy_(0, index_to_device(slots[sel], self.dev), values)
-            del values
+            with record_function("resrl/residuals"):
+                values = residuals_of_rows(
+                    chunk.states, chunk.state_index[sel], groups, self.subspaces, self.cfg
+                )
+                self.resid_buf.index_copy_(0, index_to_device(slots[sel], self.dev), values)
+                del values
 
     # 3. rows to their fit slots, batched fits, subspaces to the ranks that need them
+    @record_function("resrl/fit_and_share")
     def _fit_and_share(self) -> None:
         cfg, dp, dev = self.cfg, self.lay.dp, self.dev
         recv = self._exchange(self.send_buf, self.send_split, self.recv_split)
@@ -430,6 +438,7 @@ class ResRLPass:
         if dp > 1:
             dist.all_reduce(self.ranks, group=self.dp_group)
 
+    @record_function("resrl/exchange")
     def _exchange(self, rows: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
         """Rows [sum(send), w] to the data-parallel ranks of this column (``send[r]`` to rank r, in order);
         returns the [sum(recv), w] received, by source rank. Split sizes come from the plan.
@@ -453,6 +462,7 @@ class ResRLPass:
 
     # 5 and 6. quantile bounds per group over all its negative tokens (all ranks of the column), gating,
     # the weights to every tensor / pipeline rank of the replica
+    @record_function("resrl/gate_and_combine")
     def _finish(self) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.dev
         weights = torch.ones(self.B, self.T, dtype=torch.float32, device=dev)

@@ -175,6 +175,29 @@ def test_rank_deficient_positives_drop_null_directions(method):
     assert torch.isfinite(residual_energy(torch.randn(3, 32), identical)).all()
 
 
+def test_the_fit_uses_no_numpy_linear_algebra(monkeypatch):
+    """The Rayleigh-Ritz step runs on the host, through torch's LAPACK: numpy's OpenBLAS would leave its
+    threads spinning and slow the rest of the forward pass on the host's cores. Both paths: an
+    orthonormal block (many rows) and a rank-deficient one (fewer rows than the block's columns), in one
+    batched call."""
+
+    def refuse(*a, **k):
+        raise AssertionError("numpy linear algebra called by the fit")
+
+    for name in ("eigh", "svd", "qr", "cholesky", "solve"):
+        monkeypatch.setattr(np.linalg, name, refuse)
+    monkeypatch.setattr(np, "matmul", refuse)
+    monkeypatch.setattr(np, "dot", refuse)
+    x = torch.zeros(2, 200, 96)
+    x[0] = _decaying(200, 96, seed=1, gap_at=16)
+    x[1, :5] = _decaying(5, 96, seed=2)
+    fit = fit_subspaces(x, [200, 5], 16, oversample=16, iterations=2)
+    monkeypatch.undo()
+    assert fit.rank.tolist() == [16, 4]
+    mu, v = ref.subspace(x[0].double().numpy(), 16)
+    assert principal_angles(fit.basis[0], torch.from_numpy(v)).max() < 1e-2
+
+
 def test_residual_energy_matches_reference_and_is_chunk_invariant():
     x_pos = _decaying(120, 48, seed=5)
     sub = fit_positive_subspace(x_pos, 10, method="exact")

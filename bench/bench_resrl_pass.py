@@ -167,6 +167,9 @@ def profile_pass(fn) -> dict:
 
 
 def print_profile(variant: str, p: dict) -> None:
+    if "error" in p:
+        print(f"## profile {variant} failed: {p['error']}", flush=True)
+        return
     print(f"## profile {variant}: wall {p['wall_ms']:.1f} ms, device busy {p['busy_ms']:.1f} ms", flush=True)
     for name, (calls, host, dev) in p["ranges"].items():
         print(f"##   {name:<28} {calls:5d} calls  host {host:9.2f} ms  device {dev:9.2f} ms")
@@ -247,7 +250,12 @@ def run_variant(args) -> dict:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         peaks.append(pm.extra)
-    profiled = profile_pass(fn) if args.profile else None
+    profiled = None
+    if args.profile:
+        try:
+            profiled = profile_pass(fn)
+        except Exception as e:  # the timings above stand without it (a profiler without CUPTI, say)
+            profiled = {"error": f"{type(e).__name__}: {e}"}
     if os.environ.get("BENCH_CPROFILE"):  # host-side hot spots of one pass (a development aid)
         import cProfile
         import pstats

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (torch + transformers only; the megatron wheels of tools/gpu_wheels.sh
 # carried in .gpu_wheels): the ResRL benchmarks first (clean timings; at d = 2048 with the variants that
-# split ResRL's extra time into layout padding, row hand-over and its own work), then the gpu-marked
+# split ResRL's extra time into layout padding, row hand-over and its own work, and a profile of each:
+# device-busy time, the resrl/* ranges, the top kernels), then the gpu-marked
 # tests beside the one-device check without its MFU part, then the MFU alone. Every log goes to $OUT (default ./gpu_out).
 #
 #   bash tools/gpu_session.sh bench      # the ResRL benchmarks: at most 6.5 minutes on one H200
@@ -30,11 +31,11 @@ export PYTHONPATH="$ROOT/.gpu_site:$ROOT"
 B="$OUT/bench.txt"
 if [ "$MODE" = bench ]; then
 el "bench_resrl_pass d=2048"
-timeout 150 python3 bench/bench_resrl_pass.py --device cuda --layers 8 --hidden 2048 --vocab 151936 --groups 4 \
-  --group-size 8 --prompt-len 256 --resp-min 256 --resp-max 1024 --repeats 2 --variants grpo layout capture resrl 2>&1 | grep -v "shards\|arn" >> "$B"
+timeout 180 python3 bench/bench_resrl_pass.py --device cuda --layers 8 --hidden 2048 --vocab 151936 --groups 4 \
+  --group-size 8 --prompt-len 256 --resp-min 256 --resp-max 1024 --repeats 2 --variants grpo layout capture resrl --profile 2>&1 | grep -v "shards\|arn" >> "$B"
 el "bench_resrl_pass d=4096 rc=$?"
 timeout 150 python3 bench/bench_resrl_pass.py --device cuda --layers 4 --hidden 4096 --vocab 32768 --groups 4 \
-  --group-size 8 --prompt-len 256 --resp-min 256 --resp-max 1024 --repeats 2 2>&1 | grep -v "shards\|arn" >> "$B"
+  --group-size 8 --prompt-len 256 --resp-min 256 --resp-max 1024 --repeats 2 --variants grpo resrl 2>&1 | grep -v "shards\|arn" >> "$B"
 el "bench_resrl_svd rc=$?"
 for d in 4096 5120; do
   timeout 45 python3 bench/bench_resrl_svd.py --device cuda --d $d --groups 8 --decays 1.0 --variants \

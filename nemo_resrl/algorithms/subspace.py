@@ -166,7 +166,7 @@ def _ritz(w: torch.Tensor, b: torch.Tensor, k: int) -> tuple[torch.Tensor, np.nd
     ``w @ coefficients`` is orthonormal.
 
     One batched call, not a thread per group: threads each running a LAPACK eigensolver contend for the
-    cores (3x slower than one call on 2 cores)."""
+    cores."""
     wd = w.double()
     gw = (wd.mT @ wd).cpu().numpy().copy()
     del wd

@@ -44,13 +44,26 @@ def _kill_during_save(work: Path, run_dir: Path) -> tuple[list[int], int, list[i
         proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], env=env, stdout=out,
                                 stderr=out, start_new_session=True)  # fmt: skip
     trainer = psutil.Process(proc.pid)
+
+    def forked_writer(child: psutil.Process) -> bool:  # children come and go (and turn zombie) meanwhile
+        try:
+            return child.ppid() == proc.pid and child.cmdline() == trainer.cmdline()
+        except psutil.Error:
+            return False
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
     try:
         deadline = time.time() + 600
         writers = []
         while time.time() < deadline and not writers:  # the forked writers are the trainer's own command
             assert proc.poll() is None, log.read_text()[-3000:]
             kids = trainer.children(recursive=True)
-            writers = [c for c in kids if c.ppid() == proc.pid and c.cmdline() == trainer.cmdline()]
+            writers = [c for c in kids if forked_writer(c)]
             time.sleep(0.2)
         assert writers, "the save never started"
         time.sleep(1.0)
@@ -58,7 +71,7 @@ def _kill_during_save(work: Path, run_dir: Path) -> tuple[list[int], int, list[i
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         time.sleep(10)
-        alive = [p for p in started if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+        alive = [p for p in started if running(p)]
         return started, len(writers), alive
     finally:
         try:

@@ -8,12 +8,13 @@ Each variant runs in a fresh process on the same random Qwen3-shaped model and b
 ``--device``: the GPU if there is one, else the CPU; bf16 on a GPU, fp32 on the CPU; megatron-core's
 local layer spec when TransformerEngine is not installed):
   grpo      ``actor.forward_logprobs`` over the batch (what GRPO needs anyway)
-  resrl     ``old_logprobs_with_resrl``: the same pass in two phases with the layer L-2 consumer,
-            sampled rows, SVD per group, residuals, quantile gating
+  resrl     ``old_logprobs_with_resrl``: the same pass with the layer L-2 consumer, sampled rows, SVD
+            per group, residuals, quantile gating; in GRPO's micro-batches when the negatives' rows fit
+            ``--deferred-rows-mib`` (the deferred layout), else in two phases (positives first)
   released  the released code's approach: keep every decoder layer's output for every token
             (``output_hidden_states=True``), then compute the weights from layer L-2 in one process
 Where ResRL's extra time goes (not run by default; ``--variants grpo layout capture resrl``):
-  layout    GRPO's pass in ResRL's two-phase layout (positives first): the cost of its padding
+  layout    GRPO's pass in the layout the ResRL pass takes: the cost of its padding (none when deferred)
   capture   the same with a layer L-2 consumer that does nothing: the cost of handing the rows over
   so resrl - capture is ResRL's own work (sampled rows, fits, residuals, gating).
 Reported: median wall time of the pass over ``--repeats`` runs after one warm-up, and the peak extra
@@ -25,9 +26,9 @@ the device was busy with kernels (GPU), each ``resrl/...`` range of the pass (th
 kernels that took the most device time. Wall time well above busy time means the device waited for the
 host (synchronisations, the host's Rayleigh-Ritz step, kernel launches). ``BENCH_CPROFILE=1`` with
 ``--variant V --model DIR`` prints the host-side hot spots of one pass (cProfile).
-``--padding G [G ...]``: no model; the padded tokens and attention work (rows x S^2) of GRPO's layout and
-of ResRL's two-phase one for batches of G groups of this shape (the phase split's padding shrinks as
-the batch grows).
+``--padding G [G ...]``: no model; the padded tokens and attention work (rows x S^2) of GRPO's layout (the
+deferred layout's too) and of the two-phase one for batches of G groups of this shape (the phase
+split's padding shrinks as the batch grows).
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def run_variant(args) -> dict:
     from nemo_resrl.algorithms.resrl import ResRLConfig, compute_resrl_weights
     from nemo_resrl.config.actor import ActorConfig
     from nemo_resrl.models.actor import MegatronActor
-    from nemo_resrl.models.resrl_pass import ResponseMeta, old_logprobs_with_resrl
+    from nemo_resrl.models.resrl_pass import ResponseMeta, ResRLPass, old_logprobs_with_resrl
 
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the actor builds on the CPU
@@ -191,7 +192,7 @@ def run_variant(args) -> dict:
     seqs, gids, adv = make_batch(args)
     B = len(seqs)
     meta = ResponseMeta(group_ids=gids, response_ids=torch.arange(B), advantages=adv, positive=adv > 0)
-    cfg = ResRLConfig()
+    cfg = ResRLConfig(deferred_rows_mib=args.deferred_rows_mib)
     _, mask = seqs.response_tokens()
     T = mask.shape[1]
 
@@ -201,7 +202,8 @@ def run_variant(args) -> dict:
     def resrl():
         old_logprobs_with_resrl(actor, seqs, meta, cfg, step=0)
 
-    phases = [0 if bool(p) else 1 for p in meta.positive]
+    pass_layout = ResRLPass(actor, seqs, meta, cfg, step=0)  # the plan: which layout the pass takes
+    phases = pass_layout.phases
 
     def layout():
         actor.forward_logprobs(seqs, phases=phases)
@@ -237,8 +239,8 @@ def run_variant(args) -> dict:
     fn = {"grpo": grpo, "resrl": resrl, "released": released, "layout": layout, "capture": capture}[
         args.variant
     ]
-    two_phase = args.variant in ("resrl", "layout", "capture")
-    lay = actor.forward.layout(seqs, phases if two_phase else None)
+    in_pass_layout = args.variant in ("resrl", "layout", "capture")
+    lay = actor.forward.layout(seqs, phases if in_pass_layout else None)
     padded = sum(mb.tokens.numel() for mb in lay.micro_batches)
     fn()  # warm-up
     times, peaks = [], []
@@ -273,15 +275,17 @@ def run_variant(args) -> dict:
         "tokens": int(sum(t.numel() for t in seqs.tokens)),
         "padded_tokens": int(padded),
         "response_tokens": int(mask.sum()),
+        "layout": ("deferred" if pass_layout.deferred else "two-phase") if in_pass_layout else "grpo",
     }
 
 
 def padding_table(args) -> None:
-    """GRPO's layout vs ResRL's two-phase layout (positives first) for each ``--padding`` group count."""
+    """GRPO's layout (also the deferred one) vs the two-phase layout (positives first) for each
+    ``--padding`` group count."""
     from nemo_resrl.models.batch import make_layout
 
     print(
-        f"{'groups':>6} {'seqs':>5} {'tokens':>8} {'grpo padded':>12} {'resrl padded':>13} {'extra':>7} "
+        f"{'groups':>6} {'seqs':>5} {'tokens':>8} {'grpo padded':>12} {'2-phase padded':>15} {'extra':>7} "
         f"{'extra attention':>16} {'micro-batches':>14}"
     )
     for groups in args.padding:
@@ -297,12 +301,14 @@ def padding_table(args) -> None:
         ]
         n = sum(t.numel() for t in seqs.tokens)
         print(
-            f"{groups:6d} {len(seqs):5d} {n:8d} {pad[0]:12d} {pad[1]:13d} {pad[1] / pad[0] - 1:7.2%} "
+            f"{groups:6d} {len(seqs):5d} {n:8d} {pad[0]:12d} {pad[1]:15d} {pad[1] / pad[0] - 1:7.2%} "
             f"{att[1] / att[0] - 1:16.2%} {len(plain.micro_batches):14d}"
         )
 
 
 def main() -> None:
+    from nemo_resrl.config.algorithm import ResRLConfig
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=512)
@@ -318,6 +324,12 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["grpo", "resrl", "released"])
     ap.add_argument("--profile", action="store_true", help="one more pass of each under torch.profiler")
     ap.add_argument("--padding", type=int, nargs="+", default=None, help="group counts: layouts only")
+    ap.add_argument(
+        "--deferred-rows-mib",
+        type=float,
+        default=ResRLConfig.deferred_rows_mib,
+        help="algorithm.resrl.deferred_rows_mib (0: the two-phase layout)",
+    )
     ap.add_argument("--variant", default=None)
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
@@ -353,12 +365,15 @@ def main() -> None:
         f"batch: {args.groups} groups x "
         f"{args.group_size} responses, {base['tokens']} tokens ({base['response_tokens']} response tokens)"
     )
-    print(f"{'variant':<10} {'time s':>8} {'x grpo':>7} {'peak extra MiB':>15} {'padded tokens':>14}")
+    print(
+        f"{'variant':<10} {'time s':>8} {'x grpo':>7} {'peak extra MiB':>15} {'padded tokens':>14} "
+        f"{'layout':>10}"
+    )
     for r in results:
         ratio = r["time_s"] / base["time_s"]
         print(
             f"{r['variant']:<10} {r['time_s']:8.3f} {ratio:7.3f} {r['peak_extra_MiB']:15.1f} "
-            f"{r['padded_tokens']:14d}"
+            f"{r['padded_tokens']:14d} {r['layout']:>10}"
         )
 
 

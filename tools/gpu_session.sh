@@ -11,8 +11,9 @@
 #                                      # bench_attention: at most 8 minutes
 #
 # Priority of `all` (a session has 15 minutes of device time, start-up included: one call):
-#   1. bench_resrl_pass at d = 2048 with the variants that split ResRL's extra time (layout padding, row
-#      hand-over, its own work) and a profile of each (device-busy time, the resrl/* ranges, top kernels)
+#   1. bench_resrl_pass at d = 2048 (the deferred layout: GRPO's micro-batches) with the variant that
+#      splits ResRL's extra time (row hand-over vs its own work) and a profile of each (device-busy time,
+#      the resrl/* ranges, top kernels)
 #   2. the gpu-marked tests beside the one-device check's correctness and memory checks
 #   3. the MFU at 8k tokens; 4. the whole-step loop against the plan
 #   5. bench_resrl_pass at d = 4096, the fit alone at d = 4096 / 5120, bench_attention
@@ -50,7 +51,7 @@ pass_2048() {
   el "bench_resrl_pass d=2048 (limit ${t}s)"
   timeout "$t" python3 bench/bench_resrl_pass.py --device cuda --layers 8 --hidden 2048 --vocab 151936 \
     --groups 4 --group-size 8 --prompt-len 256 --resp-min 256 --resp-max 1024 --repeats 2 \
-    --variants grpo layout capture resrl --profile 2>&1 | grep -v "shards\|arn" >> "$B"
+    --variants grpo capture resrl --profile 2>&1 | grep -v "shards\|arn" >> "$B"
   el "bench_resrl_pass d=2048 rc=${PIPESTATUS[0]}"
 }
 

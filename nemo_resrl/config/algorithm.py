@@ -130,6 +130,12 @@ class ResRLConfig(Section):
     seed: int = 0
     """Base seed of the positive-row sampling (combined with the step and the group id)."""
     residual_chunk_tokens: int = 4096
+    deferred_rows_mib: float = 256.0
+    """When the layer L-2 rows of a rank's negative tokens take at most this many MiB (the largest rank's,
+    in the activation dtype), the pass keeps GRPO's micro-batches: it keeps those rows and computes their
+    residuals after the fits, at the end of the pass. Above it (and at 0), positives run first and each
+    negative is projected as it comes (no rows kept, but each phase is sorted by length on its own: a few
+    percent more padding at small batches). The same weights either way (docs/distributed.md)."""
     positive_set: str = "correct"
     """Which responses span the subspace and get lambda_pos x A: correct (the verifier's verdict, the
     released code's score > 0) or advantage (A > 0, the paper's wording). They differ under a shaped
@@ -152,6 +158,7 @@ class ResRLConfig(Section):
         keys.at_least(self.svd_oversample, "svd_oversample", 0)
         keys.at_least(self.fit_batch_groups, "fit_batch_groups", 1)
         keys.at_least(self.residual_chunk_tokens, "residual_chunk_tokens", 1)
+        keys.at_least(self.deferred_rows_mib, "deferred_rows_mib", 0)
         keys.one_of(self.positive_set, "positive_set", ("advantage", "correct"))
 
 

@@ -66,6 +66,11 @@ class MegatronActor:
         return self.model.hidden_size
 
     @property
+    def activation_bytes(self) -> int:
+        """Bytes per element of the decoder layers' outputs (2 in bf16, 4 in fp32)."""
+        return 2 if self.model.half_precision else 4
+
+    @property
     def num_layers(self) -> int:
         return self.model.num_layers
 

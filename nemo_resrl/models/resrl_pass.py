@@ -11,26 +11,33 @@ The old-log-prob pass (forward only, at the rollout weights) runs anyway for GRP
    Active groups go to slots largest first, each to the least-loaded slot (rows are the load). A slot's
    tensor rank is the group's COLUMN: every step below for that group runs on the ranks of that column,
    over their data-parallel group.
-2. One forward pass with the positive responses first (phase 0) and the negative ones after (phase 1).
-   The layer L-2 consumer copies each sampled positive row into a preallocated buffer in the states'
-   own dtype, at a slot fixed by the plan (nothing is LayerNorm-ed, sorted or shipped to the host).
-3. When phase 0 is complete (in the micro-batch holding this rank's last positive; with expert
-   parallelism at the same micro-batch on every rank): the rows go to their fit slot (one all-to-all with
-   split sizes from the plan); each slot fits its groups in batches (``fit_group_subspaces``: LayerNorm
-   into a float32 buffer, fixed-iteration randomized subspace iteration); each (mu, V_k) goes to the
-   ranks of its column that hold negatives of its group (a second all-to-all).
-4. For negatives, the consumer turns each token's state into its residual energy at once (on the rank of
-   its group's column); one float per negative token is kept.
+2. One forward pass. The layer L-2 consumer copies each sampled positive row into a preallocated buffer
+   in the states' own dtype, at a slot fixed by the plan (nothing is LayerNorm-ed, sorted or shipped to
+   the host). The pass has two layouts, chosen from the plan alike on every rank (``defers_negatives``):
+   DEFERRED (the negatives' rows of the largest rank take at most ``cfg.deferred_rows_mib``): GRPO's own
+   micro-batches; the consumer also copies the rows of its column's negative tokens into a second
+   buffer, and steps 3 and 4 run after the forward pass. TWO-PHASE (above the budget): the positive
+   responses first (phase 0) and the negative ones after (phase 1), nothing of the negatives kept; each
+   phase is sorted by length on its own, which pads a few percent more at small batches.
+3. When every positive has been seen (deferred: after the pass; two-phase: in the micro-batch holding this
+   rank's last positive, with expert parallelism at the same micro-batch on every rank): the rows go to
+   their fit slot (one all-to-all with split sizes from the plan); each slot fits its groups in batches
+   (``fit_group_subspaces``: LayerNorm into a float32 buffer, fixed-iteration randomized subspace
+   iteration); each (mu, V_k) goes to the ranks of its column that hold negatives of its group (a second
+   all-to-all).
+4. For negatives, each token's state becomes its residual energy (on the rank of its group's column;
+   two-phase: at once in the consumer; deferred: from the kept rows, after the fits); one float per
+   negative token is kept.
 5. The residuals of each group are all-gathered over the column (scalars only); every rank computes the
    quantile bounds of its column's groups over ALL their negative tokens and gates its own tokens.
 6. The weights of a replica are combined over its tensor ranks (each holds its column's groups) and
    copied to its other pipeline stages.
 
 Memory (``nemo_resrl.plan.resrl``; tested byte for byte): the sampled rows kept and received (<= M x d
-per group, in the activation dtype), one batch of float32 fit input and its workspace, the subspaces a
-rank needs (d x (k + 1) floats per group), one float per negative token. Nothing keeps all hidden
-states, and no group is ever split into parts that silently get weight 1 (the released code's defect,
-docs/algorithm.md §10).
+per group, in the activation dtype), the deferred layout's negative rows (within its budget), one batch
+of float32 fit input and its workspace, the subspaces a rank needs (d x (k + 1) floats per group), one
+float per negative token. Nothing keeps all hidden states, and no group is ever split into parts that
+silently get weight 1 (the released code's defect, docs/algorithm.md §10).
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ class PassActor(Protocol):
     layout: object
     device: torch.device
     hidden_size: int
+    activation_bytes: int
 
     def forward_logprobs(self, seqs: Sequences, **kw) -> TokenOutputs: ...
 
@@ -120,6 +128,8 @@ class PassSizes:
     column_groups: int = 0  # active groups of its column
     kept_per_micro_batch: list[int] = field(default_factory=list)  # positive rows kept, per micro-batch
     negatives_per_micro_batch: list[list[int]] = field(default_factory=list)  # per group, per micro-batch
+    deferred: bool = False  # the deferred layout: the negatives' rows kept, their residuals after the fits
+    deferred_per_micro_batch: list[int] = field(default_factory=list)  # negative rows kept, per micro-batch
 
 
 def assign_slots(sizes: list[int], slots: int) -> list[int]:
@@ -198,6 +208,28 @@ def rank_sizes(active: list[GroupPlan], dp: int, tp: int, dp_rank: int, tp_rank:
     )
 
 
+def most_negatives(active: list[GroupPlan], dp: int, tp: int) -> int:
+    """The most negative tokens any rank of the L-2 stage projects (``PassSizes.negatives`` of the
+    largest rank)."""
+    return max(
+        (
+            sum(g.neg_tokens_by_rank[r] for g in active if g.slot % tp == c)
+            for r in range(dp)
+            for c in range(tp)
+        ),
+        default=0,
+    )
+
+
+def defers_negatives(
+    active: list[GroupPlan], dp: int, tp: int, hidden_dim: int, act_bytes: int, budget_mib: float
+) -> bool:
+    """Whether the pass takes the deferred layout (module docstring, step 2): the layer L-2 rows of the
+    negative tokens of the largest rank (``act_bytes`` per element) fit in ``budget_mib``. A function of the
+    plan alone, so every rank of the job decides alike (their micro-batches and collectives must agree)."""
+    return budget_mib > 0 and most_negatives(active, dp, tp) * hidden_dim * act_bytes <= budget_mib * 2**20
+
+
 @dataclass
 class ResRLPassResult:
     """Old log-probs of all B sequences, the ResRL weights [B, T] (1 outside negative tokens of active
@@ -250,7 +282,7 @@ class ResRLPass:
         self.computes = actor.owns_penultimate_layer()  # every tensor rank of that stage
         self.sizes = PassSizes()
         self.fitted = False
-        self.send_buf = self.resid_buf = self.subspaces = None
+        self.send_buf = self.resid_buf = self.subspaces = self.defer_buf = None
         self._plan()
 
     # 1. the plan, identical on every rank (host only)
@@ -267,6 +299,9 @@ class ResRLPass:
         self.by_gid = {g.gid: g for g in self.plans}
         self.active = [g for g in self.plans if g.reason is None]
         self.pos_left = {i for i in range(self.B) if self.is_pos[i] and self.seqs.response_lens[i] > 0}
+        self.deferred = defers_negatives(
+            self.active, lay.dp, lay.tp, self.d, self.actor.activation_bytes, self.cfg.deferred_rows_mib
+        )
         if not self.computes or not self.active:
             return
         col, me = lay.tp_rank, lay.dp_rank
@@ -275,6 +310,7 @@ class ResRLPass:
         self.col_index = {g.active: j for j, g in enumerate(in_col)}
         self.owned = [g for g in in_col if g.slot // tp == me]
         sz = self.sizes = rank_sizes(self.active, lay.dp, tp, me, col)
+        sz.deferred = self.deferred
         # 2. the sampled rows this rank keeps, ordered by (fit slot's data-parallel rank, group, pool index)
         keep_slot = np.full((self.B, self.T), -1, dtype=np.int64)
         local_of = {int(r): i for i, r in enumerate(self.rid)}
@@ -357,7 +393,14 @@ class ResRLPass:
         order = resid_slot[self.neg_where]
         self.neg_where = (self.neg_where[0][np.argsort(order)], self.neg_where[1][np.argsort(order)])
 
-    # 2 and 4. the layer L-2 consumer: positives first (phase 0), then negatives (phase 1)
+    @property
+    def phases(self) -> list[int] | None:
+        """The forward pass's phases (``MegatronActor.forward_logprobs``): None in the deferred layout
+        (GRPO's micro-batches), else positives (0) before negatives (1)."""
+        return None if self.deferred else [0 if bool(p) else 1 for p in self.is_pos]
+
+    # 2 and 4. the layer L-2 consumer: the sampled positive rows; the negatives' rows (deferred) or their
+    # residuals once the positives are fitted (two-phase: positives in phase 0, negatives in phase 1)
     @record_function("resrl/consume")
     def consume(self, chunk: PenultimateChunk) -> None:
         if not self.computes:
@@ -369,6 +412,8 @@ class ResRLPass:
         if self.send_buf is None and not self.fitted:
             n, dtype = self.sizes.rows_sent, chunk.states.dtype
             self.send_buf = torch.empty(n, self.d, dtype=dtype, device=self.dev)
+            if self.deferred:
+                self.defer_buf = torch.empty(self.sizes.negatives, self.d, dtype=dtype, device=self.dev)
         slots = self.keep_slot[s, r]
         sel = np.flatnonzero(slots >= 0)
         self.sizes.kept_per_micro_batch.append(int(sel.size))
@@ -377,6 +422,16 @@ class ResRLPass:
                 rows = chunk.rows(sel)
                 self.send_buf.index_copy_(0, index_to_device(slots[sel], self.dev), rows)
                 del rows
+        if self.deferred:
+            slots = self.resid_slot[s, r]
+            sel = np.flatnonzero(slots >= 0)
+            self.sizes.deferred_per_micro_batch.append(int(sel.size))
+            if sel.size:
+                with record_function("resrl/defer"):
+                    rows = chunk.rows(sel)
+                    self.defer_buf.index_copy_(0, index_to_device(slots[sel], self.dev), rows)
+                    del rows
+            return
         if not self.fitted and chunk.phases_done >= 1:
             # the positives' phase is complete: within the micro-batch holding the last positive, before its
             # negatives (with expert parallelism, at the same micro-batch on every rank: a collective)
@@ -395,6 +450,22 @@ class ResRLPass:
                 )
                 self.resid_buf.index_copy_(0, index_to_device(slots[sel], self.dev), values)
                 del values
+
+    # 3 and 4 of the deferred layout, after the forward pass
+    @record_function("resrl/deferred")
+    def _fit_deferred(self) -> None:
+        if self.pos_left:
+            raise RuntimeError(f"internal error: positives {sorted(self.pos_left)} not seen in the pass")
+        self._fit_and_share()
+        self.fitted = True
+        n, groups = self.sizes.negatives, self.resid_group
+        self.sizes.negatives_per_micro_batch.append(np.bincount(groups).tolist() if n else [])
+        if n:
+            with record_function("resrl/residuals"):
+                values = residuals_of_rows(self.defer_buf, np.arange(n), groups, self.subspaces, self.cfg)
+                self.resid_buf.index_copy_(0, index_to_device(np.arange(n), self.dev), values)
+                del values
+        self.defer_buf = None
 
     # 3. rows to their fit slots, batched fits, subspaces to the ranks that need them
     @record_function("resrl/fit_and_share")
@@ -506,11 +577,12 @@ class ResRLPass:
         return stats
 
     def run(self, *, with_entropy: bool = False) -> ResRLPassResult:
-        """Steps 2-6: one forward pass (positives first), the gating, the combination of the weights."""
-        phases = [0 if bool(p) else 1 for p in self.is_pos]
+        """Steps 2-6: one forward pass, the fits, the gating, the combination of the weights."""
         outputs = self.actor.forward_logprobs(
-            self.seqs, with_entropy=with_entropy, penultimate_consumer=self.consume, phases=phases
+            self.seqs, with_entropy=with_entropy, penultimate_consumer=self.consume, phases=self.phases
         )
+        if self.deferred and self.computes and self.active:
+            self._fit_deferred()
         if self.computes and self.active and not self.fitted:
             raise RuntimeError("internal error: the positive subspaces were never fitted during the pass")
         weights, ranks = self._finish()

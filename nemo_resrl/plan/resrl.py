@@ -4,7 +4,8 @@
 ``pass_bytes(sizes, dims)`` is the peak of the storages the pass creates beside the forward pass itself:
 the maximum over the moments of the pass (the rows kept for the fit slots, their exchange, each fit
 batch with its LayerNorm and its workspace, the subspace exchange, each micro-batch's residuals, the
-gating). It is tested byte for byte against what the pass allocates on CPU (``tests/plan/test_resrl.py``,
+gating; in the deferred layout the negatives' rows are kept from the first micro-batch to their
+residuals). It is tested byte for byte against what the pass allocates on CPU (``tests/plan/test_resrl.py``,
 DP=2 and TP=2). ``worst_case_sizes(cfg, ...)`` gives the sizes the planner assumes for a preset: every
 group active with ``max_rows`` sampled rows, every response ``max_tokens`` long, half of them negative.
 Index tensors moved to the device count (int64 per selected row).
@@ -19,7 +20,7 @@ import numpy as np
 
 from nemo_resrl.algorithms.subspace import fit_workspace_bytes, subspace_iterations
 from nemo_resrl.config import RunConfig
-from nemo_resrl.models.resrl_pass import PassSizes, plan_groups, rank_sizes
+from nemo_resrl.models.resrl_pass import PassSizes, defers_negatives, plan_groups, rank_sizes
 
 FP32, I64 = 4, 8
 # The fit's time model (docs/plan.md; measured on one H200, docs/benchmarks.md):
@@ -123,31 +124,37 @@ def pass_moments(sizes: PassSizes, dims: PassDims) -> dict[str, int]:
     d, k, p = dims.d, dims.k, dims.act_bytes
     sent = sizes.rows_sent * d * p
     received = sizes.rows_received * d * p
+    kept = sizes.negatives * d * p if sizes.deferred else 0  # the deferred layout's negative rows
     m = {
-        f"kept rows, micro-batch {j}": sent + n * (d * p + I64)
+        f"kept rows, micro-batch {j}": sent + kept + n * (d * p + I64)
         for j, n in enumerate(sizes.kept_per_micro_batch)
     }
+    for j, n in enumerate(sizes.deferred_per_micro_batch):
+        m[f"kept negative rows, micro-batch {j}"] = sent + kept + n * (d * p + I64)
     if dims.dp > 1:
-        m["exchange of the rows"] = sent + received
+        m["exchange of the rows"] = sent + received + kept
     index = sizes.rows_received * I64
     owned = len(sizes.owned_group_rows) * (d * FP32 + d * k * FP32 + I64)
     for b, batch in enumerate(fit_batches(sizes.owned_group_rows, dims.fit_batch_groups)):
         base = received + index + owned + len(batch) * batch[0] * d * FP32
-        m[f"fit batch {b}, LayerNorm"] = base + max(_layernorm(rows, dims) for rows in batch)
+        m[f"fit batch {b}, LayerNorm"] = kept + base + max(_layernorm(rows, dims) for rows in batch)
         ws = fit_workspace_bytes(len(batch), batch[0], d, dims.rank, dims.oversample, dims.iterations)
-        m[f"fit batch {b}, subspace iteration"] = base + ws
+        m[f"fit batch {b}, subspace iteration"] = kept + base + ws
     s_sent, s_recv, n_own = sizes.subspaces_sent, sizes.subspaces_received, len(sizes.owned_group_rows)
     packed_sent = s_sent * dims.packed
     ranks = dims.active_groups * FP32
     m["subspaces, packing"] = (
-        owned + packed_sent + max(s_sent * I64 + s_sent * d * k * FP32, ranks + n_own * I64 + n_own * FP32)
+        kept
+        + owned
+        + packed_sent
+        + max(s_sent * I64 + s_sent * d * k * FP32, ranks + n_own * I64 + n_own * FP32)
     )
     received_subspaces = s_recv * dims.packed
     if dims.dp > 1:
-        m["subspaces, exchange"] = packed_sent + ranks + received_subspaces
+        m["subspaces, exchange"] = kept + packed_sent + ranks + received_subspaces
     base = received_subspaces + ranks + sizes.negatives_max * FP32
-    for j, n in enumerate(sizes.negatives_per_micro_batch):
-        m[f"residuals, micro-batch {j}"] = base + _residual_moments(n, dims)
+    for j, n in enumerate(sizes.negatives_per_micro_batch):  # deferred: one, after the pass
+        m[f"residuals, micro-batch {j}"] = kept + base + _residual_moments(n, dims)
     m["gating"] = dims.batch * dims.width * FP32 + base + _gating(sizes, dims)
     return m
 
@@ -184,7 +191,9 @@ def pass_seconds(sizes: PassSizes, dims: PassDims, fp32_tflops: float) -> float:
 def worst_case(cfg: RunConfig, d: int, act_bytes: int, dp: int, tp: int, micro_tokens: int):
     """The sizes of every rank of the L-2 stage for the step the planner assumes: every group active,
     its first response correct, every response ``rollout.sampling.max_tokens`` long, each data-parallel
-    rank holding its own groups (the trainer's split). Returns [(PassSizes, PassDims)] per rank."""
+    rank holding its own groups (the trainer's split), the layout the pass would take for it (deferred
+    when the negatives' rows fit ``algorithm.resrl.deferred_rows_mib``). Returns [(PassSizes, PassDims)]
+    per rank."""
     rc, s = cfg.algorithm.resrl, cfg.rollout.sampling
     groups, n, T = cfg.trainer.prompts_per_step, s.n, s.max_tokens
     holder = np.arange(groups) * dp // groups
@@ -194,12 +203,18 @@ def worst_case(cfg: RunConfig, d: int, act_bytes: int, dp: int, tp: int, micro_t
     )
     active = [g for g in plan_groups(table, d, rc, 0, dp * tp) if g.reason is None]
     mbs_responses = max(1, micro_tokens // max(T, 1))
+    deferred = defers_negatives(active, dp, tp, d, act_bytes, rc.deferred_rows_mib)
     out = []
     for r in range(dp):
         for c in range(tp):
             sz = rank_sizes(active, dp, tp, r, c)
             sz.kept_per_micro_batch = [min(sz.rows_sent, micro_tokens)]
-            per_group = [min(T, sz.negatives)] * min(mbs_responses, math.ceil(sz.negatives / max(T, 1)))
+            sz.deferred = deferred
+            if deferred:  # every negative row kept; their residuals in one call after the pass
+                sz.deferred_per_micro_batch = [min(sz.negatives, micro_tokens)]
+                per_group = [n for g in active if g.slot % tp == c and (n := g.neg_tokens_by_rank[r])]
+            else:
+                per_group = [min(T, sz.negatives)] * min(mbs_responses, math.ceil(sz.negatives / max(T, 1)))
             sz.negatives_per_micro_batch = [per_group]
             dims = PassDims(
                 d=d,

@@ -223,6 +223,7 @@ def test_a_kl_penalty_and_tis_load_and_their_bad_values_name_the_key():
         ("algorithm.loss.agg_constant=0", "algorithm.loss.agg_constant"),
         ("algorithm.loss.agg=token-sum", "algorithm.loss.agg"),
         ("algorithm.resrl.positive_set=score", "algorithm.resrl.positive_set"),
+        ("algorithm.resrl.deferred_rows_mib=-1", "algorithm.resrl.deferred_rows_mib"),
         ("reward.incorrect=0.5", "reward.incorrect"),
         ("reward.shaping=cosine", "reward.shaping"),
         ("reward.length_scale.max_length=3000", "reward.length_scale.max_length"),

@@ -66,7 +66,7 @@ def main() -> None:
     from nemo_resrl.models.actor import MegatronActor
     from nemo_resrl.models.batch import Sequences
     from nemo_resrl.models.collectives import all_gather_rows
-    from nemo_resrl.models.resrl_pass import ResponseMeta, old_logprobs_with_resrl
+    from nemo_resrl.models.resrl_pass import ResponseMeta, ResRLPass
 
     actor = MegatronActor(
         ActorConfig(
@@ -111,9 +111,12 @@ def main() -> None:
         ("default", ResRLConfig(max_rows=16, rank=4, seed=3), adv > 0),
         ("m_below_k", ResRLConfig(max_rows=16, rank=32, seed=3), adv > 0),
         ("positive_set", ResRLConfig(max_rows=16, rank=4, seed=3), positive),
+        # the two-phase layout (positives first, nothing of the negatives kept) instead of the deferred one
+        ("two_phase", ResRLConfig(max_rows=16, rank=4, seed=3, deferred_rows_mib=0), adv > 0),
     ]:
         m = dataclasses.replace(meta, positive=pos[idx])
-        out = old_logprobs_with_resrl(actor, local, m, cfg, step=5)
+        p = ResRLPass(actor, local, m, cfg, step=5)
+        out = p.run()
         weights = to_full(out.weights)
         logp = to_full(out.outputs.logprobs)
         plain = to_full(actor.forward_logprobs(local).logprobs)
@@ -123,6 +126,7 @@ def main() -> None:
         allw = [w.cpu() for w in allw]
         entry = {
             "ranks_agree": all(torch.equal(w, allw[0]) for w in allw),
+            "deferred": p.deferred,
             "logp_vs_plain": float((logp - plain).abs().max()),
             "stats": out.stats.as_metrics(),
             "subspace_ranks": out.stats.subspace_ranks,

@@ -65,13 +65,19 @@ def runs(work) -> dict[str, dict]:
     return _Runs(work)
 
 
+LABELS = ("default", "m_below_k", "positive_set", "two_phase")
+
+
 def _check(result: dict) -> None:
-    for label in ("default", "m_below_k", "positive_set"):
+    for label in LABELS:
         e = result[label]
         assert e["max_diff_vs_single_process"] < TOL, (label, e["max_diff_vs_single_process"])
         assert e["stats"] == e["ref_stats"], label
         assert e["ranks_agree"], label  # every tensor / pipeline / data rank holds the same weights
-        assert e["logp_vs_plain"] < TOL  # the two-phase pass still returns the plain old log-probs
+        assert e["logp_vs_plain"] < TOL  # either layout still returns the plain old log-probs
+        # the tiny batch's negative rows fit the default budget: GRPO's layout, the residuals deferred;
+        # deferred_rows_mib=0 takes the two-phase layout
+        assert e["deferred"] is (label != "two_phase"), label
 
 
 @pytest.mark.distributed
@@ -99,7 +105,7 @@ def test_moe_at_ep2_x_dp2_equals_single_process(tmp_path):
     ep2 = _run(tmp_path, 1, 1, 2, ep=2, model="qwen3_moe")
     for result in (one, ep2):
         _check(result)
-    for label in ("default", "m_below_k", "positive_set"):
+    for label in LABELS:
         a = torch.load(tmp_path / f"tp1pp1dp1_{label}.pt")
         b = torch.load(tmp_path / f"tp1pp1dp2ep2_{label}.pt")
         mask = a["mask"]
@@ -193,3 +199,42 @@ def test_slots_take_the_largest_groups_first_and_balance_rows():
     for size, s in zip(sizes, assign_slots(sizes, 4)):
         loads[s] += size
     assert max(loads) - min(loads) <= 4096
+
+
+@pytest.mark.distributed
+def test_the_deferred_and_the_two_phase_layouts_give_the_same_weights(runs, work):
+    """The deferred layout (GRPO's micro-batches, the negatives' rows kept and projected after the fits)
+    and the two-phase one (positives first, each negative projected as it comes) are two schedules of the
+    same computation: same plan, same samples, same subspaces."""
+    runs["tp1pp1dp2"]
+    a = torch.load(work / "tp1pp1dp2_default.pt")
+    b = torch.load(work / "tp1pp1dp2_two_phase.pt")
+    mask = a["mask"]
+    assert (a["weights"][mask] < 0.5).any()  # gated tokens, not only weight 1
+    torch.testing.assert_close(b["weights"][mask], a["weights"][mask], atol=TOL, rtol=0)
+
+
+def test_the_deferred_layout_is_taken_when_the_largest_ranks_negative_rows_fit_the_budget():
+    from nemo_resrl.models.resrl_pass import defers_negatives, most_negatives
+
+    # two mixed groups; rank 0 holds 6 + 4 negative tokens, rank 1 holds 9 (columns: one, tensor parallel 1)
+    table = np.concatenate(
+        [
+            _table([[1, 0, 8, 1, 0], [1, 1, 6, 0, 1], [2, 2, 8, 1, 0], [2, 3, 4, 0, 1]], holder=0),
+            _table([[1, 4, 9, 0, 1], [2, 5, 8, 1, 0]], holder=1),
+        ]
+    )
+    active = [g for g in plan_groups(table, 64, ResRLConfig(max_rows=8), step=0, slots=2) if g.reason is None]
+    assert most_negatives(active, dp=2, tp=1) == 10
+    row_bytes = 64 * 2  # d = 64 in bf16
+    fits = 10 * row_bytes / 2**20  # the budget in MiB that just holds rank 0's rows
+    assert defers_negatives(active, 2, 1, 64, 2, fits)
+    assert not defers_negatives(active, 2, 1, 64, 2, fits * 0.99)
+    assert not defers_negatives(active, 2, 1, 64, 2, 0)  # 0: always two-phase
+    assert not defers_negatives(active, 2, 1, 64, 4, fits)  # float32 rows take twice the bytes
+    # one replica at tensor parallel 2: each column projects its own group's negatives (15 and 4)
+    table[:, 5] = 0
+    active = [g for g in plan_groups(table, 64, ResRLConfig(max_rows=8), step=0, slots=2) if g.reason is None]
+    assert sorted(g.slot for g in active) == [0, 1]
+    assert most_negatives(active, dp=1, tp=2) == 15
+    assert most_negatives(active, dp=1, tp=1) == 19

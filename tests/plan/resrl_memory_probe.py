@@ -28,12 +28,19 @@ VOCAB = 256
 # (correct, responses) per group
 GROUPS = [(2, 5), (1, 4), (3, 6), (4, 4), (0, 5), (1, 4), (2, 6), (3, 5), (1, 6)]
 # ResRL settings that make each part of the pass the peak: the fit batches, the residual chunks, the gating
+# (the first three in the two-phase layout, the last two in the deferred one)
+FIT = dict(
+    max_rows=48, rank=6, svd_oversample=4, svd_iterations=2, fit_batch_groups=2, residual_chunk_tokens=16
+)
+RESIDUALS = dict(max_rows=6, rank=2, svd_oversample=2, svd_iterations=1, residual_chunk_tokens=256)
 CASES = {
-    "fit": dict(
-        max_rows=48, rank=6, svd_oversample=4, svd_iterations=2, fit_batch_groups=2, residual_chunk_tokens=16
+    "fit": dict(FIT, deferred_rows_mib=0),
+    "residuals": dict(RESIDUALS, deferred_rows_mib=0),
+    "gating": dict(
+        max_rows=6, rank=2, svd_oversample=2, svd_iterations=1, residual_chunk_tokens=1, deferred_rows_mib=0
     ),
-    "residuals": dict(max_rows=6, rank=2, svd_oversample=2, svd_iterations=1, residual_chunk_tokens=256),
-    "gating": dict(max_rows=6, rank=2, svd_oversample=2, svd_iterations=1, residual_chunk_tokens=1),
+    "deferred_fit": FIT,
+    "deferred_residuals": RESIDUALS,
 }
 
 
@@ -104,6 +111,10 @@ def main() -> None:
             def _finish(self, lb=lb):
                 with lb:
                     return super()._finish()
+
+            def _fit_deferred(self, lb=lb):
+                with lb:
+                    super()._fit_deferred()
 
         p = Measured(actor, local, meta, cfg, step=1)
         res = p.run()

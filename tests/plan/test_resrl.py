@@ -43,6 +43,7 @@ def _check(ranks: list[dict]) -> set[str]:
     for rank in ranks:
         for case, r in rank.items():
             assert r["computes"] and r["weighted"], case  # every rank of the stage fits; weights below 1
+            assert r["sizes"]["deferred"] is case.startswith("deferred"), case  # the layout asked for
             sizes, dims = PassSizes(**r["sizes"]), PassDims(**r["dims"])
             assert pass_bytes(sizes, dims) == r["peak"], (
                 case,

@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -169,7 +170,9 @@ class Checks:
         gids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
         adv = torch.tensor([1.0, -1.0, 0.5, -0.5, -1.0, 1.0, -0.3, 0.8])
         meta = ResponseMeta(group_ids=gids, response_ids=torch.arange(8), advantages=adv, positive=adv > 0)
-        res = old_logprobs_with_resrl(self.actor(), self.seqs, meta, cfg, step=3)
+        res = old_logprobs_with_resrl(self.actor(), self.seqs, meta, cfg, step=3)  # the deferred layout
+        two_phase = replace(cfg, deferred_rows_mib=0)  # positives first, negatives projected as they come
+        res2 = old_logprobs_with_resrl(self.actor(), self.seqs, meta, two_phase, step=3)
         _, mask = self.seqs.response_tokens()
         hidden = torch.zeros(*mask.shape, 256)
         for i, o in enumerate(self.hf_outputs()):
@@ -177,10 +180,12 @@ class Checks:
             hidden[i, :n] = o.hidden_states[-2][0, p - 1 : p - 1 + n].float().cpu()
         ref = compute_resrl_weights(hidden, mask, gids, adv, cfg, step=3, positive=adv > 0)
         diff = float(((res.weights - ref.weights) * mask).abs().max())
+        diff2 = float(((res2.weights - ref.weights) * mask).abs().max())
         weighted = float((res.weights[mask & (adv < 0)[:, None]] < 0.999).float().mean())
         return {
-            "ok": diff < 1e-3 and res.stats.num_active == 2,
+            "ok": max(diff, diff2) < 1e-3 and res.stats.num_active == res2.stats.num_active == 2,
             "max_abs_diff": diff,
+            "max_abs_diff_two_phase": diff2,
             "frac_below_1": weighted,
         }
 

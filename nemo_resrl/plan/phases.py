@@ -272,9 +272,10 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None, *, te_available: bo
             # the ResRL pass on the busiest rank of the stage: rows kept and received, a fit batch and its
             # workspace, the subspaces, the residuals (plan/resrl.py, byte-exact against the pass)
             resrl_ranks = worst_case(cfg, arch.hidden_size, p, lay.dp, lay.tp, micro_tokens)
+            layout = "deferred: negatives' rows kept" if resrl_ranks[0][0].deferred else "two-phase"
             lp.append(
                 Component(
-                    "ResRL: sampled rows, fit, subspaces, residuals",
+                    f"ResRL ({layout}): sampled rows, fit, subspaces, residuals",
                     max(pass_bytes(sz, dims) for sz, dims in resrl_ranks),
                 )
             )

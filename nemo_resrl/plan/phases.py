@@ -272,13 +272,15 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None, *, te_available: bo
             # the ResRL pass on the busiest rank of the stage: rows kept and received, a fit batch and its
             # workspace, the subspaces, the residuals (plan/resrl.py, byte-exact against the pass)
             resrl_ranks = worst_case(cfg, arch.hidden_size, p, lay.dp, lay.tp, micro_tokens)
-            layout = "deferred: negatives' rows kept" if resrl_ranks[0][0].deferred else "two-phase"
-            lp.append(
-                Component(
-                    f"ResRL ({layout}): sampled rows, fit, subspaces, residuals",
-                    max(pass_bytes(sz, dims) for sz, dims in resrl_ranks),
-                )
-            )
+            term = max(pass_bytes(sz, dims) for sz, dims in resrl_ranks)
+            if resrl_ranks[0][0].deferred:
+                layout = "deferred: negatives' rows kept"
+            else:
+                # a step smaller than the worst case may take the deferred layout: its kept negative rows
+                # (at most the budget) come on top of moments no larger than the worst case's
+                layout = "two-phase"
+                term += int(cfg.algorithm.resrl.deferred_rows_mib * 2**20)
+            lp.append(Component(f"ResRL ({layout}): sampled rows, fit, subspaces, residuals", term))
         if kl:
             largest = max(q.numel for q in stage_params(arch, lay.tp, lay.pp, stage, spec, **lay.moe))
             lp.append(Component("reference swap temporary", largest * p))

@@ -113,7 +113,11 @@ def main() -> None:
         ("positive_set", ResRLConfig(max_rows=16, rank=4, seed=3), positive),
         # the two-phase layout (positives first, nothing of the negatives kept) instead of the deferred one
         ("two_phase", ResRLConfig(max_rows=16, rank=4, seed=3, deferred_rows_mib=0), adv > 0),
+        # packed sequences (several responses per row, block-diagonal attention) in either layout
+        ("packed", ResRLConfig(max_rows=16, rank=4, seed=3), adv > 0),
+        ("packed_two_phase", ResRLConfig(max_rows=16, rank=4, seed=3, deferred_rows_mib=0), adv > 0),
     ]:
+        actor.cfg.pack_sequences, actor.cfg.max_tokens_per_row = label.startswith("packed"), 64
         m = dataclasses.replace(meta, positive=pos[idx])
         p = ResRLPass(actor, local, m, cfg, step=5)
         out = p.run()
@@ -127,6 +131,8 @@ def main() -> None:
         entry = {
             "ranks_agree": all(torch.equal(w, allw[0]) for w in allw),
             "deferred": p.deferred,
+            "rows_per_sequence": sum(mb.tokens.shape[0] for mb in actor.forward.layout(local).micro_batches)
+            / len(local),
             "logp_vs_plain": float((logp - plain).abs().max()),
             "stats": out.stats.as_metrics(),
             "subspace_ranks": out.stats.subspace_ranks,

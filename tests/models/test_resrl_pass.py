@@ -65,7 +65,7 @@ def runs(work) -> dict[str, dict]:
     return _Runs(work)
 
 
-LABELS = ("default", "m_below_k", "positive_set", "two_phase")
+LABELS = ("default", "m_below_k", "positive_set", "two_phase", "packed", "packed_two_phase")
 
 
 def _check(result: dict) -> None:
@@ -77,7 +77,9 @@ def _check(result: dict) -> None:
         assert e["logp_vs_plain"] < TOL  # either layout still returns the plain old log-probs
         # the tiny batch's negative rows fit the default budget: GRPO's layout, the residuals deferred;
         # deferred_rows_mib=0 takes the two-phase layout
-        assert e["deferred"] is (label != "two_phase"), label
+        assert e["deferred"] is (not label.endswith("two_phase")), label
+        if label.startswith("packed"):  # several sequences share a row
+            assert e["rows_per_sequence"] < 0.5, (label, e["rows_per_sequence"])
 
 
 @pytest.mark.distributed

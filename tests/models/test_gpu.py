@@ -42,6 +42,7 @@ def test_the_actor_probe_on_one_gpu_matches_transformers_and_one_process_on_cpu(
     """The CPU equivalence probe (tests/models/actor_probe.py) at TP = PP = DP = 1 on CUDA (NCCL world of
     one): logits against transformers, the penultimate capture, a train step, HF export, optimizer resume."""
     make_tiny(tmp_path / "qwen3", "qwen3")
+    make_tiny(tmp_path / "qwen2", "qwen2")  # the probe builds all three (its docstring)
     make_tiny(tmp_path / "llama", "llama")
     res = run_module(
         "tests.models.actor_probe", "--work", tmp_path, "--tp", 1, "--pp", 1, gpu=True, timeout=600

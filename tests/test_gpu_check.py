@@ -57,6 +57,8 @@ def test_the_gpu_check_runs_every_check_on_cpu(tmp_path):
 
 @pytest.mark.gpu
 def test_the_gpu_check_passes_on_cuda(tmp_path):
+    if not os.environ.get("NEMO_RESRL_TOKENIZER"):  # the loop check's tokenizer; a lent GPU is offline
+        pytest.skip("set NEMO_RESRL_TOKENIZER to a tokenizer folder (tools/gpu_session.sh carries one)")
     r = _run(tmp_path)
     assert r["device"] == "cuda" and r["failed"] == [], r["failed"]
     assert r["checks"]["mfu"]["shape"]["layers"] == 28  # the Qwen3-1.7B shape

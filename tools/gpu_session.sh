@@ -80,9 +80,9 @@ tests_and_check() {
   t=$(limit 300) || { el "skipped: pytest -m gpu and gpu_check (no time)"; return; }
   tc=$((t < 150 ? t : 150))
   el "pytest -m gpu (limit ${t}s) || gpu_check without mfu and loop (limit ${tc}s)"
-  local per_test=""  # pytest-timeout is a dev dependency the lent machine may not have
-  python3 -c "import pytest_timeout" 2>/dev/null && per_test="--timeout 150"
-  timeout "$t" python3 -m pytest -m gpu -p no:cacheprovider -v $per_test tests/algorithms/test_resrl_cuda.py \
+  local per_test=()  # pytest-timeout is a dev dependency the lent machine may not have
+  python3 -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 150)
+  timeout "$t" python3 -m pytest -m gpu -p no:cacheprovider -v "${per_test[@]}" tests/algorithms/test_resrl_cuda.py \
     tests/runs/test_checkpoints.py tests/models/test_gpu.py > "$OUT/pytest_gpu.txt" 2>&1 &
   local pytest_pid=$!
   GPU_CHECK_TIMEOUT=$tc bash tools/gpu_check.sh --out "$OUT/gpu_check.json" --only logits penultimate resrl \

@@ -7,12 +7,11 @@ import os
 import pytest
 import torch
 
-try:  # a dev dependency: a lent GPU machine may lack it, and its gpu tests do not use it
+try:
     from hypothesis import settings
-except ImportError:
-    settings = None
-
-if settings is not None:
+except ImportError:  # a dev dependency: a lent GPU machine may lack it, and its gpu tests do not use it
+    pass
+else:
     settings.register_profile("ci", derandomize=True)
     settings.register_profile("explore", derandomize=False)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

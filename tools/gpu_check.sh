@@ -37,5 +37,7 @@ else
 fi
 export TOKENIZERS_PARALLELISM=false
 echo "gpu_check: $("$PY" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)')"
-exec timeout "${GPU_CHECK_TIMEOUT:-480}" "$PY" -m nemo_resrl.diagnostics.device_check --device "$DEVICE" --out "$OUT" \
-  ${ONLY[@]+--only "${ONLY[@]}"}
+LIMIT="${GPU_CHECK_TIMEOUT:-480}"
+# the checks plan with 5 s less than the hard limit (the loop check's child gets what is left)
+exec timeout "$LIMIT" "$PY" -m nemo_resrl.diagnostics.device_check --device "$DEVICE" --out "$OUT" \
+  --budget $((LIMIT > 10 ? LIMIT - 5 : LIMIT)) ${ONLY[@]+--only "${ONLY[@]}"}

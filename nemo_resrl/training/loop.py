@@ -145,6 +145,22 @@ def run_training(
             own_lock.release()
 
 
+def _plot_curves(run_dir: Path, print_fn) -> None:
+    """The training curves of every step so far (resumes included) as PNG files in RUN_DIR/plots. A machine
+    without matplotlib (a lent GPU carries only what the run needs) skips them and says how to draw them
+    later: the run's work is saved by then, a missing plotting library must not fail it."""
+    from nemo_resrl.plotting import load_run, plot_runs
+
+    try:
+        plots = plot_runs([load_run(run_dir)], run_dir / "plots")
+    except ImportError as e:
+        print_fn(
+            f"training curves: skipped ({e}); `nemo-resrl plot {run_dir}` draws them where it is installed"
+        )
+        return
+    print_fn(f"training curves: {run_dir / 'plots'} ({len(plots['written'])} PNG files)")
+
+
 def _run(cfg, policy, engine, reward_fn, records, dp, eval_records, print_fn, stop) -> list[dict]:
     run_dir = Path(cfg.logging.run_dir)
     require_logging_backends(cfg.logging.tensorboard, cfg.logging.wandb)
@@ -247,10 +263,7 @@ def _run(cfg, policy, engine, reward_fn, records, dp, eval_records, print_fn, st
     progress.close()
     log.close()
     if is_rank0() and history and (run_dir / "metrics.jsonl").is_file():
-        from nemo_resrl.plotting import load_run, plot_runs
-
-        plots = plot_runs([load_run(run_dir)], run_dir / "plots")  # every step so far, resumes included
-        print_fn(f"training curves: {run_dir / 'plots'} ({len(plots['written'])} PNG files)")
+        _plot_curves(run_dir, print_fn)
     if reason:
         stopped = Preempted(trainer.step, reason, checkpoint)
         if is_rank0():

@@ -199,3 +199,23 @@ def test_table_row_formats_missing_values_as_blank():
     head = format_row({}, header=True)
     row = format_row({"step": 3, "reward/mean": 0.5})
     assert len(head) == len(row) and row.split()[:2] == ["3", "0.500"]
+
+
+def test_a_machine_without_matplotlib_skips_the_curves_and_says_how_to_draw_them(tmp_path, monkeypatch):
+    """The curves come after the last checkpoint: a missing plotting library (a lent GPU carries only what
+    the run needs) must not turn a finished run into a failed one."""
+    import nemo_resrl.plotting as plotting
+    from nemo_resrl.training.loop import _plot_curves
+
+    def no_matplotlib(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+
+    monkeypatch.setattr(plotting, "load_run", lambda run_dir: None)
+    monkeypatch.setattr(plotting, "plot_runs", no_matplotlib)
+    printed = []
+    _plot_curves(tmp_path, printed.append)
+    assert len(printed) == 1 and "skipped" in printed[0] and f"nemo-resrl plot {tmp_path}" in printed[0]
+    monkeypatch.setattr(plotting, "plot_runs", lambda runs, out: {"written": ["a.png", "b.png"]})
+    printed.clear()
+    _plot_curves(tmp_path, printed.append)
+    assert printed == [f"training curves: {tmp_path / 'plots'} (2 PNG files)"]

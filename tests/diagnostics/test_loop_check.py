@@ -1,0 +1,45 @@
+"""The loop check's pieces that decide what a lent GPU run leaves behind: the child's output streamed as it
+comes and the child killed at its limit; the stand-ins for modules a lent machine lacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from nemo_resrl.diagnostics.loop_check import SHIMS, run_streamed, write_shims
+
+
+def test_the_child_is_streamed_and_killed_at_its_limit(capsys):
+    child = "import os, time; print('pid', os.getpid(), flush=True); time.sleep(60)"
+    t0 = time.monotonic()
+    rc, tail = run_streamed([sys.executable, "-c", child], {"PATH": "/usr/bin:/bin"}, timeout=3.0)
+    assert rc is None and time.monotonic() - t0 < 30
+    assert "killed after 3 s" in tail
+    out = capsys.readouterr().out
+    assert out.startswith("loop| pid ")  # copied to this process's stdout while the child ran
+    pid = int(out.split()[2])
+    assert subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0  # gone
+
+
+def test_a_finished_child_gives_its_status_and_output():
+    rc, tail = run_streamed([sys.executable, "-c", "print('done'); raise SystemExit(3)"], {}, timeout=60)
+    assert rc == 3 and tail == "done\n"
+
+
+def test_the_stand_ins_import_and_raise_when_used(tmp_path):
+    assert write_shims(tmp_path, every=True) == list(SHIMS)
+    probe = (
+        "import matplotlib.pyplot as plt, pycosat\n"
+        "from mpl_toolkits.mplot3d import Axes3D\n"
+        f"assert plt.__file__.startswith({str(tmp_path)!r})\n"
+        "try:\n"
+        "    plt.figure()\n"
+        "except ModuleNotFoundError as e:\n"
+        "    print(e.name, e)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", probe], env={"PYTHONPATH": str(tmp_path)}, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "matplotlib matplotlib is not installed (figure was called)\n"

@@ -138,7 +138,9 @@ def main() -> None:
             torch.manual_seed(0)
             model = local_gpt(shape, seq, args.device, attention, dtype)
             saved = saved_bytes_per_token(model, seq, args.device)
-            planned = layer_token_bytes(arch, tp=1, p=p, seq_len=seq, attention=attention)
+            planned = layer_token_bytes(
+                arch, tp=1, p=p, seq_len=seq, attention=attention, cuda=args.device == "cuda"
+            )
             t, peak = time_fwd_bwd(model, seq, args.device, args.repeats)
             peak_s = f"{peak:9.2f}" if peak is not None else f"{'-':>9}"
             print(f"{seq:>6} {attention:>9} {saved:>14} {planned:>8} {t:>10.3f} {peak_s}", flush=True)

@@ -307,7 +307,10 @@ class Checks:
         res = {"static_measured": measured, "static_planned": planned, "static_exact": measured == planned}
         rows, s = a.forward.layout(seqs).micro_batches[0].tokens.shape
         tokens = rows * s
-        per_layer = layer_token_bytes(arch, tp=1, p=4, seq_len=s, attention=a.model.cfg.attention) * tokens
+        per_layer = (
+            layer_token_bytes(arch, tp=1, p=4, seq_len=s, attention=a.model.cfg.attention, cuda=self.cuda)
+            * tokens
+        )
         dynamic = {
             "activations kept": arch.num_layers * per_layer,
             "backward temporaries": per_layer,

@@ -17,7 +17,11 @@ On a GPU SDPA picks the flash or memory-efficient kernel (causal, no mask, bf16)
 backward is q, k, v, its output and a float32 log-sum-exp, linear in S (on CPU measured in
 tests/plan/test_activations.py; value is copied first, so that the fused QKV output it is a view of can
 be freed). GQA: keys and values keep their
-``num_query_groups`` heads (``enable_gqa``), not repeated to every query head.
+``num_query_groups`` heads (``enable_gqa``), not repeated to every query head, except on CUDA where no
+linear-memory kernel takes ``enable_gqa`` for the input (float32, or a head dimension over 256: flash and
+cuDNN take neither, the memory-efficient kernel refuses ``enable_gqa``) and torch would fall back to the
+S x S math kernel: there k and v are repeated to every head first (``expands_kv``; the plan counts them,
+nemo_resrl/plan/activations.py).
 Shapes (megatron's): query [S, rows, heads/tp, d], key / value [S, rows, groups/tp, d]
 -> [S, rows, heads/tp x d].
 """
@@ -50,6 +54,12 @@ def spans_of(doc_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     return spans
 
 
+def expands_kv(device_type: str, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether grouped keys and values are repeated to every query head before SDPA (module docstring):
+    on CUDA when the flash kernel cannot take the input (float32, head dimension over 256)."""
+    return device_type == "cuda" and (dtype == torch.float32 or head_dim > 256)
+
+
 class SDPADotProductAttention(DotProductAttention):
     """megatron's local core attention with SDPA's kernels (module docstring)."""
 
@@ -76,11 +86,17 @@ class SDPADotProductAttention(DotProductAttention):
         if packed_seq_params is not None or attention_bias is not None:
             raise ValueError("actor.attention sdpa: packed_seq_params and attention_bias are not supported")
         s, rows = query.shape[0], query.shape[1]
-        # value is a view of the fused QKV projection's output: saved as it is, it would keep all of that
-        # output, (q + 2k) x bytes per token, alive until backward; a copy keeps k x bytes
-        value = value.contiguous()
+        gqa = query.shape[2] != key.shape[2]
+        expand = gqa and expands_kv(query.device.type, query.dtype, query.shape[-1])
+        if not expand:
+            # value is a view of the fused QKV projection's output: saved as it is, it would keep all of
+            # that output, (q + 2k) x bytes per token, alive until backward; a copy keeps k x bytes
+            value = value.contiguous()
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [rows, heads, S, d]
-        gqa = q.shape[1] != k.shape[1]
+        if expand:  # new tensors (the fused output is not kept through them) of every query head
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            gqa = False
         p = self.attention_dropout.p if self.training else 0.0
         kw = {"dropout_p": p, "scale": self.sdpa_scale, "enable_gqa": gqa}
         if attention_mask is None:

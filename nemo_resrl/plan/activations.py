@@ -15,7 +15,9 @@ sequence length, p = bytes of the actor dtype:
     rotary cos / sin for q and k:         4 d p  (per position: shared by a micro-batch's rows)
     attention, unfused: q, k and v expanded to every head, softmax output: 3 q p + a s p
     attention, sdpa: q, k, a copy of v, the float32 log-sum-exp: (q + 2k) p + 4a (its output, in the
-                                           query's layout, is the output projection's input: no S term)
+                                           query's layout, is the output projection's input: no S term);
+                                           on CUDA in float32 or with d > 256, k and v repeated to every
+                                           head (no linear-memory kernel takes grouped ones there): 3q p + 4a
     output projection input:              q p
     MLP: fc1 output (gate and up), SwiGLU's three saved values: 2 f p + 3 f p
     mixture of experts (E experts, k per token, expert FFN f_e, instead of the MLP): each of a token's
@@ -45,6 +47,12 @@ def moe_token_bytes(arch: ModelArch, *, p: int, ep: int = 1, etp: int = 1) -> in
     return k * (h + 5 * f) * p // ep + h * p + 8 * e + 8 * (3 * k + 1)
 
 
+def sdpa_expands_kv(*, cuda: bool, p: int, head_dim: int) -> bool:
+    """Whether the SDPA attention repeats grouped keys and values to every head (module docstring; the
+    rule of ``nemo_resrl.models.sdpa_attention.expands_kv``, in bytes per element)."""
+    return cuda and (p == FP32 or head_dim > 256)
+
+
 def layer_token_bytes(
     arch: ModelArch,
     *,
@@ -55,9 +63,11 @@ def layer_token_bytes(
     attention: str = "sdpa",
     ep: int = 1,
     etp: int | None = None,
+    cuda: bool = False,
 ) -> int:
     """Bytes one decoder layer saves for backward per token of a sequence of ``seq_len`` tokens;
-    ``attention``: the local spec's core attention (sdpa | unfused, ``actor.attention``)."""
+    ``attention``: the local spec's core attention (sdpa | unfused, ``actor.attention``); ``cuda``: on a
+    GPU (the SDPA kernels differ: module docstring)."""
     h, d = arch.hidden_size, arch.head_dim
     a, g = arch.num_attention_heads // tp, arch.num_key_value_heads // tp
     q, k, f = a * d, g * d, arch.intermediate_size // tp
@@ -77,6 +87,8 @@ def layer_token_bytes(
     total += 4 * d * p  # rotary cos / sin
     if attention == "unfused":
         total += 3 * q * p + a * seq_len * p
+    elif g < a and sdpa_expands_kv(cuda=cuda, p=p, head_dim=d):
+        total += 3 * q * p + FP32 * a
     else:
         total += (q + 2 * k) * p + FP32 * a
     total += q * p  # output projection input
@@ -111,10 +123,11 @@ def forward_working_bytes(
     attention: str = "sdpa",
     ep: int = 1,
     etp: int | None = None,
+    cuda: bool = False,
 ) -> int:
     """The largest set of temporaries of a forward-only pass over ``tokens`` tokens: one layer's values
     (nothing is kept between layers) plus the residual stream in and out."""
     per_layer = layer_token_bytes(
-        arch, tp=tp, p=p, seq_len=seq_len, spec=spec, attention=attention, ep=ep, etp=etp
+        arch, tp=tp, p=p, seq_len=seq_len, spec=spec, attention=attention, ep=ep, etp=etp, cuda=cuda
     )
     return tokens * (per_layer + 2 * arch.hidden_size * p)

@@ -254,6 +254,7 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None, *, te_available: bo
                     seq_len=seq,
                     spec=spec,
                     attention=a.attention,
+                    cuda=True,
                     **lay.moe,
                 ),
             )
@@ -293,7 +294,7 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None, *, te_available: bo
             transient = (
                 micro_tokens
                 * layer_token_bytes(
-                    arch, tp=lay.tp, p=p, seq_len=seq, spec=spec, attention=a.attention, **lay.moe
+                    arch, tp=lay.tp, p=p, seq_len=seq, spec=spec, attention=a.attention, cuda=True, **lay.moe
                 )
                 * 2
             )
@@ -301,12 +302,12 @@ def make_plan(cfg: RunConfig, arch: ModelArch | None = None, *, te_available: bo
             kept = (
                 layers
                 * layer_token_bytes(
-                    arch, tp=lay.tp, p=p, seq_len=seq, spec=spec, attention=a.attention, **lay.moe
+                    arch, tp=lay.tp, p=p, seq_len=seq, spec=spec, attention=a.attention, cuda=True, **lay.moe
                 )
                 * micro_tokens
             )
             transient = micro_tokens * layer_token_bytes(
-                arch, tp=lay.tp, p=p, seq_len=seq, spec=spec, attention=a.attention, **lay.moe
+                arch, tp=lay.tp, p=p, seq_len=seq, spec=spec, attention=a.attention, cuda=True, **lay.moe
             )
         tr = [overhead, asleep, params, grads, optim]
         tr.append(

@@ -70,3 +70,75 @@ def test_document_spans_are_the_runs_of_equal_ids():
 
     ids = torch.tensor([[4, 4, 4, 7, 7, -2], [1, 1, 1, 1, 1, 1]])
     assert document_spans(ids) == [[(0, 3), (3, 5), (5, 6)], [(0, 6)]]
+
+
+def _attention_forward(query, key, value, mask=None):
+    """``SDPADotProductAttention.forward`` on an object with only what it reads (no megatron config)."""
+    from types import SimpleNamespace
+
+    from nemo_resrl.models.sdpa_attention import SDPADotProductAttention
+
+    heads, d = query.shape[2], query.shape[3]
+    me = SimpleNamespace(
+        attention_dropout=torch.nn.Dropout(0.0), training=True, sdpa_scale=d**-0.5,
+        hidden_size_per_partition=heads * d,
+    )  # fmt: skip
+    return SDPADotProductAttention.forward(me, query, key, value, mask)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_keys_and_values_repeated_to_every_head_give_the_grouped_result_and_the_planned_bytes(
+    monkeypatch, packed
+):
+    """Where CUDA has no linear-memory kernel for grouped keys and values (float32, head dim > 256) they are
+    repeated to every head first: forced here on CPU, the output and gradients equal the grouped call's,
+    and what autograd saves grows by exactly the plan's difference, 2 (q - k) bytes per token."""
+    import nemo_resrl.models.sdpa_attention as sdpa
+    from nemo_resrl.plan.activations import layer_token_bytes
+    from nemo_resrl.plan.arch import ModelArch
+
+    s, rows, heads, groups, d = 24, 2, 4, 2, 16
+    g = torch.Generator().manual_seed(0)
+    # the fused QKV output megatron's attention takes its q, k, v views of
+    qkv = torch.randn(s, rows, heads + 2 * groups, d, generator=g, requires_grad=True)
+    mask = None
+    if packed:
+        mask = torch.tensor([[0] * 10 + [1] * 14, [0] * 24])
+
+    def run(expand: bool):
+        monkeypatch.setattr(sdpa, "expands_kv", lambda *a: expand)
+        saved = []
+
+        def pack(t):
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        x = qkv * 1.0  # a fresh fused output whose views the attention gets
+        q, k, v = x[:, :, :heads], x[:, :, heads : heads + groups], x[:, :, heads + groups :]
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = _attention_forward(q, k, v, mask)
+        (grad,) = torch.autograd.grad((out * out).sum(), qkv)
+        return out.detach(), grad, sum(saved)
+
+    out_g, grad_g, bytes_g = run(False)
+    out_e, grad_e, bytes_e = run(True)
+    assert torch.allclose(out_e, out_g, atol=1e-6) and torch.allclose(grad_e, grad_g, atol=1e-5)
+    q_w, k_w = heads * d, groups * d
+    assert bytes_e - bytes_g == 2 * (q_w - k_w) * 4 * rows * s
+    arch = ModelArch(
+        hidden_size=heads * d, num_layers=1, num_attention_heads=heads, num_key_value_heads=groups,
+        head_dim=d, intermediate_size=32, vocab_size=64, qk_layernorm=False, tie_word_embeddings=False,
+    )  # fmt: skip
+    on_gpu, on_cpu = (layer_token_bytes(arch, tp=1, p=4, seq_len=s, cuda=c) for c in (True, False))
+    assert on_gpu - on_cpu == 2 * (q_w - k_w) * 4
+
+
+def test_the_plan_and_the_attention_agree_on_when_keys_and_values_are_repeated():
+    from nemo_resrl.models.sdpa_attention import expands_kv
+    from nemo_resrl.plan.activations import sdpa_expands_kv
+
+    for device in ("cuda", "cpu"):
+        for dtype, p in ((torch.float32, 4), (torch.bfloat16, 2)):
+            for d in (128, 256, 512):
+                assert expands_kv(device, dtype, d) == sdpa_expands_kv(cuda=device == "cuda", p=p, head_dim=d)
+    assert expands_kv("cuda", torch.float32, 128) and not expands_kv("cuda", torch.bfloat16, 128)

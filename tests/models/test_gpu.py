@@ -107,3 +107,24 @@ def test_a_bf16_train_step_on_cuda_keeps_bf16_logits_and_peaks_near_the_plan(tmp
     assert r["device"].startswith("cuda") and r["finite"] and r["logit_dtypes"] == ["torch.bfloat16"]
     assert r["loss_layer_peak"] <= r["planned_logits"] + r["planned_chunks"] + 64 * r["response_tokens"], r
     assert 0.75 <= r["train_peak_over_plan"] <= 1.25, r
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_sdpa_attention_takes_a_linear_memory_kernel_for_grouped_heads_on_cuda(dtype):
+    """With the S x S math kernel ruled out, the SDPA attention still runs a GQA layer in float32 (keys and
+    values repeated: no linear-memory kernel takes grouped ones there) and in bf16 (flash takes them), and
+    equals the math kernel's result."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from tests.models.test_attention import _attention_forward
+
+    s, rows, heads, groups, d = 512, 2, 8, 2, 128
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(s, rows, n, d, generator=g).to("cuda", dtype) for n in (heads, groups, groups))
+    linear = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+    with sdpa_kernel(linear):
+        out = _attention_forward(q, k, v)
+    with sdpa_kernel([SDPBackend.MATH]):
+        ref = _attention_forward(q, k, v)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=0)

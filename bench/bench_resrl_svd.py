@@ -2,7 +2,8 @@
 
 Not a test. For each spectrum and method it prints the time of one batched fit of ``--groups`` groups
 (per group), the largest token-weight difference against a float64 exact SVD of the same rows (computed
-on the CPU), the energy the subspace captures relative to that exact one, and the largest principal angle.
+on the same device, weights on the CPU), the energy the subspace captures relative to that exact one, and
+the largest principal angle.
 
 Groups: ``--rows`` sampled positive rows (M) and ``--negatives`` negative tokens at width ``--d``;
 synthetic representations ``(g * s) @ Q + offset`` with a power-law spectrum ``s_j = j^-p`` in a random
@@ -117,8 +118,10 @@ def run(args: argparse.Namespace) -> None:
         m, d = pos.shape
         x_ref = pos.double()
         mu = x_ref.mean(0)
-        _, _, vh = torch.linalg.svd(x_ref - mu, full_matrices=False)
-        v_ref = vh[: min(k, m - 1)].T
+        # the float64 reference on the device too (a 4096 x 5120 float64 SVD takes tens of seconds on a
+        # host: more than a lent GPU's time allows)
+        _, _, vh = torch.linalg.svd((x_ref - mu).to(dev), full_matrices=False)
+        v_ref = vh[: min(k, m - 1)].T.cpu()
         w_ref = weights(residuals(neg.double(), mu, v_ref))
         e_ref = float(((x_ref - mu) @ v_ref).square().sum())
         batch = pos.to(dev)[None].expand(args.groups, m, d).contiguous()

@@ -460,6 +460,7 @@ def train_step_flops(
     step()  # warm-up
     if cuda:
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()  # the peak below is this model's steps, not earlier checks'
     t0 = time.perf_counter()
     for _ in range(steps):
         step()

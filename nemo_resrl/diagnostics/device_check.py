@@ -369,10 +369,7 @@ class Checks:
     def loop(self) -> dict:
         from nemo_resrl.diagnostics.loop_check import run_loop
 
-        timeout = 420.0
-        if self.deadline is not None:  # what is left, less the time to read the run and write the report
-            timeout = min(timeout, self.deadline - time.monotonic() - 15.0)
-        return run_loop(self.device, self.work / "loop", timeout=max(timeout, 1.0))
+        return run_loop(self.device, self.work / "loop", deadline=self.deadline)
 
     def mfu(self) -> dict:
         shape = QWEN3_1P7B if self.cuda else TINY_MFU

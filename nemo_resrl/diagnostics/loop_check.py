@@ -31,6 +31,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -250,8 +251,10 @@ def run_streamed(cmd: list[str], env: dict, timeout: float, prefix: str = "loop|
     return rc, "".join(lines)[-4000:]
 
 
-def run_loop(device: str, work: Path, timeout: float = 420.0) -> dict:
-    """Build the model, run the steps in a child process, compare (module docstring)."""
+def run_loop(device: str, work: Path, deadline: float | None = None, timeout: float = 420.0) -> dict:
+    """Build the model, run the steps in a child process, compare (module docstring). The child runs at
+    most ``timeout`` seconds, and ends 15 s before ``deadline`` (``time.monotonic()``) when one is given:
+    what is left to read its metrics and write the report."""
     work.mkdir(parents=True, exist_ok=True)
     spec = LOOP_GPU if device == "cuda" else LOOP_CPU
     model = digit_answering_qwen3(work / "model", spec["shape"], tokenizer_dir(), device)
@@ -266,6 +269,8 @@ def run_loop(device: str, work: Path, timeout: float = 420.0) -> dict:
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     cmd = [sys.executable, "-m", "nemo_resrl.cli", "train", *overrides]
+    if deadline is not None:  # after the model is built: that took some of the time
+        timeout = max(1.0, min(timeout, deadline - time.monotonic() - 15.0))
     rc, tail = run_streamed(cmd, env, timeout)
     rows = []
     metrics = run_dir / "metrics.jsonl"

@@ -43,3 +43,14 @@ def test_the_stand_ins_import_and_raise_when_used(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout == "matplotlib matplotlib is not installed (figure was called)\n"
+
+
+def test_the_loop_ends_its_child_before_the_checks_deadline(tmp_path):
+    """The child gets what is left of the check's time once the model is built, less 15 s for the report:
+    a run that would outlast gpu_check.sh's limit ends with a report that says so, not a killed check."""
+    from nemo_resrl.diagnostics.loop_check import run_loop
+
+    t0 = time.monotonic()
+    res = run_loop("cpu", tmp_path / "loop", deadline=t0 + 20.0)
+    assert time.monotonic() - t0 < 20.0
+    assert res["ok"] is False and res["returncode"] is None and "killed after" in res["log_tail"]

@@ -278,9 +278,10 @@ def run_loop(device: str, work: Path, deadline: float | None = None, timeout: fl
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     res: dict = {"shape": spec["shape"], "overrides": overrides, "returncode": rc, "steps": len(rows)}
     res["shims"] = shims
-    if rc != 0:
-        res["ok"] = False
+    res["ok"] = False
+    if rc != 0:  # the steps that finished are still reported below (a run cut by its time limit)
         res["log_tail"] = tail
+    if not rows:
         return res
     keys = ("reward/accuracy", "resrl/groups_active", "rollout/token_mult_prob_error", "response/length_mean")
     res["per_step"] = [{k: r.get(k) for k in keys} for r in rows]
@@ -297,6 +298,6 @@ def run_loop(device: str, work: Path, deadline: float | None = None, timeout: fl
         math.isfinite(v) for r in rows for v in (r.get(k) for k in keys) if isinstance(v, (int, float))
     )
     consistent = all(r.get("rollout/token_mult_prob_error", 99) < 1.25 for r in rows)
-    res["ok"] = len(rows) == int(next(o for o in overrides if o.startswith("trainer.steps=")).split("=")[1])
-    res["ok"] = res["ok"] and finite and consistent
+    every = len(rows) == int(next(o for o in overrides if o.startswith("trainer.steps=")).split("=")[1])
+    res["ok"] = rc == 0 and every and finite and consistent
     return res

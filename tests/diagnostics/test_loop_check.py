@@ -54,3 +54,26 @@ def test_the_loop_ends_its_child_before_the_checks_deadline(tmp_path):
     res = run_loop("cpu", tmp_path / "loop", deadline=t0 + 20.0)
     assert time.monotonic() - t0 < 20.0
     assert res["ok"] is False and res["returncode"] is None and "killed after" in res["log_tail"]
+
+
+def test_a_loop_cut_by_its_time_limit_still_reports_the_steps_that_finished(tmp_path, monkeypatch):
+    """The steps the run finished before its child was killed are reported (their times beside the plan),
+    and the check fails."""
+    import json
+
+    import nemo_resrl.diagnostics.loop_check as lc
+
+    def one_step_then_killed(cmd, env, timeout):
+        run_dir = next(o.split("=", 1)[1] for o in cmd if o.startswith("logging.run_dir="))
+        row = {"step": 0, "reward/accuracy": 0.25, "rollout/token_mult_prob_error": 1.0}
+        row.update({f"time/{ph}_s": 1.5 for ph in lc.PHASES})
+        (tmp_path / "loop" / "run").mkdir(parents=True, exist_ok=True)
+        assert run_dir == str(tmp_path / "loop" / "run")
+        (tmp_path / "loop" / "run" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+        return None, "killed after 9 s\n"
+
+    monkeypatch.setattr(lc, "run_streamed", one_step_then_killed)
+    res = lc.run_loop("cpu", tmp_path / "loop")
+    assert res["ok"] is False and res["returncode"] is None and res["log_tail"] == "killed after 9 s\n"
+    assert res["steps"] == 1 and res["phase_seconds"] == {ph: [1.5] for ph in lc.PHASES}
+    assert set(res["planned_gib"]) == set(lc.PHASES.values())

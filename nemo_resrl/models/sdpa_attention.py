@@ -20,8 +20,8 @@ be freed). GQA: keys and values keep their
 ``num_query_groups`` heads (``enable_gqa``), not repeated to every query head, except on CUDA where no
 linear-memory kernel takes ``enable_gqa`` for the input (float32, or a head dimension over 256: flash and
 cuDNN take neither, the memory-efficient kernel refuses ``enable_gqa``) and torch would fall back to the
-S x S math kernel: there k and v are repeated to every head first (``expands_kv``; the plan counts them,
-nemo_resrl/plan/activations.py).
+S x S math kernel: there k and v are repeated to every head first (``models/sdpa_layout.py``, the rule the
+plan counts them by).
 Shapes (megatron's): query [S, rows, heads/tp, d], key / value [S, rows, groups/tp, d]
 -> [S, rows, heads/tp x d].
 """
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 
 from nemo_resrl.models.batch import document_spans
+from nemo_resrl.models.sdpa_layout import sdpa_expands_kv
 
 # the last document-id tensor seen and its spans (every layer of a micro-batch gets the same tensor)
 _last_spans: tuple[weakref.ref, list[list[tuple[int, int]]]] | None = None
@@ -52,12 +53,6 @@ def spans_of(doc_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     spans = document_spans(doc_ids)
     _last_spans = (weakref.ref(doc_ids), spans)
     return spans
-
-
-def expands_kv(device_type: str, dtype: torch.dtype, head_dim: int) -> bool:
-    """Whether grouped keys and values are repeated to every query head before SDPA (module docstring):
-    on CUDA when the flash kernel cannot take the input (float32, head dimension over 256)."""
-    return device_type == "cuda" and (dtype == torch.float32 or head_dim > 256)
 
 
 class SDPADotProductAttention(DotProductAttention):
@@ -87,7 +82,9 @@ class SDPADotProductAttention(DotProductAttention):
             raise ValueError("actor.attention sdpa: packed_seq_params and attention_bias are not supported")
         s, rows = query.shape[0], query.shape[1]
         gqa = query.shape[2] != key.shape[2]
-        expand = gqa and expands_kv(query.device.type, query.dtype, query.shape[-1])
+        expand = gqa and sdpa_expands_kv(
+            cuda=query.is_cuda, itemsize=query.element_size(), head_dim=query.shape[-1]
+        )
         if not expand:
             # value is a view of the fused QKV projection's output: saved as it is, it would keep all of
             # that output, (q + 2k) x bytes per token, alive until backward; a copy keeps k x bytes

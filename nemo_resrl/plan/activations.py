@@ -32,6 +32,7 @@ Full recomputation keeps only each layer's input (h p) and recomputes one layer 
 
 from __future__ import annotations
 
+from nemo_resrl.models.sdpa_layout import sdpa_expands_kv
 from nemo_resrl.plan.arch import ModelArch
 
 FP32 = 4
@@ -45,12 +46,6 @@ def moe_token_bytes(arch: ModelArch, *, p: int, ep: int = 1, etp: int = 1) -> in
     """A mixture-of-experts MLP's saves per token (module docstring); measured exactly at ep = etp = 1."""
     h, e, k, f = arch.hidden_size, arch.num_experts, arch.experts_per_token, arch.moe_intermediate_size // etp
     return k * (h + 5 * f) * p // ep + h * p + 8 * e + 8 * (3 * k + 1)
-
-
-def sdpa_expands_kv(*, cuda: bool, p: int, head_dim: int) -> bool:
-    """Whether the SDPA attention repeats grouped keys and values to every head (module docstring; the
-    rule of ``nemo_resrl.models.sdpa_attention.expands_kv``, in bytes per element)."""
-    return cuda and (p == FP32 or head_dim > 256)
 
 
 def layer_token_bytes(
@@ -87,7 +82,7 @@ def layer_token_bytes(
     total += 4 * d * p  # rotary cos / sin
     if attention == "unfused":
         total += 3 * q * p + a * seq_len * p
-    elif g < a and sdpa_expands_kv(cuda=cuda, p=p, head_dim=d):
+    elif g < a and sdpa_expands_kv(cuda=cuda, itemsize=p, head_dim=d):
         total += 3 * q * p + FP32 * a
     else:
         total += (q + 2 * k) * p + FP32 * a

@@ -106,7 +106,7 @@ def test_keys_and_values_repeated_to_every_head_give_the_grouped_result_and_the_
         mask = torch.tensor([[0] * 10 + [1] * 14, [0] * 24])
 
     def run(expand: bool):
-        monkeypatch.setattr(sdpa, "expands_kv", lambda *a: expand)
+        monkeypatch.setattr(sdpa, "sdpa_expands_kv", lambda **kw: expand)
         saved = []
 
         def pack(t):
@@ -133,12 +133,13 @@ def test_keys_and_values_repeated_to_every_head_give_the_grouped_result_and_the_
     assert on_gpu - on_cpu == 2 * (q_w - k_w) * 4
 
 
-def test_the_plan_and_the_attention_agree_on_when_keys_and_values_are_repeated():
-    from nemo_resrl.models.sdpa_attention import expands_kv
-    from nemo_resrl.plan.activations import sdpa_expands_kv
+def test_keys_and_values_are_repeated_on_cuda_in_float32_or_past_flash_head_dims_only():
+    """The one rule the attention and the plan read (``models/sdpa_layout.py``)."""
+    from nemo_resrl.models.sdpa_layout import sdpa_expands_kv
 
-    for device in ("cuda", "cpu"):
-        for dtype, p in ((torch.float32, 4), (torch.bfloat16, 2)):
-            for d in (128, 256, 512):
-                assert expands_kv(device, dtype, d) == sdpa_expands_kv(cuda=device == "cuda", p=p, head_dim=d)
-    assert expands_kv("cuda", torch.float32, 128) and not expands_kv("cuda", torch.bfloat16, 128)
+    for itemsize in (4, 2):
+        for d in (128, 256, 512):
+            assert not sdpa_expands_kv(cuda=False, itemsize=itemsize, head_dim=d)
+            assert sdpa_expands_kv(cuda=True, itemsize=itemsize, head_dim=d) == (itemsize == 4 or d > 256)
+    assert sdpa_expands_kv(cuda=True, itemsize=4, head_dim=128)
+    assert not sdpa_expands_kv(cuda=True, itemsize=2, head_dim=128)

@@ -25,16 +25,21 @@ CI): a tiny shape in fp32, ``LOOP_CPU``; times only.
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
+
+from nemo_resrl.common import die_with_parent
 
 GIB = 2**30
 BIAS_NORM = 10.0  # the shared embedding direction's norm
@@ -215,13 +220,7 @@ def run_streamed(cmd: list[str], env: dict, timeout: float, prefix: str = "loop|
     (what a killed check leaves is in the check's console log); the session is killed after ``timeout``
     seconds, the child with this process. Returns the exit status (None: killed) and the output's last
     4000 characters."""
-    import collections
-    import signal
-    import threading
-
     lines: collections.deque[str] = collections.deque(maxlen=400)
-    from nemo_resrl.common import die_with_parent
-
     proc = subprocess.Popen(  # dies with this process too (gpu_check.sh's hard limit kills it)
         cmd,
         env=env,
